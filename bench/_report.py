@@ -1,0 +1,164 @@
+"""The figures of one run: a plain-text table, the targets they are held against, and JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench._load import Percentiles
+
+__all__ = ["Row", "render", "save_json"]
+
+ADDED_P90_TARGET_MS = 0.75
+"""Most latency stord may add to a cache Get against Redis, at p90 and 1,000 requests/s."""
+
+GET_RATE_TARGET = 3000.0
+"""Fewest Get RPCs per second stord should serve."""
+
+_WIDTH = 110
+
+
+@dataclass(frozen=True)
+class Row:
+    """One backend x operation; a raw figure is None where there is no raw counterpart."""
+
+    backend: str
+    op: str
+    stord_ops: float | None = None
+    stord_client_processes: int | None = None
+    raw_ops: float | None = None
+    stord_latency: Percentiles | None = None
+    raw_latency: Percentiles | None = None
+    error: str | None = None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.stord_ops / self.raw_ops if self.stord_ops and self.raw_ops else None
+
+    @property
+    def added(self) -> Percentiles | None:
+        if self.stord_latency is None or self.raw_latency is None:
+            return None
+        return self.stord_latency.minus(self.raw_latency)
+
+
+def _rate(value: float | None) -> str:
+    return "-" if value is None else f"{value:,.0f}"
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _latency(value: Percentiles | None) -> str:
+    return "-" if value is None else f"{value.p50:.2f} / {value.p90:.2f} / {value.p99:.2f}"
+
+
+def _cells(row: Row) -> list[str]:
+    if row.error is not None:
+        return [row.backend, row.op, "FAILED (see below)"]
+    return [
+        row.backend,
+        row.op,
+        _rate(row.stord_ops) + (f" ({row.stord_client_processes}p)" if row.stord_client_processes else ""),
+        _rate(row.raw_ops),
+        _ratio(row.ratio),
+        _latency(row.stord_latency),
+        _latency(row.raw_latency),
+        _latency(row.added),
+    ]
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [
+        max(len(line[column]) for line in [header, *rows] if column < len(line))
+        for column in range(len(header))
+    ]
+    left_aligned = 2  # backend and op; figures align right
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            cell.ljust(widths[column]) if column < left_aligned else cell.rjust(widths[column])
+            for column, cell in enumerate(cells)
+        ]
+        return " | ".join(padded).rstrip()
+
+    return [line(header), "-+-".join("-" * width for width in widths), *(line(cells) for cells in rows)]
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def _target_lines(rows: Sequence[Row]) -> list[str]:
+    redis_get = next((row.added for row in rows if (row.backend, row.op) == ("redis", "get")), None)
+    latency = (
+        "not measured"
+        if redis_get is None
+        else f"{redis_get.p90:.2f} ms, {_verdict(redis_get.p90 < ADDED_P90_TARGET_MS)}"
+    )
+    rates = ", ".join(
+        f"{row.backend} {row.stord_ops:,.0f} {_verdict(row.stord_ops >= GET_RATE_TARGET)}"
+        for row in rows
+        if row.op == "get" and row.stord_ops is not None
+    )
+    return [
+        "Targets:",
+        f"  added p90 of a cache Get on Redis at 1,000 req/s < {ADDED_P90_TARGET_MS} ms: {latency}",
+        f"  stord serves >= {GET_RATE_TARGET:,.0f} Get RPCs/s: {rates or 'not measured'}",
+    ]
+
+
+def _failure_lines(rows: Sequence[Row]) -> list[str]:
+    """Each error once, naming the operations it stopped (a daemon that never started stops them all)."""
+    stopped: dict[str, list[str]] = {}
+    for row in rows:
+        if row.error is not None:
+            stopped.setdefault(row.error, []).append(f"{row.backend} {row.op}")
+    return [f"{', '.join(names)}: {error}" for error, names in stopped.items()]
+
+
+def render(rows: Sequence[Row], rate: float, method: Sequence[str]) -> str:
+    """The table, how it was measured, the targets, then any failure with its daemon log."""
+    at = f"@{rate:,.0f}/s"
+    header = [
+        "backend",
+        "op",
+        "stord ops/s",
+        "raw ops/s",
+        "ratio",
+        f"stord p50/p90/p99 ms {at}",
+        f"raw p50/p90/p99 ms {at}",
+        "added p50/p90/p99 ms",
+    ]
+    lines = _table(header, [_cells(row) for row in rows])
+    lines += ["", *(textwrap.fill(paragraph, _WIDTH, subsequent_indent="  ") for paragraph in method)]
+    lines += ["", *_target_lines(rows)]
+    failures = _failure_lines(rows)
+    if failures:
+        lines += ["", "Failures:", *failures]
+    return "\n".join(lines)
+
+
+def save_json(path: Path, rows: Sequence[Row], settings: Any, method: Sequence[str]) -> None:
+    """Write every figure, the added latency, and the settings and method they were measured with."""
+
+    def figures(row: Row) -> dict[str, Any]:
+        added = row.added
+        return {**dataclasses.asdict(row), "ratio": row.ratio, "added": added and dataclasses.asdict(added)}
+
+    document = {
+        "settings": dataclasses.asdict(settings),
+        "method": list(method),
+        "targets": {
+            "redis_get_added_p90_ms_below": ADDED_P90_TARGET_MS,
+            "get_rpcs_per_s_at_least": GET_RATE_TARGET,
+        },
+        "rows": [figures(row) for row in rows],
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")

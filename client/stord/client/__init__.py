@@ -1,0 +1,98 @@
+"""The stord client: `Client` (blocking) and `AsyncClient` (asyncio), with errors as exceptions."""
+
+from stord.client._agents import Agents, AsyncAgents, agent_configuration
+from stord.client._async import AsyncCache, AsyncClient, AsyncDatabase
+from stord.client._codec import TTL, Tls
+from stord.client._documents import AsyncDocuments, Documents
+from stord.client._events import Events, EventTail
+from stord.client._events_async import AsyncEvents, AsyncEventTail
+from stord.client._events_codec import make_event, new_event_id
+from stord.client._ingest import EventIngestor, IngestProgress
+from stord.client._jobs import AsyncJobs, Jobs
+from stord.client._manifests import AsyncManifests, Manifests
+from stord.client._models import (
+    CreateDocument,
+    DeleteDocument,
+    Document,
+    EnqueuedJob,
+    EnqueueJob,
+    Filter,
+    Job,
+    JobStatus,
+    QueueStats,
+    TransactStep,
+    UpdateDocument,
+)
+from stord.client._sync import Cache, Client, Database
+from stord.client._worker import AsyncWorker, Worker
+from stord.client.errors import (
+    AlreadyExists,
+    Cancelled,
+    Conflict,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StordError,
+    Unauthenticated,
+    Unavailable,
+    Unimplemented,
+)
+
+__all__ = [
+    "TTL",
+    "Agents",
+    "AlreadyExists",
+    "AsyncAgents",
+    "AsyncCache",
+    "AsyncClient",
+    "AsyncDatabase",
+    "AsyncDocuments",
+    "AsyncEventTail",
+    "AsyncEvents",
+    "AsyncJobs",
+    "AsyncManifests",
+    "AsyncWorker",
+    "Cache",
+    "Cancelled",
+    "Client",
+    "Conflict",
+    "CreateDocument",
+    "Database",
+    "DeadlineExceeded",
+    "DeleteDocument",
+    "Document",
+    "Documents",
+    "EnqueueJob",
+    "EnqueuedJob",
+    "EventIngestor",
+    "EventTail",
+    "Events",
+    "FailedPrecondition",
+    "Filter",
+    "IngestProgress",
+    "Internal",
+    "InvalidArgument",
+    "Job",
+    "JobStatus",
+    "Jobs",
+    "Manifests",
+    "NotFound",
+    "PermissionDenied",
+    "QueueStats",
+    "ResourceExhausted",
+    "StordError",
+    "Tls",
+    "TransactStep",
+    "Unauthenticated",
+    "Unavailable",
+    "Unimplemented",
+    "UpdateDocument",
+    "Worker",
+    "agent_configuration",
+    "make_event",
+    "new_event_id",
+]

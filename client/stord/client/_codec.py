@@ -1,0 +1,125 @@
+"""Conversions shared by the sync and async clients."""
+
+from __future__ import annotations
+
+import datetime
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from stord.v1 import kv_pb2
+
+_Choice = TypeVar("_Choice")
+
+TTL = float | datetime.timedelta
+"""Seconds, or a timedelta."""
+
+DEFAULT_TIMEOUT = 5.0
+NAMESPACE_METADATA = "stord-namespace"
+PRINCIPAL_METADATA = "stord-principal"
+"""Who the caller is when the daemon has no API keys: the daemon owns agents by it."""
+AUTHORIZATION_METADATA = "authorization"
+
+
+@dataclass(frozen=True, slots=True)
+class Tls:
+    """How the client verifies the daemon and, for mTLS, proves who it is (all PEM bytes).
+
+    `root_certificates` None trusts the system's roots; `private_key` with `certificate_chain` is the
+    client certificate a daemon started with `--tls-client-ca` requires.
+    """
+
+    root_certificates: bytes | None = None
+    private_key: bytes | None = None
+    certificate_chain: bytes | None = None
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        """Return the gRPC channel credentials."""
+        if (self.private_key is None) != (self.certificate_chain is None):
+            raise ValueError("private_key and certificate_chain go together")
+        return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
+
+
+def channel(target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]]) -> grpc.Channel:
+    """Open a blocking channel, encrypted when `tls` is set (True: system roots, no client certificate)."""
+    if tls is False:
+        return grpc.insecure_channel(target, options=list(options))
+    settings = Tls() if tls is True else tls
+    return grpc.secure_channel(target, settings.credentials(), options=list(options))
+
+
+def aio_channel(target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]]) -> grpc.aio.Channel:
+    """Open an asyncio channel, encrypted when `tls` is set (True: system roots, no client certificate)."""
+    if tls is False:
+        return grpc.aio.insecure_channel(target, options=list(options))
+    settings = Tls() if tls is True else tls
+    return grpc.aio.secure_channel(target, settings.credentials(), options=list(options))
+
+
+def duration(ttl: TTL | None) -> Duration | None:
+    """Return a protobuf Duration for a TTL, None for no expiry."""
+    if ttl is None:
+        return None
+    seconds = ttl.total_seconds() if isinstance(ttl, datetime.timedelta) else float(ttl)
+    message = Duration()
+    message.FromNanoseconds(round(seconds * 1e9))
+    return message
+
+
+def condition(if_absent: bool, if_present: bool) -> kv_pb2.SetCondition.ValueType | None:
+    """Return the proto condition of a conditional set, None for an unconditional one."""
+    if if_absent and if_present:
+        raise ValueError("if_absent and if_present exclude each other")
+    if if_absent:
+        return kv_pb2.SET_CONDITION_IF_ABSENT
+    if if_present:
+        return kv_pb2.SET_CONDITION_IF_PRESENT
+    return None
+
+
+def metadata(
+    namespace: str | None, principal: str | None = None, api_key: str | None = None
+) -> tuple[tuple[str, str], ...]:
+    """Return the call metadata that selects a namespace, names the caller's principal and carries its key.
+
+    gRPC metadata is ASCII, so anything else is refused here rather than failing every call obscurely.
+    """
+    bearer = None if api_key is None else f"Bearer {api_key}"
+    pairs = [
+        (NAMESPACE_METADATA, namespace),
+        (PRINCIPAL_METADATA, principal),
+        (AUTHORIZATION_METADATA, bearer),
+    ]
+    for name, value in pairs:
+        if value is not None and not (value.isascii() and value.isprintable()):
+            if name == AUTHORIZATION_METADATA:
+                raise ValueError("api_key must be printable ASCII")  # never echo a secret
+            raise ValueError(f"{name.removeprefix('stord-')} must be printable ASCII, got {value!r}")
+    return tuple((name, value) for name, value in pairs if value is not None)
+
+
+def choice(value: str, options: Mapping[Any, _Choice], what: str) -> _Choice:
+    """Return the option named `value`; an unknown name is a ValueError listing the known ones."""
+    try:
+        return options[value]
+    except KeyError:
+        raise ValueError(f"{what} must be one of {', '.join(sorted(options))}, got {value!r}") from None
+
+
+def dump_json(document: Any) -> bytes:
+    """Encode a JSON value compactly."""
+    return json.dumps(document, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def load_json(data: bytes | None) -> Any:
+    """Decode a JSON value; None stays None (a missing key)."""
+    return None if data is None else json.loads(data)
+
+
+def values(results: Any) -> list[bytes | None]:
+    """Return MGet results as values, None for a missing key."""
+    return [result.value if result.found else None for result in results]

@@ -1,0 +1,40 @@
+"""Backends by URL scheme. Each subpackage implements the ports it supports (DESIGN 3)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+from stord.server.config import Settings, redact_url
+from stord.server.ports import Backend, Clock, InvalidArgument, system_clock
+
+__all__ = ["create_backend", "sqlite_path"]
+
+
+def sqlite_path(url: str) -> Path:
+    """Return the file of a `sqlite:///relative` or `sqlite:////absolute` URL."""
+    if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+        raise InvalidArgument("database", f"SQLite URLs look like sqlite:///path/to/stord.db, got {url!r}")
+    return Path(unquote(url[len("sqlite:///") :]))
+
+
+def create_backend(url: str, settings: Settings, *, clock: Clock = system_clock) -> Backend:
+    """Build (not open) the backend a URL names; imports only the driver that URL needs."""
+    scheme = urlsplit(url).scheme
+    if scheme == "memory":
+        from stord.server.backends.memory import MemoryBackend
+
+        return MemoryBackend(clock=clock)
+    if scheme == "sqlite":
+        from stord.server.backends.sqlite import SqliteBackend
+
+        return SqliteBackend(sqlite_path(url), options=settings.sqlite, clock=clock)
+    if scheme in ("postgresql", "postgres"):
+        from stord.server.backends.postgres import PostgresBackend
+
+        return PostgresBackend(url, options=settings.postgres, clock=clock)
+    if scheme in ("redis", "rediss", "unix"):
+        from stord.server.backends.redis import RedisBackend
+
+        return RedisBackend(url, options=settings.redis)
+    raise InvalidArgument("database", f"no backend serves {redact_url(url)!r}")

@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from stord.server.backends._jobs import QueueWakeups
+from stord.server.backends.memory._agents import MemoryAgentStore
+from stord.server.backends.memory._documents import MemoryDocumentStore
+from stord.server.backends.memory._events import MemoryEventStore
+from stord.server.backends.memory._jobs import MemoryJobQueueStore
+from stord.server.backends.memory._key_value import MemoryKeyValueStore
+from stord.server.backends.memory._manifests import MemoryManifestStore
+from stord.server.ports import (
+    AgentStore,
+    Clock,
+    DocumentStore,
+    EventStore,
+    JobQueueStore,
+    Keyspace,
+    KeyValueStore,
+    ManifestStore,
+    system_clock,
+)
+
+
+class MemoryBackend:
+    """Keeps everything in process memory; healthy as long as the process runs."""
+
+    def __init__(self, *, clock: Clock = system_clock) -> None:
+        self._key_value = {keyspace: MemoryKeyValueStore(clock) for keyspace in Keyspace}
+        self._agents = MemoryAgentStore(clock)
+        self._events = MemoryEventStore(clock)
+        self._manifests = MemoryManifestStore(clock)
+        wakeups = QueueWakeups()
+        self._jobs = MemoryJobQueueStore(clock, wakeups)
+        self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
+
+    @property
+    def kind(self) -> str:
+        return "memory"
+
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def check(self) -> None:
+        pass
+
+    async def sweep(self) -> int:
+        return sum(store.delete_expired() for store in self._key_value.values())
+
+    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
+        return self._key_value[keyspace]
+
+    def agents(self) -> AgentStore:
+        return self._agents
+
+    def events(self) -> EventStore:
+        return self._events
+
+    def manifests(self) -> ManifestStore:
+        return self._manifests
+
+    def documents(self) -> DocumentStore:
+        return self._documents
+
+    def jobs(self) -> JobQueueStore:
+        return self._jobs

@@ -1,0 +1,336 @@
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from stord.server.event_chain import ChainHead, link_events, verify_chain
+from stord.server.event_model import (
+    agent_changes,
+    analytics_bucket,
+    apply_agent_change,
+    apply_session_change,
+    counts_as_error,
+    matches,
+    session_changes,
+)
+from stord.server.ports import (
+    AlertHistoryEntry,
+    AlertHistoryPage,
+    AlertRule,
+    AlreadyExists,
+    Analytics,
+    AnalyticsFigures,
+    AnalyticsQuery,
+    ChainVerification,
+    Clock,
+    Event,
+    EventAgent,
+    EventAgentUpdate,
+    EventFilter,
+    EventInput,
+    EventPage,
+    EventPosition,
+    EventQuery,
+    EventStats,
+    EventType,
+    InsertOutcome,
+    NotFound,
+    RetentionOutcome,
+    Session,
+    SessionPage,
+    SessionQuery,
+    SessionUpdate,
+)
+
+_Row = TypeVar("_Row")
+
+# Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.
+
+
+@dataclass(slots=True)
+class _Record:
+    """A stored event and the payload facts analytics reads."""
+
+    event: Event
+    cost_usd: float | None
+    latency_ms: float | None
+
+
+@dataclass(slots=True)
+class _Space:
+    records: dict[str, _Record] = field(default_factory=dict)
+    """By id, in the order they were stored."""
+    sessions: dict[str, Session] = field(default_factory=dict)
+    heads: dict[str, ChainHead] = field(default_factory=dict)
+    agents: dict[str, EventAgent] = field(default_factory=dict)
+    rules: dict[str, AlertRule] = field(default_factory=dict)
+    history: dict[str, AlertHistoryEntry] = field(default_factory=dict)
+
+
+_EMPTY = _Space()
+"""What reads see of a namespace that holds nothing; never written to."""
+
+
+def _position(event: Event) -> tuple[int, str]:
+    return event.timestamp, event.id
+
+
+def _page(events: list[Event], query: EventQuery) -> list[Event]:
+    events.sort(key=_position, reverse=query.descending)
+    if query.after is not None:
+        after = (query.after.timestamp, query.after.id)
+        events = [
+            event
+            for event in events
+            if (_position(event) < after if query.descending else _position(event) > after)
+        ]
+    return events[query.offset : query.offset + query.limit]
+
+
+def _figures(records: Sequence[_Record]) -> AnalyticsFigures:
+    latencies = [record.latency_ms for record in records if record.latency_ms is not None]
+    return AnalyticsFigures(
+        event_count=len(records),
+        tool_call_count=sum(record.event.event_type is EventType.TOOL_CALL for record in records),
+        error_count=sum(
+            counts_as_error(record.event.event_type, record.event.severity) for record in records
+        ),
+        avg_latency_ms=sum(latencies) / len(latencies) if latencies else 0.0,
+        total_cost_usd=sum(record.cost_usd or 0.0 for record in records),
+        unique_sessions=len({record.event.session_id for record in records}),
+    )
+
+
+class MemoryEventStore:
+    """Events, sessions, agents and alert rules in dicts, per namespace."""
+
+    def __init__(self, clock: Clock) -> None:
+        self._clock = clock
+        self._namespaces: dict[str, _Space] = {}
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def _space(self, namespace: str) -> _Space:
+        space = self._namespaces.get(namespace)
+        if space is None:
+            space = self._namespaces[namespace] = _Space()
+        return space
+
+    def _view(self, namespace: str) -> _Space:
+        return self._namespaces.get(namespace) or _EMPTY
+
+    async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
+        space = self._space(namespace)
+        fresh = [event for event in events if event.id not in space.records]
+        linked, heads = link_events(fresh, space.heads)
+        for event, stored in zip(fresh, linked, strict=True):
+            space.records[event.id] = _Record(stored, event.cost_usd, event.latency_ms)
+        for change in session_changes(fresh, heads):
+            space.sessions[change.session_id] = apply_session_change(
+                space.sessions.get(change.session_id), change
+            )
+        space.heads.update(heads)
+        for agent_change in agent_changes(fresh):
+            space.agents[agent_change.agent_id] = apply_agent_change(
+                space.agents.get(agent_change.agent_id), agent_change
+            )
+        return InsertOutcome(linked, len(events) - len(fresh))
+
+    async def get_event(self, namespace: str, event_id: str) -> Event | None:
+        record = self._view(namespace).records.get(event_id)
+        return None if record is None else record.event
+
+    def _matching(self, namespace: str, event_filter: EventFilter) -> list[Event]:
+        return [
+            record.event
+            for record in self._view(namespace).records.values()
+            if matches(event_filter, record.event)
+        ]
+
+    async def query_events(self, namespace: str, query: EventQuery) -> EventPage:
+        found = self._matching(namespace, query.filter)
+        return EventPage(_page(list(found), query), len(found))
+
+    async def count_events(self, namespace: str, event_filter: EventFilter) -> int:
+        return len(self._matching(namespace, event_filter))
+
+    async def session_timeline(
+        self, namespace: str, session_id: str, *, after: EventPosition | None, limit: int
+    ) -> list[Event]:
+        found = self._matching(namespace, EventFilter(session_id=session_id))
+        return _page(found, EventQuery(EventFilter(), descending=False, limit=limit, after=after))
+
+    async def verify_chain(self, namespace: str, session_id: str) -> ChainVerification | None:
+        space = self._view(namespace)
+        if session_id not in space.sessions:
+            return None
+        events = sorted(
+            (r.event for r in space.records.values() if r.event.session_id == session_id),
+            key=lambda event: event.chain_index,
+        )
+        return verify_chain(events, space.heads.get(session_id, ChainHead()))
+
+    async def upsert_session(self, namespace: str, update: SessionUpdate) -> Session:
+        space = self._space(namespace)
+        old = space.sessions.get(update.id)
+        values: dict[str, Any] = {
+            "agent_id": update.agent_id,
+            "agent_name": update.agent_name,
+            "started_at": update.started_at,
+            "ended_at": update.ended_at,
+            "status": update.status,
+            "tags": update.tags,
+        }
+        if old is None:
+            session = Session(
+                id=update.id, event_count=0, tool_call_count=0, error_count=0, total_cost_usd=0.0, **values
+            )
+        else:
+            session = dataclasses.replace(
+                old, **{name: value for name, value in values.items() if name in update.written}
+            )
+        space.sessions[update.id] = session
+        return session
+
+    async def get_session(self, namespace: str, session_id: str) -> Session | None:
+        return self._view(namespace).sessions.get(session_id)
+
+    async def query_sessions(self, namespace: str, query: SessionQuery) -> SessionPage:
+        found = [
+            session
+            for session in self._view(namespace).sessions.values()
+            if (query.agent_id is None or session.agent_id == query.agent_id)
+            and (not query.statuses or session.status in query.statuses)
+            and (query.from_time is None or session.started_at >= query.from_time)
+            and (query.to_time is None or session.started_at <= query.to_time)
+            and (not query.tags or not query.tags.isdisjoint(session.tags))
+        ]
+        found.sort(key=lambda session: (session.started_at, session.id), reverse=True)
+        return SessionPage(found[query.offset : query.offset + query.limit], len(found))
+
+    async def upsert_agent(self, namespace: str, update: EventAgentUpdate) -> EventAgent:
+        space = self._space(namespace)
+        old = space.agents.get(update.id)
+        if old is None:
+            agent = EventAgent(update.id, update.name, update.description, update.now, update.now, 0)
+        else:
+            values: dict[str, Any] = {"name": update.name, "description": update.description}
+            agent = dataclasses.replace(
+                old, **{name: value for name, value in values.items() if name in update.written}
+            )
+        space.agents[update.id] = agent
+        return agent
+
+    async def get_agent(self, namespace: str, agent_id: str) -> EventAgent | None:
+        return self._view(namespace).agents.get(agent_id)
+
+    async def list_agents(self, namespace: str, *, after: str | None, limit: int) -> list[EventAgent]:
+        return _after(self._view(namespace).agents, after, limit)
+
+    async def analytics(self, namespace: str, query: AnalyticsQuery) -> Analytics:
+        records = [
+            record
+            for record in self._view(namespace).records.values()
+            if query.from_time <= record.event.timestamp <= query.to_time
+            and (query.agent_id is None or record.event.agent_id == query.agent_id)
+        ]
+        buckets: dict[int, list[_Record]] = {}
+        for record in records:
+            start = analytics_bucket(record.event.timestamp, query.granularity.value)
+            buckets.setdefault(start, []).append(record)
+        return Analytics(
+            buckets=[(start, _figures(buckets[start])) for start in sorted(buckets)],
+            totals=_figures(records),
+            unique_agents=len({record.event.agent_id for record in records}),
+        )
+
+    async def create_alert_rule(self, namespace: str, rule: AlertRule) -> None:
+        space = self._space(namespace)
+        if rule.id in space.rules:
+            raise AlreadyExists(f"alert rule {rule.id} exists already")
+        space.rules[rule.id] = rule
+
+    async def get_alert_rule(self, namespace: str, rule_id: str) -> AlertRule | None:
+        return self._view(namespace).rules.get(rule_id)
+
+    async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
+        space = self._view(namespace)
+        old = space.rules.get(rule.id)
+        if old is None:
+            raise NotFound(f"alert rule {rule.id} does not exist")
+        names = {"scope_agent_id", "scope_tags"} if "scope" in written else set()
+        names |= written - {"scope"}
+        changed = {name: getattr(rule, name) for name in names}
+        updated = dataclasses.replace(old, updated_at=rule.updated_at, **changed)
+        space.rules[rule.id] = updated
+        return updated
+
+    async def delete_alert_rule(self, namespace: str, rule_id: str) -> bool:
+        return self._view(namespace).rules.pop(rule_id, None) is not None
+
+    async def list_alert_rules(self, namespace: str, *, after: str | None, limit: int) -> list[AlertRule]:
+        return _after(self._view(namespace).rules, after, limit)
+
+    async def record_alert(self, namespace: str, entry: AlertHistoryEntry) -> None:
+        space = self._view(namespace)
+        if entry.rule_id not in space.rules:
+            raise NotFound(f"alert rule {entry.rule_id} does not exist")
+        if entry.id in space.history:
+            raise AlreadyExists(f"alert {entry.id} exists already")
+        space.history[entry.id] = entry
+
+    async def list_alert_history(
+        self, namespace: str, *, rule_id: str | None, offset: int, limit: int
+    ) -> AlertHistoryPage:
+        found = [
+            entry
+            for entry in self._view(namespace).history.values()
+            if rule_id is None or entry.rule_id == rule_id
+        ]
+        found.sort(key=lambda entry: (entry.triggered_at, entry.id), reverse=True)
+        return AlertHistoryPage(found[offset : offset + limit], len(found))
+
+    async def apply_retention(self, namespace: str | None, cutoff: int) -> RetentionOutcome:
+        spaces = self._namespaces.values() if namespace is None else [self._view(namespace)]
+        deleted_events = deleted_sessions = 0
+        for space in spaces:
+            expired = [key for key, record in space.records.items() if record.event.timestamp <= cutoff]
+            for key in expired:
+                del space.records[key]
+            with_events = {record.event.session_id for record in space.records.values()}
+            emptied = [
+                session.id
+                for session in space.sessions.values()
+                if session.started_at <= cutoff and session.id not in with_events
+            ]
+            for session_id in emptied:
+                del space.sessions[session_id]
+                space.heads.pop(session_id, None)
+            deleted_events += len(expired)
+            deleted_sessions += len(emptied)
+        return RetentionOutcome(deleted_events, deleted_sessions)
+
+    async def stats(self, namespace: str) -> EventStats:
+        space = self._view(namespace)
+        times = [record.event.timestamp for record in space.records.values()]
+        return EventStats(
+            total_events=len(space.records),
+            total_sessions=len(space.sessions),
+            total_agents=len(space.agents),
+            oldest_event_at=min(times, default=None),
+            newest_event_at=max(times, default=None),
+            storage_size_bytes=sum(
+                len(record.event.payload) + len(record.event.metadata)
+                for each in self._namespaces.values()
+                for record in each.records.values()
+            ),
+        )
+
+
+def _after(rows: dict[str, _Row], after: str | None, limit: int) -> list[_Row]:
+    keys = sorted(key for key in rows if after is None or key > after)
+    return [rows[key] for key in keys[:limit]]

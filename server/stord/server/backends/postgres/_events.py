@@ -1,0 +1,590 @@
+"""The event store (DESIGN 4.4) over the tables of migrations/postgres/0002_events.sql.
+
+A batch is one transaction: it takes an advisory lock per session (in one order, so writers cannot deadlock),
+reads the session heads, links the batch, COPYs it in and updates sessions and agents. Writers to one
+session, in this daemon or another one on the same database, therefore extend its chain one after the other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import psycopg
+
+from stord.server.backends._event_sql import (
+    POSTGRES,
+    Conditions,
+    analytics_query,
+    bucket_expression,
+    read_analytics,
+)
+from stord.server.backends.postgres._pool import Connection, Pool
+from stord.server.event_chain import ChainHead, link_events, verify_chain
+from stord.server.event_model import agent_changes, session_changes
+from stord.server.ports import (
+    AlertCondition,
+    AlertHistoryEntry,
+    AlertHistoryPage,
+    AlertRule,
+    AlreadyExists,
+    Analytics,
+    AnalyticsQuery,
+    ChainVerification,
+    Clock,
+    Event,
+    EventAgent,
+    EventAgentUpdate,
+    EventFilter,
+    EventInput,
+    EventPage,
+    EventPosition,
+    EventQuery,
+    EventStats,
+    EventType,
+    FailedPrecondition,
+    Granularity,
+    InsertOutcome,
+    NotFound,
+    RetentionOutcome,
+    Session,
+    SessionPage,
+    SessionQuery,
+    SessionStatus,
+    SessionUpdate,
+    Severity,
+)
+
+__all__ = ["PostgresEventStore"]
+
+RETENTION_BATCH = 5000
+"""Events deleted per transaction: a retention pass must not hold long locks or a long transaction."""
+
+_EVENT_COLUMNS = (
+    "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
+    "chain_index"
+)
+_COPY_EVENTS = f"COPY events (namespace, {_EVENT_COLUMNS}, cost_usd, latency_ms) FROM STDIN"
+_SESSION_COLUMNS = (
+    "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
+    "total_cost_usd, tags"
+)
+_AGENT_COLUMNS = "id, name, description, first_seen_at, last_seen_at, session_count"
+_RULE_COLUMNS = (
+    "id, name, enabled, condition, threshold, window_minutes, scope_agent_id, scope_tags, notify_channels, "
+    "created_at, updated_at"
+)
+_HISTORY_COLUMNS = "id, rule_id, triggered_at, resolved_at, current_value, threshold, message"
+
+# Array order is lock order: the keys arrive sorted, so two batches never wait for each other in a cycle.
+_LOCK_SESSIONS = "SELECT pg_advisory_xact_lock(key) FROM unnest(%s::bigint[]) AS key"
+_HEADS = "SELECT id, chain_length, last_hash FROM event_sessions WHERE namespace = %s AND id = ANY(%s)"
+_STORED_IDS = "SELECT id FROM events WHERE namespace = %s AND id = ANY(%s)"
+
+# A batch's effect on each session: counters add up, the latest status/end/name/tags win, the head moves.
+_APPLY_SESSION = """
+INSERT INTO event_sessions AS s (namespace, id, agent_id, agent_name, started_at, ended_at, status,
+                                 event_count, tool_call_count, error_count, total_cost_usd, tags,
+                                 chain_length, last_hash)
+VALUES (%(namespace)s, %(id)s, %(agent_id)s, %(agent_name)s, %(started_at)s, %(ended_at)s,
+        coalesce(%(status)s, 'active'), %(event_count)s, %(tool_call_count)s, %(error_count)s, %(cost_usd)s,
+        coalesce(%(tags)s::text[], '{}'::text[]), %(chain_length)s, %(last_hash)s)
+ON CONFLICT (namespace, id) DO UPDATE SET
+    agent_name = coalesce(%(agent_name)s, s.agent_name),
+    started_at = least(s.started_at, %(started_at)s),
+    ended_at = coalesce(%(ended_at)s, s.ended_at),
+    status = coalesce(%(status)s, s.status),
+    event_count = s.event_count + %(event_count)s,
+    tool_call_count = s.tool_call_count + %(tool_call_count)s,
+    error_count = s.error_count + %(error_count)s,
+    total_cost_usd = s.total_cost_usd + %(cost_usd)s,
+    tags = coalesce(%(tags)s::text[], s.tags),
+    chain_length = %(chain_length)s,
+    last_hash = %(last_hash)s
+"""
+_APPLY_AGENT = """
+INSERT INTO event_agents AS a (namespace, id, name, description, first_seen_at, last_seen_at, session_count)
+VALUES (%(namespace)s, %(id)s, %(name)s, NULL, %(first_seen_at)s, %(last_seen_at)s, %(sessions_started)s)
+ON CONFLICT (namespace, id) DO UPDATE SET
+    first_seen_at = least(a.first_seen_at, %(first_seen_at)s),
+    last_seen_at = greatest(a.last_seen_at, %(last_seen_at)s),
+    session_count = a.session_count + %(sessions_started)s
+"""
+
+_TYPES = {member.value: member for member in EventType}
+_SEVERITIES = {member.value: member for member in Severity}
+_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
+_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}  # weeks start on Monday
+_STORE_TABLES = ("events", "event_sessions", "event_agents", "event_alert_rules", "event_alert_history")
+
+
+def _session_lock(namespace: str, session_id: str) -> int:
+    """Return the advisory lock key of a session, the same in every daemon (a signed 64-bit integer)."""
+    digest = hashlib.blake2b(f"{namespace}\x00{session_id}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+def _event(row: Sequence[Any]) -> Event:
+    return Event(row[0], row[1], row[2], row[3], _TYPES[row[4]], _SEVERITIES[row[5]], *row[6:11])
+
+
+def _session(row: Sequence[Any]) -> Session:
+    return Session(
+        id=row[0],
+        agent_id=row[1],
+        agent_name=row[2],
+        started_at=row[3],
+        ended_at=row[4],
+        status=SessionStatus(row[5]),
+        event_count=row[6],
+        tool_call_count=row[7],
+        error_count=row[8],
+        total_cost_usd=row[9],
+        tags=tuple(row[10]),
+    )
+
+
+def _agent(row: Sequence[Any]) -> EventAgent:
+    return EventAgent(*row)
+
+
+def _rule(row: Sequence[Any]) -> AlertRule:
+    return AlertRule(
+        id=row[0],
+        name=row[1],
+        enabled=row[2],
+        condition=AlertCondition(row[3]),
+        threshold=row[4],
+        window_minutes=row[5],
+        scope_agent_id=row[6],
+        scope_tags=tuple(row[7]),
+        notify_channels=tuple(row[8]),
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def _rule_values(rule: AlertRule) -> dict[str, object]:
+    return {
+        "id": rule.id,
+        "name": rule.name,
+        "enabled": rule.enabled,
+        "condition": rule.condition.value,
+        "threshold": rule.threshold,
+        "window_minutes": rule.window_minutes,
+        "scope_agent_id": rule.scope_agent_id,
+        "scope_tags": list(rule.scope_tags),
+        "notify_channels": list(rule.notify_channels),
+        "created_at": rule.created_at,
+        "updated_at": rule.updated_at,
+    }
+
+
+def _entry(row: Sequence[Any]) -> AlertHistoryEntry:
+    return AlertHistoryEntry(*row)
+
+
+async def _fetchall(connection: Connection, sql: str, params: Sequence[object]) -> list[Any]:
+    return await (await connection.execute(sql, params)).fetchall()
+
+
+async def _fetchone(connection: Connection, sql: str, params: Sequence[object]) -> Any:
+    return await (await connection.execute(sql, params)).fetchone()
+
+
+class PostgresEventStore:
+    """Events, sessions, agents and alert rules in PostgreSQL."""
+
+    def __init__(self, pool: Pool, clock: Clock) -> None:
+        self._pool = pool
+        self._clock = clock
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # Writing events --------------------------------------------------------------------------------------
+
+    async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
+        locks = sorted({_session_lock(namespace, event.session_id) for event in events})
+        session_ids = sorted({event.session_id for event in events})
+        async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute(_LOCK_SESSIONS, (locks,))
+            rows = await _fetchall(connection, _HEADS, (namespace, session_ids))
+            heads = {row[0]: ChainHead(row[1], row[2]) for row in rows}
+            fresh, linked, new_heads = await _insert_new(connection, namespace, events, heads)
+            await _apply_changes(connection, namespace, fresh, new_heads)
+        return InsertOutcome(linked, len(events) - len(fresh))
+
+    # Reading events --------------------------------------------------------------------------------------
+
+    async def get_event(self, namespace: str, event_id: str) -> Event | None:
+        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = %s"
+        async with self._pool.connection() as connection:
+            row = await _fetchone(connection, sql, (namespace, event_id))
+        return None if row is None else _event(row)
+
+    async def query_events(self, namespace: str, query: EventQuery) -> EventPage:
+        matching = Conditions(POSTGRES).events(namespace, query.filter)
+        page = Conditions(POSTGRES, list(matching.clauses), list(matching.params))
+        page.after(query.after, descending=query.descending)
+        direction = "DESC" if query.descending else "ASC"
+        select = f"""
+            SELECT {_EVENT_COLUMNS} FROM events WHERE {page.where()}
+            ORDER BY timestamp {direction}, id {direction} LIMIT %s OFFSET %s
+        """
+        count = f"SELECT count(*) FROM events WHERE {matching.where()}"
+        async with self._pool.connection() as connection, connection.transaction():
+            # One snapshot for the page and its total.
+            await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            rows = await _fetchall(connection, select, (*page.params, query.limit, query.offset))
+            total = (await _fetchone(connection, count, matching.params))[0]
+        return EventPage([_event(row) for row in rows], total)
+
+    async def count_events(self, namespace: str, event_filter: EventFilter) -> int:
+        matching = Conditions(POSTGRES).events(namespace, event_filter)
+        async with self._pool.connection() as connection:
+            row = await _fetchone(
+                connection, f"SELECT count(*) FROM events WHERE {matching.where()}", matching.params
+            )
+        return int(row[0])
+
+    async def session_timeline(
+        self, namespace: str, session_id: str, *, after: EventPosition | None, limit: int
+    ) -> list[Event]:
+        conditions = Conditions(POSTGRES).events(namespace, EventFilter(session_id=session_id))
+        conditions.after(after, descending=False)
+        sql = (
+            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT %s"
+        )
+        async with self._pool.connection() as connection:
+            rows = await _fetchall(connection, sql, (*conditions.params, limit))
+        return [_event(row) for row in rows]
+
+    async def verify_chain(self, namespace: str, session_id: str) -> ChainVerification | None:
+        heads = "SELECT chain_length, last_hash FROM event_sessions WHERE namespace = %s AND id = %s"
+        events = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND session_id = %s"
+        events += " ORDER BY chain_index"
+        async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            head = await _fetchone(connection, heads, (namespace, session_id))
+            if head is None:
+                return None
+            rows = await _fetchall(connection, events, (namespace, session_id))
+        return verify_chain([_event(row) for row in rows], ChainHead(head[0], head[1]))
+
+    # Sessions and agents ---------------------------------------------------------------------------------
+
+    async def upsert_session(self, namespace: str, update: SessionUpdate) -> Session:
+        values: dict[str, Any] = {
+            "agent_id": update.agent_id,
+            "agent_name": update.agent_name,
+            "started_at": update.started_at,
+            "ended_at": update.ended_at,
+            "status": update.status.value,
+            "tags": list(update.tags),
+        }
+        insert = """
+            INSERT INTO event_sessions (namespace, id, agent_id, agent_name, started_at, ended_at, status,
+                                        event_count, tool_call_count, error_count, total_cost_usd, tags)
+            VALUES (%s, %s, %s, %s, %s, %s, %s, 0, 0, 0, 0, %s::text[])
+            ON CONFLICT (namespace, id) DO NOTHING
+        """
+        written = sorted(update.written)
+        assignments = ", ".join(f"{name} = %s" for name in written)
+        update_sql = f"UPDATE event_sessions SET {assignments} WHERE namespace = %s AND id = %s"
+        select = f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
+        async with self._pool.connection() as connection, connection.transaction():
+            created = await connection.execute(insert, (namespace, update.id, *values.values()))
+            if created.rowcount == 0 and written:
+                await connection.execute(
+                    update_sql, (*(values[name] for name in written), namespace, update.id)
+                )
+            row = await _fetchone(connection, select, (namespace, update.id))
+        return _session(row)
+
+    async def get_session(self, namespace: str, session_id: str) -> Session | None:
+        sql = f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
+        async with self._pool.connection() as connection:
+            row = await _fetchone(connection, sql, (namespace, session_id))
+        return None if row is None else _session(row)
+
+    async def query_sessions(self, namespace: str, query: SessionQuery) -> SessionPage:
+        matching = Conditions(POSTGRES)
+        matching.add("namespace = {}", namespace)
+        if query.agent_id is not None:
+            matching.add("agent_id = {}", query.agent_id)
+        if query.statuses:
+            matching.any_of("status", sorted(status.value for status in query.statuses))
+        if query.from_time is not None:
+            matching.add("started_at >= {}", query.from_time)
+        if query.to_time is not None:
+            matching.add("started_at <= {}", query.to_time)
+        if query.tags:
+            matching.add("tags && {}::text[]", sorted(query.tags))
+        select = f"""
+            SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
+            ORDER BY started_at DESC, id DESC LIMIT %s OFFSET %s
+        """
+        count = f"SELECT count(*) FROM event_sessions WHERE {matching.where()}"
+        async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            rows = await _fetchall(connection, select, (*matching.params, query.limit, query.offset))
+            total = (await _fetchone(connection, count, matching.params))[0]
+        return SessionPage([_session(row) for row in rows], total)
+
+    async def upsert_agent(self, namespace: str, update: EventAgentUpdate) -> EventAgent:
+        insert = f"""
+            INSERT INTO event_agents (namespace, {_AGENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 0)
+            ON CONFLICT (namespace, id) DO NOTHING
+        """
+        values = {"name": update.name, "description": update.description}
+        written = sorted(update.written)
+        assignments = ", ".join(f"{name} = %s" for name in written)
+        select = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
+        async with self._pool.connection() as connection, connection.transaction():
+            created = await connection.execute(
+                insert, (namespace, update.id, update.name, update.description, update.now, update.now)
+            )
+            if created.rowcount == 0 and written:
+                await connection.execute(
+                    f"UPDATE event_agents SET {assignments} WHERE namespace = %s AND id = %s",
+                    (*(values[name] for name in written), namespace, update.id),
+                )
+            row = await _fetchone(connection, select, (namespace, update.id))
+        return _agent(row)
+
+    async def get_agent(self, namespace: str, agent_id: str) -> EventAgent | None:
+        sql = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
+        async with self._pool.connection() as connection:
+            row = await _fetchone(connection, sql, (namespace, agent_id))
+        return None if row is None else _agent(row)
+
+    async def list_agents(self, namespace: str, *, after: str | None, limit: int) -> list[EventAgent]:
+        sql = (
+            f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id > %s ORDER BY id LIMIT %s"
+        )
+        async with self._pool.connection() as connection:
+            rows = await _fetchall(connection, sql, (namespace, after or "", limit))
+        return [_agent(row) for row in rows]
+
+    # Analytics -------------------------------------------------------------------------------------------
+
+    async def analytics(self, namespace: str, query: AnalyticsQuery) -> Analytics:
+        matching = Conditions(POSTGRES)
+        matching.add("namespace = {}", namespace)
+        matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
+        if query.agent_id is not None:
+            matching.add("agent_id = {}", query.agent_id)
+        bucket = bucket_expression(POSTGRES, _WIDTHS[query.granularity], _ORIGINS[query.granularity])
+        sql = analytics_query(POSTGRES, bucket, matching.where())
+        async with self._pool.connection() as connection:
+            rows = await _fetchall(connection, sql, matching.params)
+        return read_analytics(rows)
+
+    # Alert rules and history -----------------------------------------------------------------------------
+
+    async def create_alert_rule(self, namespace: str, rule: AlertRule) -> None:
+        values = _rule_values(rule)
+        placeholders = ", ".join(f"%({name})s" for name in values)
+        sql = f"INSERT INTO event_alert_rules (namespace, {_RULE_COLUMNS})"
+        sql += f" VALUES (%(namespace)s, {placeholders})"
+        try:
+            async with self._pool.connection() as connection:
+                await connection.execute(sql, {"namespace": namespace, **values})
+        except psycopg.errors.UniqueViolation:
+            raise AlreadyExists(f"alert rule {rule.id} exists already") from None
+
+    async def get_alert_rule(self, namespace: str, rule_id: str) -> AlertRule | None:
+        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id = %s"
+        async with self._pool.connection() as connection:
+            row = await _fetchone(connection, sql, (namespace, rule_id))
+        return None if row is None else _rule(row)
+
+    async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
+        values = _rule_values(rule)
+        columns = sorted(
+            ({"scope_agent_id", "scope_tags"} if "scope" in written else set()) | (written - {"scope"})
+        )
+        columns.append("updated_at")
+        assignments = ", ".join(f"{name} = %({name})s" for name in columns)
+        sql = f"""
+            UPDATE event_alert_rules SET {assignments} WHERE namespace = %(namespace)s AND id = %(id)s
+            RETURNING {_RULE_COLUMNS}
+        """
+        async with self._pool.connection() as connection:
+            row = await (await connection.execute(sql, {"namespace": namespace, **values})).fetchone()
+        if row is None:
+            raise NotFound(f"alert rule {rule.id} does not exist")
+        return _rule(row)
+
+    async def delete_alert_rule(self, namespace: str, rule_id: str) -> bool:
+        sql = "DELETE FROM event_alert_rules WHERE namespace = %s AND id = %s"
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(sql, (namespace, rule_id))
+        return cursor.rowcount > 0
+
+    async def list_alert_rules(self, namespace: str, *, after: str | None, limit: int) -> list[AlertRule]:
+        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id > %s ORDER BY id"
+        async with self._pool.connection() as connection:
+            rows = await _fetchall(connection, sql + " LIMIT %s", (namespace, after or "", limit))
+        return [_rule(row) for row in rows]
+
+    async def record_alert(self, namespace: str, entry: AlertHistoryEntry) -> None:
+        # The rule is read FOR SHARE: a concurrent delete waits, so no entry is recorded for a vanished rule.
+        rule = "SELECT 1 FROM event_alert_rules WHERE namespace = %s AND id = %s FOR SHARE"
+        insert = f"""
+            INSERT INTO event_alert_history (namespace, {_HISTORY_COLUMNS})
+            VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+        """
+        values = (entry.id, entry.rule_id, entry.triggered_at, entry.resolved_at, entry.current_value,
+                  entry.threshold, entry.message)  # fmt: skip
+        try:
+            async with self._pool.connection() as connection, connection.transaction():
+                if await _fetchone(connection, rule, (namespace, entry.rule_id)) is None:
+                    raise NotFound(f"alert rule {entry.rule_id} does not exist")
+                await connection.execute(insert, (namespace, *values))
+        except psycopg.errors.UniqueViolation:
+            raise AlreadyExists(f"alert {entry.id} exists already") from None
+
+    async def list_alert_history(
+        self, namespace: str, *, rule_id: str | None, offset: int, limit: int
+    ) -> AlertHistoryPage:
+        matching = Conditions(POSTGRES)
+        matching.add("namespace = {}", namespace)
+        if rule_id is not None:
+            matching.add("rule_id = {}", rule_id)
+        select = f"""
+            SELECT {_HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
+            ORDER BY triggered_at DESC, id DESC LIMIT %s OFFSET %s
+        """
+        count = f"SELECT count(*) FROM event_alert_history WHERE {matching.where()}"
+        async with self._pool.connection() as connection, connection.transaction():
+            await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            rows = await _fetchall(connection, select, (*matching.params, limit, offset))
+            total = (await _fetchone(connection, count, matching.params))[0]
+        return AlertHistoryPage([_entry(row) for row in rows], total)
+
+    # Retention and stats ---------------------------------------------------------------------------------
+
+    async def apply_retention(self, namespace: str | None, cutoff: int) -> RetentionOutcome:
+        delete_events = """
+            DELETE FROM events WHERE (namespace, id) IN (
+                SELECT namespace, id FROM events WHERE namespace = %s AND timestamp <= %s LIMIT %s
+            )
+        """
+        delete_sessions = """
+            DELETE FROM event_sessions AS s WHERE namespace = %s AND started_at <= %s AND NOT EXISTS (
+                SELECT 1 FROM events AS e WHERE e.namespace = s.namespace AND e.session_id = s.id
+            )
+        """
+        deleted_events = deleted_sessions = 0
+        async with self._pool.connection() as connection:
+            if namespace is None:
+                rows = await _fetchall(connection, "SELECT DISTINCT namespace FROM event_sessions", ())
+                namespaces = [row[0] for row in rows]
+            else:
+                namespaces = [namespace]
+            for name in namespaces:
+                while True:
+                    cursor = await connection.execute(delete_events, (name, cutoff, RETENTION_BATCH))
+                    deleted_events += cursor.rowcount
+                    if cursor.rowcount < RETENTION_BATCH:
+                        break
+                deleted_sessions += (await connection.execute(delete_sessions, (name, cutoff))).rowcount
+        return RetentionOutcome(deleted_events, deleted_sessions)
+
+    async def stats(self, namespace: str) -> EventStats:
+        size = " + ".join(f"pg_total_relation_size('{table}')" for table in _STORE_TABLES)
+        sql = f"""
+            SELECT (SELECT count(*) FROM events WHERE namespace = %(namespace)s),
+                   (SELECT min(timestamp) FROM events WHERE namespace = %(namespace)s),
+                   (SELECT max(timestamp) FROM events WHERE namespace = %(namespace)s),
+                   (SELECT count(*) FROM event_sessions WHERE namespace = %(namespace)s),
+                   (SELECT count(*) FROM event_agents WHERE namespace = %(namespace)s),
+                   {size}
+        """
+        async with self._pool.connection() as connection:
+            row = await (await connection.execute(sql, {"namespace": namespace})).fetchone()
+        assert row is not None
+        events, oldest, newest, sessions, agents, storage = row
+        return EventStats(events, sessions, agents, oldest, newest, int(storage))
+
+
+# Inside a batch's transaction ----------------------------------------------------------------------------
+
+
+async def _copy(
+    connection: Connection, namespace: str, linked: list[Event], events: Sequence[EventInput]
+) -> None:
+    async with connection.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
+        for stored, event in zip(linked, events, strict=True):
+            await copy.write_row(
+                (namespace, stored.id, stored.timestamp, stored.session_id, stored.agent_id,
+                 stored.event_type.value, stored.severity.value, stored.payload, stored.metadata,
+                 stored.prev_hash, stored.hash, stored.chain_index, event.cost_usd, event.latency_ms)
+            )  # fmt: skip
+
+
+async def _insert_new(
+    connection: Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
+) -> tuple[Sequence[EventInput], list[Event], dict[str, ChainHead]]:
+    """COPY the events whose ids are not stored yet, linked; return them, as stored, and the new heads."""
+    # Resends are rare: COPY as if every event were new, in a savepoint, and only when that fails (a stored
+    # id, or a claimed prev_hash that a stored duplicate explains) look up which ids are stored.
+    try:
+        async with connection.transaction():
+            linked, new_heads = link_events(events, heads)
+            await _copy(connection, namespace, linked, events)
+        return events, linked, new_heads
+    except (psycopg.errors.UniqueViolation, FailedPrecondition):
+        pass
+    rows = await _fetchall(connection, _STORED_IDS, (namespace, [event.id for event in events]))
+    stored = {row[0] for row in rows}
+    fresh = [event for event in events if event.id not in stored]
+    linked, new_heads = link_events(fresh, heads)
+    if fresh:
+        await _copy(connection, namespace, linked, fresh)
+    return fresh, linked, new_heads
+
+
+async def _apply_changes(
+    connection: Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
+) -> None:
+    """Update the batch's sessions and agents, in id order (the order concurrent batches lock rows in)."""
+    sessions = [
+        {
+            "namespace": namespace,
+            "id": change.session_id,
+            "agent_id": change.agent_id,
+            "agent_name": change.agent_name,
+            "started_at": change.first_timestamp,
+            "ended_at": change.ended_at,
+            "status": None if change.status is None else change.status.value,
+            "event_count": change.event_count,
+            "tool_call_count": change.tool_call_count,
+            "error_count": change.error_count,
+            "cost_usd": change.cost_usd,
+            "tags": None if change.tags is None else list(change.tags),
+            "chain_length": change.head.length,
+            "last_hash": change.head.last_hash,
+        }
+        for change in session_changes(events, heads)
+    ]
+    agents = [
+        {
+            "namespace": namespace,
+            "id": change.agent_id,
+            "name": change.name or change.agent_id,
+            "first_seen_at": change.first_seen_at,
+            "last_seen_at": change.last_seen_at,
+            "sessions_started": change.sessions_started,
+        }
+        for change in agent_changes(events)
+    ]
+    async with connection.cursor() as cursor:
+        if sessions:
+            await cursor.executemany(_APPLY_SESSION, sessions)
+        if agents:
+            await cursor.executemany(_APPLY_AGENT, agents)

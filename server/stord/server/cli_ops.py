@@ -1,0 +1,198 @@
+"""`stord kv | events | jobs`: look at a running daemon from a shell, through the Python client.
+
+    stord kv set greeting hello --address 127.0.0.1:50051 --namespace demo
+    stord kv get greeting
+    stord kv keys 'user:*'
+    stord events tail --session s-1 --count 10
+    stord jobs stats emails thumbnails
+
+Every command takes `--address` (STORD_ADDRESS, default 127.0.0.1:50051), `--namespace` (STORD_NAMESPACE) and
+`--api-key` (STORD_API_KEY). Errors print `STATUS: details` on stderr and exit 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from google.protobuf.json_format import MessageToDict
+
+if TYPE_CHECKING:
+    from stord.client import Client
+
+__all__ = ["OPS_COMMANDS", "add_ops_commands", "run_ops_command"]
+
+OPS_COMMANDS = frozenset({"kv", "events", "jobs"})
+"""The top-level commands this module serves."""
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+_Run = Callable[[argparse.Namespace], int]
+
+
+def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--address",
+        default=os.environ.get("STORD_ADDRESS", "127.0.0.1:50051"),
+        help="the daemon: host:port or unix:/path.sock (STORD_ADDRESS, default 127.0.0.1:50051)",
+    )
+    parser.add_argument(
+        "--namespace",
+        default=os.environ.get("STORD_NAMESPACE") or None,
+        help="namespace to work in (STORD_NAMESPACE, default: the daemon's `default`)",
+    )
+    parser.add_argument(
+        "--api-key",
+        default=os.environ.get("STORD_API_KEY") or None,
+        help="API key, when the daemon requires one (STORD_API_KEY)",
+    )
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds each call may take")
+
+
+def _command(
+    group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, run: _Run, **options: Any
+) -> argparse.ArgumentParser:
+    parser = group.add_parser(name, **options)
+    _add_connection_flags(parser)
+    parser.set_defaults(run_ops=run)
+    return parser
+
+
+def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kv`, `events` and `jobs` with the top-level parser."""
+    kv = commands.add_parser("kv", help="read and write keys of a running daemon").add_subparsers(
+        dest="kv_command", required=True
+    )
+    get = _command(kv, "get", _kv_get, help="print a key's value (exit 1 when it is absent)")
+    get.add_argument("key")
+    set_ = _command(kv, "set", _kv_set, help="store a value ('-' reads it from stdin)")
+    set_.add_argument("key")
+    set_.add_argument("value")
+    set_.add_argument("--ttl", type=float, metavar="SECONDS", help="expiry, with --cache only")
+    keys = _command(kv, "keys", _kv_keys, help="list keys matching a glob pattern, one a line")
+    keys.add_argument("pattern", nargs="?", default="*")
+    keys.add_argument("--limit", type=int, default=0, help="stop after this many keys (0: all)")
+    for parser in (get, set_, keys):
+        parser.add_argument(
+            "--cache", action="store_true", help="use CacheService instead of DatabaseService"
+        )
+
+    events = commands.add_parser("events", help="watch the event store").add_subparsers(
+        dest="events_command", required=True
+    )
+    tail = _command(events, "tail", _events_tail, help="print new events as JSON lines until interrupted")
+    tail.add_argument("--session", help="only this session's events")
+    tail.add_argument("--agent", help="only this agent's events")
+    tail.add_argument("--type", action="append", default=[], help="only this event type (repeatable)")
+    tail.add_argument("--severity", action="append", default=[], help="only this severity (repeatable)")
+    tail.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
+
+    jobs = commands.add_parser("jobs", help="inspect job queues").add_subparsers(
+        dest="jobs_command", required=True
+    )
+    stats = _command(jobs, "stats", _jobs_stats, help="count a queue's jobs by status")
+    stats.add_argument("queues", nargs="+", metavar="QUEUE")
+    stats.add_argument("--json", action="store_true", help="one JSON object a line instead of a table")
+
+
+def run_ops_command(arguments: argparse.Namespace) -> int:
+    """Run a `kv`, `events` or `jobs` command; return the exit status."""
+    from stord.client import StordError
+
+    run: _Run = arguments.run_ops
+    try:
+        return run(arguments)
+    except StordError as error:
+        print(f"stord: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ValueError as error:  # an argument the client refuses before calling, e.g. an unknown event type
+        print(f"stord: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def _client(arguments: argparse.Namespace) -> Client:
+    from stord.client import Client
+
+    return Client(
+        arguments.address, namespace=arguments.namespace, api_key=arguments.api_key, timeout=arguments.timeout
+    )
+
+
+def _kv_get(arguments: argparse.Namespace) -> int:
+    with _client(arguments) as client:
+        value = client.cache.get(arguments.key) if arguments.cache else client.db.get(arguments.key)
+    if value is None:
+        print(f"stord: {arguments.key}: not found", file=sys.stderr)
+        return EXIT_FAILURE
+    sys.stdout.buffer.write(value)
+    if sys.stdout.isatty() and not value.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    sys.stdout.flush()
+    return EXIT_OK
+
+
+def _kv_set(arguments: argparse.Namespace) -> int:
+    value = sys.stdin.buffer.read() if arguments.value == "-" else os.fsencode(arguments.value)
+    if arguments.ttl is not None and not arguments.cache:
+        print("stord: --ttl needs --cache (database keys do not expire)", file=sys.stderr)
+        return EXIT_FAILURE
+    with _client(arguments) as client:
+        if arguments.cache:
+            client.cache.set(arguments.key, value, ttl=arguments.ttl)
+        else:
+            client.db.set(arguments.key, value)
+    return EXIT_OK
+
+
+def _kv_keys(arguments: argparse.Namespace) -> int:
+    with _client(arguments) as client:
+        keys = client.cache.keys(arguments.pattern) if arguments.cache else client.db.keys(arguments.pattern)
+        for index, key in enumerate(keys, start=1):
+            print(key, flush=True)
+            if index == arguments.limit:
+                break
+    return EXIT_OK
+
+
+def _events_tail(arguments: argparse.Namespace) -> int:
+    printed = 0
+    with _client(arguments) as client:
+        tail = client.events.tail(
+            session_id=arguments.session,
+            agent_id=arguments.agent,
+            event_types=arguments.type,
+            severities=arguments.severity,
+        )
+        with tail:
+            print(f"stord: tailing events of {arguments.address}", file=sys.stderr, flush=True)
+            for events in tail:
+                for event in events:
+                    document = MessageToDict(event, preserving_proto_field_name=True)
+                    print(json.dumps(document, separators=(",", ":"), sort_keys=True), flush=True)
+                    printed += 1
+                    if printed == arguments.count:
+                        return EXIT_OK
+    return EXIT_OK
+
+
+def _jobs_stats(arguments: argparse.Namespace) -> int:
+    columns = ("pending", "running", "retrying", "completed", "failed")
+    with _client(arguments) as client:
+        rows = [(queue, client.jobs.stats(queue)) for queue in arguments.queues]
+    if arguments.json:
+        for queue, stats in rows:
+            print(json.dumps({"queue": queue, **{column: getattr(stats, column) for column in columns}}))
+        return EXIT_OK
+    width = max(len("queue"), *(len(queue) for queue, _ in rows))
+    print(f"{'queue':<{width}}" + "".join(f"  {column:>9}" for column in columns))
+    for queue, stats in rows:
+        print(f"{queue:<{width}}" + "".join(f"  {getattr(stats, column):>9}" for column in columns))
+    return EXIT_OK

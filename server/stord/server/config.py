@@ -1,0 +1,264 @@
+"""Settings: defaults < YAML file < `STORD_*` environment < command-line flags, validated at startup.
+
+The flag and environment names are part of the interface (DESIGN 3). Pool sizes, timeouts and the fallback
+policy live only in the YAML file. YAML values may reference the environment as `${NAME}`, so secrets need not
+be written into the file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+__all__ = [
+    "ConfigError",
+    "ConnectOptions",
+    "PostgresOptions",
+    "RedisOptions",
+    "Settings",
+    "SqliteOptions",
+    "load_settings",
+    "redact_url",
+]
+
+ENVIRONMENT: dict[str, str] = {
+    "listen": "STORD_LISTEN",
+    "unix_socket": "STORD_UNIX_SOCKET",
+    "data_dir": "STORD_DATA_DIR",
+    "database": "STORD_DATABASE_URL",
+    "cache": "STORD_CACHE_URL",
+    "log_format": "STORD_LOG_FORMAT",
+    "log_level": "STORD_LOG_LEVEL",
+    "retention_days": "STORD_RETENTION_DAYS",
+    "api_keys_file": "STORD_API_KEYS_FILE",
+    "insecure": "STORD_INSECURE",
+    "tls_cert": "STORD_TLS_CERT",
+    "tls_key": "STORD_TLS_KEY",
+    "tls_client_ca": "STORD_TLS_CLIENT_CA",
+    "metrics_listen": "STORD_METRICS_LISTEN",
+}
+"""Setting name -> environment variable; the same names are the YAML keys and (dashed) the flags."""
+
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class ConfigError(Exception):
+    """The settings are unusable; the message says which one and why."""
+
+
+class _Options(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SqliteOptions(_Options):
+    """SQLite tuning (DESIGN 3): WAL, one writer thread, pooled readers."""
+
+    synchronous: Literal["NORMAL", "FULL"] = "NORMAL"
+    readers: int = Field(default=4, ge=1, le=64)
+    cache_size_mb: int = Field(default=64, ge=1)
+    busy_timeout_ms: int = Field(default=5000, ge=0)
+
+
+class PostgresOptions(_Options):
+    """PostgreSQL connection pool."""
+
+    pool_min_size: int = Field(default=2, ge=1)
+    pool_max_size: int = Field(default=10, ge=1)
+    connect_timeout: float = Field(default=5.0, gt=0)
+
+
+class RedisOptions(_Options):
+    """Redis connection pool."""
+
+    max_connections: int = Field(default=64, ge=1)
+    socket_timeout: float = Field(default=5.0, gt=0)
+
+
+class ConnectOptions(_Options):
+    """How hard startup tries to reach a backend, and what happens when it cannot."""
+
+    attempts: int = Field(default=5, ge=1, le=100)
+    initial_backoff: float = Field(default=0.2, gt=0)
+    max_backoff: float = Field(default=5.0, gt=0)
+    cache_fallback: bool = True
+    """An unreachable cache is replaced by the memory cache, with a warning."""
+    database_fallback: bool = False
+    """An unreachable database is replaced by memory only when asked: it would lose data silently."""
+
+
+class Settings(BaseModel):
+    """Everything `stord serve` needs, validated."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    listen: str = "127.0.0.1:50051"
+    unix_socket: Path | None = None
+    data_dir: Path = Path("./stord-data")
+    database: str = ""
+    """Empty means `sqlite:///<data dir>/stord.db`."""
+    cache: str = "memory://"
+    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    retention_days: int = Field(default=90, ge=0)
+    grace_period: float = Field(default=10.0, ge=0)
+    """Seconds that in-flight RPCs get to finish after SIGTERM."""
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
+    health_check_interval: float = Field(default=5.0, gt=0)
+    expiry_sweep_interval: float = Field(default=60.0, gt=0)
+    """Seconds between passes that delete expired cache values (invisible from the moment they expire)."""
+    sqlite: SqliteOptions = SqliteOptions()
+    postgres: PostgresOptions = PostgresOptions()
+    redis: RedisOptions = RedisOptions()
+    connect: ConnectOptions = ConnectOptions()
+    api_keys_file: Path | None = None
+    """YAML file of API keys (by SHA-256 hash); when set, every stord RPC needs `authorization: Bearer`."""
+    insecure: bool = False
+    """Allow serving a non-loopback address without API keys (logged as a warning)."""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """When set, clients must present a certificate signed by this CA (mTLS)."""
+    metrics_listen: str | None = None
+    """HOST:PORT of the Prometheus endpoint (plain HTTP); None serves no metrics."""
+
+    @model_validator(mode="after")
+    def _check_tls(self) -> Settings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return self
+
+    @property
+    def listens_on_loopback(self) -> bool:
+        """Return whether the TCP address is reachable from this host only."""
+        host = self.listen.rpartition(":")[0].strip("[]")
+        if host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False  # a host name may resolve to anything
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        _split_address(value, example_port=50051)
+        return value
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _check_metrics_listen(cls, value: str | None) -> str | None:
+        if value is not None:
+            _split_address(value, example_port=9464)
+        return value
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """Return the metrics endpoint's host (brackets of IPv6 removed) and port, or None."""
+        if self.metrics_listen is None:
+            return None
+        return _split_address(self.metrics_listen, example_port=9464)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database", "cache")
+    @classmethod
+    def _check_url(cls, value: str) -> str:
+        if value and urlsplit(value).scheme not in _SCHEMES:
+            raise ValueError(
+                f"unsupported URL scheme in {redact_url(value)!r}; use one of {sorted(_SCHEMES)}"
+            )
+        return value
+
+    @property
+    def database_url(self) -> str:
+        """Return the database URL, the SQLite default filled in."""
+        return self.database or f"sqlite:///{self.data_dir.resolve() / 'stord.db'}"
+
+
+def _split_address(value: str, *, example_port: int) -> tuple[str, int]:
+    """Return the host and port of `HOST:PORT`; raise ValueError naming the expected form."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"must be HOST:PORT, for example 127.0.0.1:{example_port} or [::1]:{example_port}")
+    return host.strip("[]"), int(port)
+
+
+_SCHEMES = {"memory", "sqlite", "postgresql", "postgres", "redis", "rediss", "unix"}
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a URL, for logs and GetInfo."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _expand_references(value: Any, environ: Mapping[str, str]) -> Any:
+    if isinstance(value, str):
+
+        def substitute(match: re.Match[str]) -> str:
+            name = match[1]
+            if name not in environ:
+                raise ConfigError(f"config file references ${{{name}}}, which is not set in the environment")
+            return environ[name]
+
+        return _ENV_REFERENCE.sub(substitute, value)
+    if isinstance(value, dict):
+        return {key: _expand_references(item, environ) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_expand_references(item, environ) for item in value]
+    return value
+
+
+def _read_yaml(path: Path, environ: Mapping[str, str]) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ConfigError(f"cannot read config file {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file {path} is not valid YAML: {error}") from error
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of settings")
+    expanded: dict[str, Any] = _expand_references(loaded, environ)
+    return expanded
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge the layers, later ones winning, and validate the result; raise ConfigError on any problem."""
+    environ = os.environ if environ is None else environ
+    layers: dict[str, Any] = {}
+    config_file = config_file or (Path(environ["STORD_CONFIG"]) if environ.get("STORD_CONFIG") else None)
+    if config_file is not None:
+        layers.update(_read_yaml(config_file, environ))
+    layers.update({name: environ[var] for name, var in ENVIRONMENT.items() if environ.get(var)})
+    layers.update({name: value for name, value in (flags or {}).items() if value is not None})
+    try:
+        return Settings.model_validate(layers)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in issue['loc']) or 'settings'}: {issue['msg']}"
+            for issue in error.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from None

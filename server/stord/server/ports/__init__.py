@@ -1,0 +1,233 @@
+"""The storage contracts every backend implements, and the domain errors they raise.
+
+Servicers depend on these Protocols only; backends never see protobuf or gRPC. A backend signals failure by
+raising one of the `StoreError` subclasses, which the server maps to a gRPC status in one place. One module
+per contract; everything is imported from here.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from stord.server.ports._agents_manifests import (
+    AgentMatch,
+    AgentStatus,
+    AgentStore,
+    AgentVisibility,
+    AgentWrite,
+    DocumentKey,
+    HandlerManifestRecord,
+    ManifestDocumentKind,
+    ManifestStats,
+    ManifestStore,
+    StoredAgent,
+    TransformerRecord,
+)
+from stord.server.ports._base import (
+    AlreadyExists,
+    Clock,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    JsonObject,
+    NotFound,
+    PermissionDenied,
+    StoreError,
+    Unavailable,
+    Unimplemented,
+    system_clock,
+)
+from stord.server.ports._documents_jobs import (
+    UNFINISHED_JOB_STATUSES,
+    CreateDocument,
+    DeleteDocument,
+    Document,
+    DocumentOperation,
+    DocumentQuery,
+    DocumentStore,
+    EnqueuedJob,
+    FieldFilter,
+    FieldPath,
+    FilterOperator,
+    Job,
+    JobLease,
+    JobQueueStore,
+    JobStatus,
+    JsonScalar,
+    NewJob,
+    OperationResult,
+    QueueStats,
+    SortKey,
+    UpdateDocument,
+)
+from stord.server.ports._events import (
+    ALERT_RULE_FIELDS,
+    AlertCondition,
+    AlertHistoryEntry,
+    AlertHistoryPage,
+    AlertRule,
+    Analytics,
+    AnalyticsFigures,
+    AnalyticsQuery,
+    ChainVerification,
+    Event,
+    EventAgent,
+    EventAgentUpdate,
+    EventFilter,
+    EventInput,
+    EventPage,
+    EventPosition,
+    EventQuery,
+    EventStats,
+    EventStore,
+    EventType,
+    Granularity,
+    InsertOutcome,
+    RetentionOutcome,
+    Session,
+    SessionPage,
+    SessionQuery,
+    SessionStatus,
+    SessionUpdate,
+    Severity,
+)
+from stord.server.ports._key_value import (
+    Keyspace,
+    KeyValueStore,
+    SetCondition,
+    ValueEntry,
+)
+
+__all__ = [
+    "ALERT_RULE_FIELDS",
+    "UNFINISHED_JOB_STATUSES",
+    "AgentMatch",
+    "AgentStatus",
+    "AgentStore",
+    "AgentVisibility",
+    "AgentWrite",
+    "AlertCondition",
+    "AlertHistoryEntry",
+    "AlertHistoryPage",
+    "AlertRule",
+    "AlreadyExists",
+    "Analytics",
+    "AnalyticsFigures",
+    "AnalyticsQuery",
+    "Backend",
+    "ChainVerification",
+    "Clock",
+    "Conflict",
+    "CreateDocument",
+    "DeleteDocument",
+    "Document",
+    "DocumentKey",
+    "DocumentOperation",
+    "DocumentQuery",
+    "DocumentStore",
+    "EnqueuedJob",
+    "Event",
+    "EventAgent",
+    "EventAgentUpdate",
+    "EventFilter",
+    "EventInput",
+    "EventPage",
+    "EventPosition",
+    "EventQuery",
+    "EventStats",
+    "EventStore",
+    "EventType",
+    "FailedPrecondition",
+    "FieldFilter",
+    "FieldPath",
+    "FilterOperator",
+    "Granularity",
+    "HandlerManifestRecord",
+    "InsertOutcome",
+    "InvalidArgument",
+    "Job",
+    "JobLease",
+    "JobQueueStore",
+    "JobStatus",
+    "JsonObject",
+    "JsonScalar",
+    "KeyValueStore",
+    "Keyspace",
+    "ManifestDocumentKind",
+    "ManifestStats",
+    "ManifestStore",
+    "NewJob",
+    "NotFound",
+    "OperationResult",
+    "PermissionDenied",
+    "QueueStats",
+    "RetentionOutcome",
+    "Session",
+    "SessionPage",
+    "SessionQuery",
+    "SessionStatus",
+    "SessionUpdate",
+    "SetCondition",
+    "Severity",
+    "SortKey",
+    "StoreError",
+    "StoredAgent",
+    "TransformerRecord",
+    "Unavailable",
+    "Unimplemented",
+    "UpdateDocument",
+    "ValueEntry",
+    "system_clock",
+]
+
+
+class Backend(Protocol):
+    """A storage engine: its lifecycle, its health, and the contract stores it serves."""
+
+    @property
+    def kind(self) -> str:
+        """Name the engine: `memory`, `sqlite`, `postgres` or `redis`."""
+        ...
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date; raise Unavailable when the engine cannot be reached."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections and threads; safe to call more than once."""
+        ...
+
+    async def check(self) -> None:
+        """Raise Unavailable when the engine does not answer now."""
+        ...
+
+    async def sweep(self) -> int:
+        """Delete what expired by now and return how many records went; the daemon calls it periodically.
+
+        Expired records are invisible from the moment they expire; sweeping only reclaims their space.
+        """
+        ...
+
+    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
+        """Return the key-value store of one role."""
+        ...
+
+    def events(self) -> EventStore:
+        """Return the event store; raise Unimplemented when the engine does not serve it."""
+        ...
+
+    def agents(self) -> AgentStore:
+        """Return the agent registry; raise Unimplemented when the engine does not serve it."""
+        ...
+
+    def manifests(self) -> ManifestStore:
+        """Return the manifest store; raise Unimplemented when the engine does not serve it."""
+        ...
+
+    def documents(self) -> DocumentStore:
+        """Return the document store; raise Unimplemented when the engine does not serve it."""
+        ...
+
+    def jobs(self) -> JobQueueStore:
+        """Return the job queue; raise Unimplemented when the engine does not serve it."""
+        ...

@@ -1,0 +1,290 @@
+"""The document store and job queue contracts (DESIGN 4.2, 4.3), which Transact spans."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+from stord.server.ports._base import JsonObject
+
+JsonScalar = None | bool | int | float | str
+"""What a filter compares a field with."""
+
+FieldPath = tuple[str, ...]
+"""A field of a JSON object, as its chain of keys: `owner.name` is ("owner", "name"). Never an array index."""
+
+
+class FilterOperator(enum.Enum):
+    """How a filter compares a field with its value (see documents.proto for the typing rules)."""
+
+    EQ = "eq"
+    NE = "ne"
+    IN = "in"
+    GT = "gt"
+    GTE = "gte"
+    LT = "lt"
+    LTE = "lte"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldFilter:
+    """One condition; a query's conditions are ANDed.
+
+    `value` is a tuple of scalars for IN, a number or string for GT/GTE/LT/LTE, and a scalar otherwise.
+    """
+
+    path: FieldPath
+    operator: FilterOperator
+    value: JsonScalar | tuple[JsonScalar, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SortKey:
+    """One sort key. Ascending: missing or null, false, true, numbers, strings, then arrays and objects."""
+
+    path: FieldPath
+    descending: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DocumentQuery:
+    """Which documents of a collection to list, in which order; ties on every key are ordered by id."""
+
+    collection: str
+    filters: tuple[FieldFilter, ...] = ()
+    order_by: tuple[SortKey, ...] = ()
+    offset: int = 0
+    limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A stored document; times in seconds since the epoch, by the daemon's clock."""
+
+    collection: str
+    id: str
+    revision: int
+    create_time: float
+    update_time: float
+    data: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class CreateDocument:
+    """Create a document; `id` is chosen by the caller (the servicer makes a UUID when the client did not)."""
+
+    collection: str
+    id: str
+    data: JsonObject
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateDocument:
+    """Shallow-merge `data` into a document, if its revision is `expected_revision` (None: any)."""
+
+    collection: str
+    id: str
+    data: JsonObject
+    expected_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteDocument:
+    """Delete a document, if its revision is `expected_revision` (None: any)."""
+
+    collection: str
+    id: str
+    expected_revision: int | None = None
+
+
+class JobStatus(enum.Enum):
+    """Where a job is in its life (see jobs.proto)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+UNFINISHED_JOB_STATUSES = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.RETRYING})
+"""The statuses in which a job holds its dedupe key."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """A job to enqueue and its new id (unused if deduplicated): due at `run_at`, else `delay` s after now."""
+
+    id: str
+    queue: str
+    payload: JsonObject
+    run_at: float | None = None
+    delay: float = 0.0
+    priority: int = 0
+    max_attempts: int = 3
+    dedupe_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EnqueuedJob:
+    """The id of an enqueued job, or of the unfinished job with its dedupe key (`deduplicated`)."""
+
+    job_id: str
+    deduplicated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A stored job. `sequence` orders jobs by enqueueing; `lease_token` is set only by a dequeue."""
+
+    id: str
+    queue: str
+    payload: JsonObject
+    status: JobStatus
+    priority: int
+    run_at: float
+    attempts: int
+    max_attempts: int
+    dedupe_key: str | None
+    last_error: str | None
+    create_time: float
+    update_time: float
+    lease_expires_at: float | None
+    sequence: int
+    lease_token: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class JobLease:
+    """One delivery of a job: its id and the token the dequeue handed out."""
+
+    job_id: str
+    token: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    """Jobs of one queue by status."""
+
+    pending: int = 0
+    running: int = 0
+    retrying: int = 0
+    completed: int = 0
+    failed: int = 0
+
+
+DocumentOperation = CreateDocument | UpdateDocument | DeleteDocument | NewJob
+"""One step of a transaction."""
+
+OperationResult = Document | EnqueuedJob | None
+"""A step's outcome: the created or updated document, the enqueued job, None for a delete."""
+
+
+class DocumentStore(Protocol):
+    """JSON documents in collections, filtered and sorted by typed fields (DESIGN 4.2).
+
+    Arguments arrive validated. Every backend decides filters and sort order by JSON type exactly as the
+    memory backend does (numbers with numbers, strings with strings by code point, a type mismatch never
+    matches), so a query gives the same answer everywhere.
+    """
+
+    async def create(self, namespace: str, operation: CreateDocument) -> Document:
+        """Store a new document at revision 1; raise AlreadyExists when the id is taken."""
+        ...
+
+    async def get(self, namespace: str, collection: str, document_id: str) -> Document | None:
+        """Return the document, or None."""
+        ...
+
+    async def find(self, namespace: str, query: DocumentQuery) -> list[Document]:
+        """Return the matching documents in order, after skipping `query.offset`, at most `query.limit`."""
+        ...
+
+    async def count(self, namespace: str, collection: str, filters: Sequence[FieldFilter]) -> int:
+        """Return how many documents of the collection match every filter."""
+        ...
+
+    async def update(self, namespace: str, operation: UpdateDocument) -> Document:
+        """Merge and bump the revision; raise NotFound, or Conflict when the expected revision differs."""
+        ...
+
+    async def delete(self, namespace: str, operation: DeleteDocument) -> None:
+        """Remove the document; raise NotFound, or Conflict when the expected revision differs."""
+        ...
+
+    async def transact(
+        self, namespace: str, operations: Sequence[DocumentOperation]
+    ) -> list[OperationResult]:
+        """Apply every operation in order, or none; the first failure is re-raised as `operations[i]: ...`."""
+        ...
+
+    async def create_index(self, collection: str, path: FieldPath) -> None:
+        """Make filters and sorts on `path` in `collection` (every namespace) use an index; idempotent."""
+        ...
+
+
+class JobQueueStore(Protocol):
+    """Queues of jobs with priorities, schedules, retries and leases (DESIGN 4.3).
+
+    Arguments arrive validated. A lease is held while its job is RUNNING under that token and the lease has
+    not run out by the clock; acknowledging, failing or extending a lease not held raises FailedPrecondition.
+    """
+
+    async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[EnqueuedJob]:
+        """Add every job or none, deduplicating by dedupe key; wake the queues' watchers."""
+        ...
+
+    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease_seconds: float) -> list[Job]:
+        """Lease up to `limit` due jobs, highest priority first, then earliest run_at, then first enqueued.
+
+        Due: PENDING or RETRYING with run_at <= now, or RUNNING with a lease that ran out. Each becomes
+        RUNNING with attempts + 1. A RUNNING job whose lease ran out on its last attempt becomes FAILED.
+        """
+        ...
+
+    async def acknowledge(self, namespace: str, leases: Sequence[JobLease]) -> None:
+        """Complete every job or none."""
+        ...
+
+    async def fail(self, namespace: str, lease: JobLease, *, error: str, retry: bool) -> Job:
+        """Retry after min(2 ** attempts, 60) s while attempts remain and `retry`, else fail for good."""
+        ...
+
+    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease_seconds: float) -> float:
+        """Renew every lease to now + `lease_seconds`, or none; return the new expiry."""
+        ...
+
+    async def get(self, namespace: str, job_id: str) -> Job | None:
+        """Return the job (without lease token), or None."""
+        ...
+
+    async def find(
+        self,
+        namespace: str,
+        queue: str,
+        *,
+        statuses: frozenset[JobStatus],
+        after: int | None,
+        limit: int,
+    ) -> list[Job]:
+        """Return up to `limit` jobs of the queue with a sequence above `after`, in sequence order.
+
+        An empty `statuses` keeps every status.
+        """
+        ...
+
+    async def stats(self, namespace: str, queue: str) -> QueueStats:
+        """Count the queue's jobs by status."""
+        ...
+
+    def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:
+        """Return a context whose event is set whenever jobs may have been added to the queue.
+
+        Enqueues and retries set it, in this daemon and (PostgreSQL) in every daemon on the database. Jobs
+        that become due with time set nothing: a watcher also checks again now and then.
+        """
+        ...

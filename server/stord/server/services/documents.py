@@ -1,0 +1,255 @@
+"""DocumentService (DESIGN 4.2) over the DocumentStore port."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Any
+
+import grpc
+
+from stord.server import calls
+from stord.server.ports import (
+    CreateDocument,
+    DeleteDocument,
+    Document,
+    DocumentOperation,
+    DocumentQuery,
+    DocumentStore,
+    EnqueuedJob,
+    FieldFilter,
+    FilterOperator,
+    InvalidArgument,
+    JsonScalar,
+    OperationResult,
+    SortKey,
+    UpdateDocument,
+)
+from stord.server.services import _fields as fields
+from stord.server.services import _validate as check
+from stord.server.services.jobs import new_job
+from stord.v1 import documents_pb2 as pb
+from stord.v1 import documents_pb2_grpc, jobs_pb2
+
+__all__ = ["DocumentServicer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+MAX_FILTERS = 32
+MAX_SORT_KEYS = 8
+MAX_IN_VALUES = 100
+
+_OPERATORS = {
+    pb.FILTER_OPERATOR_EQ: FilterOperator.EQ,
+    pb.FILTER_OPERATOR_NE: FilterOperator.NE,
+    pb.FILTER_OPERATOR_IN: FilterOperator.IN,
+    pb.FILTER_OPERATOR_GT: FilterOperator.GT,
+    pb.FILTER_OPERATOR_GTE: FilterOperator.GTE,
+    pb.FILTER_OPERATOR_LT: FilterOperator.LT,
+    pb.FILTER_OPERATOR_LTE: FilterOperator.LTE,
+}
+
+
+def _filter_value(
+    message: pb.DocumentFilter, operator: FilterOperator, field: str
+) -> JsonScalar | tuple[JsonScalar, ...]:
+    if not message.HasField("value"):
+        raise InvalidArgument(field, "must be set")
+    value = message.value
+    if operator is FilterOperator.IN:
+        if value.WhichOneof("kind") != "list_value" or not 1 <= len(value.list_value.values) <= MAX_IN_VALUES:
+            raise InvalidArgument(
+                field, f"must be a list of 1 to {MAX_IN_VALUES} values for FILTER_OPERATOR_IN"
+            )
+        return tuple(
+            fields.scalar(item, f"{field}[{index}]") for index, item in enumerate(value.list_value.values)
+        )
+    scalar = fields.scalar(value, field)
+    if operator not in (FilterOperator.EQ, FilterOperator.NE) and (
+        scalar is None or isinstance(scalar, bool)
+    ):
+        raise InvalidArgument(field, "must be a number or a string for a range operator")
+    return scalar
+
+
+def _filters(messages: Sequence[pb.DocumentFilter]) -> tuple[FieldFilter, ...]:
+    if len(messages) > MAX_FILTERS:
+        raise InvalidArgument("filters", f"must hold at most {MAX_FILTERS} filters")
+    filters: list[FieldFilter] = []
+    for index, message in enumerate(messages):
+        where = f"filters[{index}]"
+        path = fields.field_path(message.field, f"{where}.field")
+        operator = _OPERATORS.get(message.operator)
+        if operator is None:
+            raise InvalidArgument(
+                f"{where}.operator", "must be a FilterOperator other than FILTER_OPERATOR_UNSPECIFIED"
+            )
+        filters.append(FieldFilter(path, operator, _filter_value(message, operator, f"{where}.value")))
+    return tuple(filters)
+
+
+def _order_by(messages: Sequence[pb.DocumentOrder]) -> tuple[SortKey, ...]:
+    if len(messages) > MAX_SORT_KEYS:
+        raise InvalidArgument("order_by", f"must hold at most {MAX_SORT_KEYS} sort keys")
+    return tuple(
+        SortKey(fields.field_path(message.field, f"order_by[{index}].field"), message.descending)
+        for index, message in enumerate(messages)
+    )
+
+
+def _query_fingerprint(request: pb.ListDocumentsRequest) -> str:
+    """Identify the query a page token belongs to: the request without its paging fields."""
+    query = pb.ListDocumentsRequest(
+        collection=request.collection, filters=request.filters, order_by=request.order_by
+    )
+    return hashlib.sha256(query.SerializeToString(deterministic=True)).hexdigest()[:16]
+
+
+def _page_start(request: pb.ListDocumentsRequest) -> int:
+    """Return how many matching documents precede the page: the offset, or the token's position."""
+    if request.offset < 0:
+        raise InvalidArgument("offset", "must not be negative")
+    position = check.decode_page_token(request.page_token)
+    if position is None:
+        return request.offset
+    if request.offset:
+        raise InvalidArgument("offset", "must be 0 with a page_token, which carries the position")
+    start, _, fingerprint = position.partition(":")
+    if not start.isdigit() or fingerprint != _query_fingerprint(request):
+        raise InvalidArgument("page_token", "is not a token this server issued for this query")
+    return int(start)
+
+
+def _create(message: pb.CreateDocumentRequest, prefix: str = "") -> CreateDocument:
+    return CreateDocument(
+        collection=fields.name(message.collection, f"{prefix}collection"),
+        id=check.identifier(message.document_id, f"{prefix}document_id")
+        if message.document_id
+        else fields.new_id(),
+        data=fields.json_object(message.data, f"{prefix}data"),
+    )
+
+
+def _update(message: pb.UpdateDocumentRequest, prefix: str = "") -> UpdateDocument:
+    return UpdateDocument(
+        collection=fields.name(message.collection, f"{prefix}collection"),
+        id=check.identifier(message.document_id, f"{prefix}document_id"),
+        data=fields.json_object(message.data, f"{prefix}data"),
+        expected_revision=message.expected_revision if message.HasField("expected_revision") else None,
+    )
+
+
+def _delete(message: pb.DeleteDocumentRequest, prefix: str = "") -> DeleteDocument:
+    return DeleteDocument(
+        collection=fields.name(message.collection, f"{prefix}collection"),
+        id=check.identifier(message.document_id, f"{prefix}document_id"),
+        expected_revision=message.expected_revision if message.HasField("expected_revision") else None,
+    )
+
+
+def _operation(message: pb.TransactOperation, field: str) -> DocumentOperation:
+    kind = message.WhichOneof("operation")
+    if kind == "create":
+        return _create(message.create, f"{field}.create.")
+    if kind == "update":
+        return _update(message.update, f"{field}.update.")
+    if kind == "delete":
+        return _delete(message.delete, f"{field}.delete.")
+    if kind == "enqueue":
+        return new_job(message.enqueue, f"{field}.enqueue")
+    raise InvalidArgument(field, "must set one of create, update, delete or enqueue")
+
+
+def _document(document: Document) -> pb.Document:
+    return pb.Document(
+        collection=document.collection,
+        id=document.id,
+        revision=document.revision,
+        create_time=check.timestamp_from_seconds(document.create_time),
+        update_time=check.timestamp_from_seconds(document.update_time),
+        data=fields.to_struct(document.data),
+    )
+
+
+def _result(result: OperationResult) -> pb.TransactResult:
+    if result is None:
+        return pb.TransactResult(deleted=True)
+    if isinstance(result, EnqueuedJob):
+        return pb.TransactResult(
+            job=jobs_pb2.EnqueuedJob(job_id=result.job_id, deduplicated=result.deduplicated)
+        )
+    return pb.TransactResult(document=_document(result))
+
+
+class DocumentServicer(documents_pb2_grpc.DocumentServiceServicer):
+    """Documents: create, read, query, update, delete, transactions and indexes."""
+
+    def __init__(self, store: DocumentStore) -> None:
+        self._store = store
+
+    async def CreateDocument(
+        self, request: pb.CreateDocumentRequest, context: Context
+    ) -> pb.CreateDocumentResponse:
+        document = await self._store.create(calls.namespace(), _create(request))
+        return pb.CreateDocumentResponse(document=_document(document))
+
+    async def GetDocument(self, request: pb.GetDocumentRequest, context: Context) -> pb.GetDocumentResponse:
+        collection = fields.name(request.collection, "collection")
+        document_id = check.identifier(request.document_id, "document_id")
+        document = await self._store.get(calls.namespace(), collection, document_id)
+        if document is None:
+            return pb.GetDocumentResponse()
+        return pb.GetDocumentResponse(found=True, document=_document(document))
+
+    async def ListDocuments(
+        self, request: pb.ListDocumentsRequest, context: Context
+    ) -> pb.ListDocumentsResponse:
+        limit = check.page_size(request.page_size)
+        start = _page_start(request)
+        query = DocumentQuery(
+            collection=fields.name(request.collection, "collection"),
+            filters=_filters(request.filters),
+            order_by=_order_by(request.order_by),
+            offset=start,
+            limit=limit + 1,  # one extra tells whether another page follows
+        )
+        documents = await self._store.find(calls.namespace(), query)
+        token = ""
+        if len(documents) > limit:
+            documents = documents[:limit]
+            token = check.encode_page_token(f"{start + limit}:{_query_fingerprint(request)}")
+        return pb.ListDocumentsResponse(
+            documents=[_document(document) for document in documents], next_page_token=token
+        )
+
+    async def CountDocuments(
+        self, request: pb.CountDocumentsRequest, context: Context
+    ) -> pb.CountDocumentsResponse:
+        collection = fields.name(request.collection, "collection")
+        count = await self._store.count(calls.namespace(), collection, _filters(request.filters))
+        return pb.CountDocumentsResponse(count=count)
+
+    async def UpdateDocument(
+        self, request: pb.UpdateDocumentRequest, context: Context
+    ) -> pb.UpdateDocumentResponse:
+        document = await self._store.update(calls.namespace(), _update(request))
+        return pb.UpdateDocumentResponse(document=_document(document))
+
+    async def DeleteDocument(
+        self, request: pb.DeleteDocumentRequest, context: Context
+    ) -> pb.DeleteDocumentResponse:
+        await self._store.delete(calls.namespace(), _delete(request))
+        return pb.DeleteDocumentResponse()
+
+    async def Transact(self, request: pb.TransactRequest, context: Context) -> pb.TransactResponse:
+        operations = [
+            _operation(message, f"operations[{index}]")
+            for index, message in enumerate(check.batch(request.operations, "operations"))
+        ]
+        results = await self._store.transact(calls.namespace(), operations)
+        return pb.TransactResponse(results=[_result(result) for result in results])
+
+    async def CreateIndex(self, request: pb.CreateIndexRequest, context: Context) -> pb.CreateIndexResponse:
+        collection = fields.name(request.collection, "collection")
+        await self._store.create_index(collection, fields.field_path(request.field, "field"))
+        return pb.CreateIndexResponse()

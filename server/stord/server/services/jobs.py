@@ -1,0 +1,243 @@
+"""JobQueueService (DESIGN 4.3) over the JobQueueStore port, with the long-poll loop of Dequeue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+
+from stord.server import calls
+from stord.server.ports import InvalidArgument, Job, JobLease, JobQueueStore, JobStatus, NewJob
+from stord.server.services import _fields as fields
+from stord.server.services import _validate as check
+from stord.v1 import jobs_pb2 as pb
+from stord.v1 import jobs_pb2_grpc
+
+__all__ = ["JobQueueServicer", "job_message", "new_job"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+DEFAULT_LEASE = 30.0
+MAX_LEASE = 24 * 3600.0
+MAX_WAIT = 60.0
+DEFAULT_MAX_ATTEMPTS = 3
+MAX_ATTEMPTS = 1000
+MAX_DEQUEUE = 1000
+MAX_DEDUPE_KEY_BYTES = 256
+MAX_ERROR_BYTES = 64 * 1024
+
+RECHECK_INTERVAL = 1.0
+"""Seconds a waiting Dequeue sleeps at most between looks: jobs that fall due with time wake nobody."""
+
+_STATUSES = {
+    JobStatus.PENDING: pb.JOB_STATUS_PENDING,
+    JobStatus.RUNNING: pb.JOB_STATUS_RUNNING,
+    JobStatus.RETRYING: pb.JOB_STATUS_RETRYING,
+    JobStatus.COMPLETED: pb.JOB_STATUS_COMPLETED,
+    JobStatus.FAILED: pb.JOB_STATUS_FAILED,
+}
+_STATUSES_FROM_PROTO = {message: status for status, message in _STATUSES.items()}
+
+
+def _duration(duration: Duration, present: bool, field: str, *, default: float, maximum: float) -> float:
+    """Return a duration in seconds: unset or zero means `default`, above `maximum` is INVALID_ARGUMENT."""
+    seconds = check.ttl(duration, present, field)
+    if seconds is None:
+        return default
+    if seconds > maximum:
+        raise InvalidArgument(field, f"must be at most {maximum:g} s")
+    return seconds
+
+
+def new_job(message: pb.NewJob, field: str) -> NewJob:
+    """Return a validated job to enqueue, with a fresh id."""
+    if message.HasField("run_at") and message.HasField("delay"):
+        raise InvalidArgument(f"{field}.delay", "must not be set together with run_at")
+    if message.max_attempts < 0 or message.max_attempts > MAX_ATTEMPTS:
+        raise InvalidArgument(
+            f"{field}.max_attempts", f"must be between 0 (the default, 3) and {MAX_ATTEMPTS}"
+        )
+    return NewJob(
+        id=fields.new_id(),
+        queue=fields.name(message.queue, f"{field}.queue"),
+        payload=fields.json_object(message.payload, f"{field}.payload"),
+        run_at=check.seconds(message.run_at, f"{field}.run_at") if message.HasField("run_at") else None,
+        delay=check.ttl(message.delay, message.HasField("delay"), f"{field}.delay") or 0.0,
+        priority=message.priority,
+        max_attempts=message.max_attempts or DEFAULT_MAX_ATTEMPTS,
+        dedupe_key=check.text(message.dedupe_key, f"{field}.dedupe_key", MAX_DEDUPE_KEY_BYTES) or None,
+    )
+
+
+def job_message(job: Job) -> pb.Job:
+    """Return a job as its proto message."""
+    message = pb.Job(
+        id=job.id,
+        queue=job.queue,
+        payload=fields.to_struct(job.payload),
+        status=_STATUSES[job.status],
+        priority=job.priority,
+        run_at=check.timestamp_from_seconds(job.run_at),
+        attempts=job.attempts,
+        max_attempts=job.max_attempts,
+        dedupe_key=job.dedupe_key or "",
+        last_error=job.last_error or "",
+        create_time=check.timestamp_from_seconds(job.create_time),
+        update_time=check.timestamp_from_seconds(job.update_time),
+        lease_token=job.lease_token or "",
+    )
+    if job.lease_expires_at is not None:
+        message.lease_expire_time.CopyFrom(check.timestamp_from_seconds(job.lease_expires_at))
+    return message
+
+
+def _lease(message: pb.JobLease, field: str) -> JobLease:
+    job_id = check.identifier(message.job_id, f"{field}.job_id")
+    if not message.lease_token:
+        raise InvalidArgument(f"{field}.lease_token", "must not be empty")
+    return JobLease(job_id, message.lease_token)
+
+
+def _leases(messages: Sequence[pb.JobLease], field: str) -> list[JobLease]:
+    """Return a batch of leases, each once."""
+    leases = [
+        _lease(message, f"{field}[{index}]") for index, message in enumerate(check.batch(messages, field))
+    ]
+    return list(dict.fromkeys(leases))
+
+
+def _statuses(messages: Sequence[pb.JobStatus.ValueType]) -> frozenset[JobStatus]:
+    statuses: set[JobStatus] = set()
+    for index, message in enumerate(messages):
+        status = _STATUSES_FROM_PROTO.get(message)
+        if status is None:
+            raise InvalidArgument(
+                f"statuses[{index}]", "must be a JobStatus other than JOB_STATUS_UNSPECIFIED"
+            )
+        statuses.add(status)
+    return frozenset(statuses)
+
+
+def _sequence_after(token: str) -> int | None:
+    position = check.decode_page_token(token)
+    if position is None:
+        return None
+    if not position.isdigit():
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return int(position)
+
+
+class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
+    """Jobs: enqueue, lease, complete, fail and inspect."""
+
+    def __init__(self, store: JobQueueStore, *, saw_queue: Callable[[str, str], None] | None = None) -> None:
+        self._store = store
+        self._saw_queue = saw_queue
+        """Told the namespace and queue of every enqueue and dequeue (the metrics' queue depth)."""
+
+    async def Enqueue(self, request: pb.EnqueueRequest, context: Context) -> pb.EnqueueResponse:
+        jobs = [new_job(job, f"jobs[{index}]") for index, job in enumerate(check.batch(request.jobs, "jobs"))]
+        namespace = calls.namespace()
+        enqueued = await self._store.enqueue(namespace, jobs)
+        if self._saw_queue is not None:
+            for queue in {job.queue for job in jobs}:
+                self._saw_queue(namespace, queue)
+        return pb.EnqueueResponse(
+            jobs=[pb.EnqueuedJob(job_id=job.job_id, deduplicated=job.deduplicated) for job in enqueued]
+        )
+
+    async def Dequeue(self, request: pb.DequeueRequest, context: Context) -> pb.DequeueResponse:
+        queue = fields.name(request.queue, "queue")
+        if request.max_jobs < 0 or request.max_jobs > MAX_DEQUEUE:
+            raise InvalidArgument("max_jobs", f"must be between 0 (meaning 1) and {MAX_DEQUEUE}")
+        lease = _duration(
+            request.lease_duration,
+            request.HasField("lease_duration"),
+            "lease_duration",
+            default=DEFAULT_LEASE,
+            maximum=MAX_LEASE,
+        )
+        wait = _duration(request.wait, request.HasField("wait"), "wait", default=0.0, maximum=MAX_WAIT)
+        namespace = calls.namespace()
+        if self._saw_queue is not None:
+            self._saw_queue(namespace, queue)
+        jobs = await self._dequeue(namespace, queue, request.max_jobs or 1, lease, wait)
+        return pb.DequeueResponse(jobs=[job_message(job) for job in jobs])
+
+    async def _dequeue(self, namespace: str, queue: str, limit: int, lease: float, wait: float) -> list[Job]:
+        """Lease due jobs; when there are none, wait up to `wait` seconds for the queue's watchers to wake."""
+        if wait <= 0:
+            return await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        with self._store.watch(namespace, queue) as arrived:
+            while True:
+                arrived.clear()  # before looking, so an enqueue during the look is not missed
+                jobs = await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
+                remaining = deadline - loop.time()
+                if jobs or remaining <= 0:
+                    return jobs
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(arrived.wait(), min(remaining, RECHECK_INTERVAL))
+
+    async def Acknowledge(self, request: pb.AcknowledgeRequest, context: Context) -> pb.AcknowledgeResponse:
+        await self._store.acknowledge(calls.namespace(), _leases(request.leases, "leases"))
+        return pb.AcknowledgeResponse()
+
+    async def Fail(self, request: pb.FailRequest, context: Context) -> pb.FailResponse:
+        if not request.HasField("lease"):
+            raise InvalidArgument("lease", "must be set")
+        lease = _lease(request.lease, "lease")
+        check.text(request.error, "error", MAX_ERROR_BYTES)
+        retry = request.retry if request.HasField("retry") else True
+        job = await self._store.fail(calls.namespace(), lease, error=request.error, retry=retry)
+        return pb.FailResponse(job=job_message(job))
+
+    async def ExtendLease(self, request: pb.ExtendLeaseRequest, context: Context) -> pb.ExtendLeaseResponse:
+        leases = _leases(request.leases, "leases")
+        lease = _duration(
+            request.lease_duration,
+            request.HasField("lease_duration"),
+            "lease_duration",
+            default=DEFAULT_LEASE,
+            maximum=MAX_LEASE,
+        )
+        expires_at = await self._store.extend_leases(calls.namespace(), leases, lease)
+        return pb.ExtendLeaseResponse(lease_expire_time=check.timestamp_from_seconds(expires_at))
+
+    async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
+        job = await self._store.get(calls.namespace(), check.identifier(request.job_id, "job_id"))
+        if job is None:
+            return pb.GetJobResponse()
+        return pb.GetJobResponse(found=True, job=job_message(job))
+
+    async def ListJobs(self, request: pb.ListJobsRequest, context: Context) -> pb.ListJobsResponse:
+        queue = fields.name(request.queue, "queue")
+        statuses = _statuses(request.statuses)
+        limit = check.page_size(request.page_size)
+        after = _sequence_after(request.page_token)
+        # One extra job tells whether another page follows.
+        jobs = await self._store.find(
+            calls.namespace(), queue, statuses=statuses, after=after, limit=limit + 1
+        )
+        token = ""
+        if len(jobs) > limit:
+            jobs = jobs[:limit]
+            token = check.encode_page_token(str(jobs[-1].sequence))
+        return pb.ListJobsResponse(jobs=[job_message(job) for job in jobs], next_page_token=token)
+
+    async def GetQueueStats(
+        self, request: pb.GetQueueStatsRequest, context: Context
+    ) -> pb.GetQueueStatsResponse:
+        stats = await self._store.stats(calls.namespace(), fields.name(request.queue, "queue"))
+        return pb.GetQueueStatsResponse(
+            pending=stats.pending,
+            running=stats.running,
+            retrying=stats.retrying,
+            completed=stats.completed,
+            failed=stats.failed,
+        )

@@ -1,0 +1,292 @@
+"""ManifestStoreService (DESIGN 4.6) over the ManifestStore port, reading manifests through the cache."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import grpc
+
+from stord.server import calls
+from stord.server.metrics import Metrics
+from stord.server.ports import (
+    Backend,
+    HandlerManifestRecord,
+    InvalidArgument,
+    ManifestDocumentKind,
+    ManifestStore,
+    NotFound,
+    TransformerRecord,
+)
+from stord.server.read_cache import CachedManifestStore, read_cache_for
+from stord.server.services import _manifest_checks as checks
+from stord.server.services import _message_json as message_json
+from stord.server.services import _validate as check
+from stord.v1 import manifests_pb2 as pb
+from stord.v1 import manifests_pb2_grpc
+
+__all__ = ["ManifestStoreServicer", "manifest_store_servicer"]
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_HOOKS = ManifestDocumentKind.HOOK_MANIFEST
+_GTYPES = ManifestDocumentKind.GTYPE
+_GRAPHS = ManifestDocumentKind.VERSION_GRAPH
+_TIMESCAPE = ManifestDocumentKind.TIMESCAPE_METADATA
+
+
+def manifest_store_servicer(
+    database: Backend, cache: Backend, metrics: Metrics | None = None
+) -> ManifestStoreServicer:
+    """Serve the database's manifests, through the cache role's store when it is shared (`read_cache_for`)."""
+    store = database.manifests()
+    meter = None if metrics is None else lambda: metrics.read_cache("manifests")
+    read_cache = read_cache_for(database, cache, meter)
+    return ManifestStoreServicer(store if read_cache is None else CachedManifestStore(store, read_cache))
+
+
+def _manifest(record: HandlerManifestRecord) -> pb.HandlerManifest:
+    manifest = message_json.from_document(record.document, pb.HandlerManifest())
+    manifest.create_time.CopyFrom(check.timestamp_from_nanoseconds(record.created_at))
+    return manifest
+
+
+def _transformer(record: TransformerRecord) -> pb.Transformer:
+    return message_json.from_document(record.document, pb.Transformer())
+
+
+def _versions_after(page_token: str) -> tuple[int, str] | None:
+    """Return the (created_at, version) a versions page token resumes after, None for the first page."""
+    position = check.decode_page_token(page_token)
+    if position is None:
+        return None
+    try:
+        created_at, version = json.loads(position)
+    except (ValueError, TypeError):
+        created_at = version = None
+    if not isinstance(created_at, int) or not isinstance(version, str):
+        raise InvalidArgument("page_token", "is not a token this server issued")
+    return created_at, version
+
+
+def _versions_token(record: HandlerManifestRecord) -> str:
+    return check.encode_page_token(json.dumps([record.created_at, record.version]))
+
+
+class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
+    """Handler manifests by (handler_id, version) and their companions by key."""
+
+    def __init__(self, store: ManifestStore) -> None:
+        self._store = store
+
+    async def StoreManifest(
+        self, request: pb.ManifestStoreServiceStoreManifestRequest, context: Context
+    ) -> pb.ManifestStoreServiceStoreManifestResponse:
+        if not request.HasField("manifest"):
+            raise InvalidArgument("manifest", "is required")
+        manifest = request.manifest
+        checks.check_handler_manifest(manifest, "manifest")
+        created_at = None
+        if manifest.HasField("create_time"):
+            created_at = check.nanoseconds(manifest.create_time, "manifest.create_time")
+        # The create_time lives beside the document, where the store orders by it.
+        body = pb.HandlerManifest()
+        body.CopyFrom(manifest)
+        body.ClearField("create_time")
+        stored_at = await self._store.put_manifest(
+            calls.namespace(),
+            manifest.handler_id,
+            manifest.version,
+            message_json.to_document(body, "manifest"),
+            created_at=created_at,
+        )
+        return pb.ManifestStoreServiceStoreManifestResponse(
+            create_time=check.timestamp_from_nanoseconds(stored_at)
+        )
+
+    async def GetManifest(
+        self, request: pb.ManifestStoreServiceGetManifestRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetManifestResponse:
+        handler_id = check.key(request.handler_id, "handler_id")
+        version = check.key(request.version, "version") if request.HasField("version") else None
+        record = await self._store.get_manifest(calls.namespace(), handler_id, version)
+        if record is None:
+            which = "any version" if version is None else f"version {version!r}"
+            raise NotFound(f"handler {handler_id!r} has no manifest of {which}")
+        return pb.ManifestStoreServiceGetManifestResponse(manifest=_manifest(record))
+
+    async def ListManifestVersions(
+        self, request: pb.ManifestStoreServiceListManifestVersionsRequest, context: Context
+    ) -> pb.ManifestStoreServiceListManifestVersionsResponse:
+        handler_id = check.key(request.handler_id, "handler_id")
+        limit, after = check.page_size(request.page_size), _versions_after(request.page_token)
+        # One extra record tells whether another page follows.
+        records = await self._store.list_manifests(
+            calls.namespace(), handler_id, after=after, limit=limit + 1
+        )
+        token = ""
+        if len(records) > limit:
+            records = records[:limit]
+            token = _versions_token(records[-1])
+        return pb.ManifestStoreServiceListManifestVersionsResponse(
+            manifests=[_manifest(record) for record in records], next_page_token=token
+        )
+
+    async def StoreHookManifest(
+        self, request: pb.ManifestStoreServiceStoreHookManifestRequest, context: Context
+    ) -> pb.ManifestStoreServiceStoreHookManifestResponse:
+        if not request.HasField("hook_manifest"):
+            raise InvalidArgument("hook_manifest", "is required")
+        manifest = request.hook_manifest
+        checks.check_hook_manifest(manifest, "hook_manifest")
+        document = message_json.to_document(manifest, "hook_manifest")
+        await self._store.put_document(calls.namespace(), _HOOKS, (manifest.handler_id, ""), document)
+        return pb.ManifestStoreServiceStoreHookManifestResponse()
+
+    async def GetHookManifest(
+        self, request: pb.ManifestStoreServiceGetHookManifestRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetHookManifestResponse:
+        handler_id = check.key(request.handler_id, "handler_id")
+        document = await self._store.get_document(calls.namespace(), _HOOKS, (handler_id, ""))
+        if document is None:
+            raise NotFound(f"handler {handler_id!r} has no hook manifest")
+        manifest = message_json.from_document(document, pb.HookManifest())
+        return pb.ManifestStoreServiceGetHookManifestResponse(hook_manifest=manifest)
+
+    async def ListHookManifests(
+        self, request: pb.ManifestStoreServiceListHookManifestsRequest, context: Context
+    ) -> pb.ManifestStoreServiceListHookManifestsResponse:
+        limit = check.page_size(request.page_size)
+        after = check.decode_page_token(request.page_token)
+        found = await self._store.list_documents(
+            calls.namespace(), _HOOKS, after=None if after is None else (after, ""), limit=limit + 1
+        )
+        token = ""
+        if len(found) > limit:
+            found = found[:limit]
+            token = check.encode_page_token(found[-1][0][0])
+        manifests = [message_json.from_document(document, pb.HookManifest()) for _, document in found]
+        return pb.ManifestStoreServiceListHookManifestsResponse(
+            hook_manifests=manifests, next_page_token=token
+        )
+
+    async def StoreGType(
+        self, request: pb.ManifestStoreServiceStoreGTypeRequest, context: Context
+    ) -> pb.ManifestStoreServiceStoreGTypeResponse:
+        if not request.HasField("gtype"):
+            raise InvalidArgument("gtype", "is required")
+        checks.check_gtype(request.gtype, "gtype")
+        document = message_json.to_document(request.gtype, "gtype")
+        await self._store.put_document(calls.namespace(), _GTYPES, (request.gtype.ref, ""), document)
+        return pb.ManifestStoreServiceStoreGTypeResponse()
+
+    async def GetGType(
+        self, request: pb.ManifestStoreServiceGetGTypeRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetGTypeResponse:
+        ref = check.key(request.ref, "ref")
+        document = await self._store.get_document(calls.namespace(), _GTYPES, (ref, ""))
+        if document is None:
+            raise NotFound(f"no GType {ref!r}")
+        return pb.ManifestStoreServiceGetGTypeResponse(gtype=message_json.from_document(document, pb.GType()))
+
+    async def StoreTransformer(
+        self, request: pb.ManifestStoreServiceStoreTransformerRequest, context: Context
+    ) -> pb.ManifestStoreServiceStoreTransformerResponse:
+        if not request.HasField("transformer"):
+            raise InvalidArgument("transformer", "is required")
+        transformer = request.transformer
+        checks.check_transformer(transformer, "transformer")
+        record = TransformerRecord(
+            id=transformer.id,
+            handler_id=transformer.handler_id,
+            from_version=transformer.from_version,
+            to_version=transformer.to_version,
+            document=message_json.to_document(transformer, "transformer"),
+        )
+        await self._store.put_transformer(calls.namespace(), record)
+        return pb.ManifestStoreServiceStoreTransformerResponse()
+
+    async def GetTransformer(
+        self, request: pb.ManifestStoreServiceGetTransformerRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetTransformerResponse:
+        transformer_id = check.key(request.id, "id")
+        record = await self._store.get_transformer(calls.namespace(), transformer_id)
+        if record is None:
+            raise NotFound(f"no transformer {transformer_id!r}")
+        return pb.ManifestStoreServiceGetTransformerResponse(transformer=_transformer(record))
+
+    async def GetTransformersForVersions(
+        self, request: pb.ManifestStoreServiceGetTransformersForVersionsRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetTransformersForVersionsResponse:
+        records = await self._store.transformers_between(
+            calls.namespace(),
+            check.key(request.handler_id, "handler_id"),
+            check.key(request.from_version, "from_version"),
+            check.key(request.to_version, "to_version"),
+        )
+        return pb.ManifestStoreServiceGetTransformersForVersionsResponse(
+            transformers=[_transformer(record) for record in records]
+        )
+
+    async def StoreVersionGraph(
+        self, request: pb.ManifestStoreServiceStoreVersionGraphRequest, context: Context
+    ) -> pb.ManifestStoreServiceStoreVersionGraphResponse:
+        if not request.HasField("version_graph"):
+            raise InvalidArgument("version_graph", "is required")
+        graph = request.version_graph
+        checks.check_version_graph(graph, "version_graph")
+        document = message_json.to_document(graph, "version_graph")
+        await self._store.put_document(calls.namespace(), _GRAPHS, (graph.handler_id, ""), document)
+        return pb.ManifestStoreServiceStoreVersionGraphResponse()
+
+    async def GetVersionGraph(
+        self, request: pb.ManifestStoreServiceGetVersionGraphRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetVersionGraphResponse:
+        handler_id = check.key(request.handler_id, "handler_id")
+        document = await self._store.get_document(calls.namespace(), _GRAPHS, (handler_id, ""))
+        if document is None:
+            raise NotFound(f"handler {handler_id!r} has no version graph")
+        graph = message_json.from_document(document, pb.VersionGraph())
+        return pb.ManifestStoreServiceGetVersionGraphResponse(version_graph=graph)
+
+    async def StoreTimescapeMetadata(
+        self, request: pb.ManifestStoreServiceStoreTimescapeMetadataRequest, context: Context
+    ) -> pb.ManifestStoreServiceStoreTimescapeMetadataResponse:
+        if not request.HasField("timescape_metadata"):
+            raise InvalidArgument("timescape_metadata", "is required")
+        metadata = request.timescape_metadata
+        checks.check_timescape_metadata(metadata, "timescape_metadata")
+        document = message_json.to_document(metadata, "timescape_metadata")
+        key = (metadata.handler_id, metadata.version)
+        await self._store.put_document(calls.namespace(), _TIMESCAPE, key, document)
+        return pb.ManifestStoreServiceStoreTimescapeMetadataResponse()
+
+    async def GetTimescapeMetadata(
+        self, request: pb.ManifestStoreServiceGetTimescapeMetadataRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetTimescapeMetadataResponse:
+        handler_id = check.key(request.handler_id, "handler_id")
+        version = check.key(request.version, "version")
+        document = await self._store.get_document(calls.namespace(), _TIMESCAPE, (handler_id, version))
+        if document is None:
+            raise NotFound(f"handler {handler_id!r} has no Timescape metadata for version {version!r}")
+        metadata = message_json.from_document(document, pb.TimescapeMetadata())
+        return pb.ManifestStoreServiceGetTimescapeMetadataResponse(timescape_metadata=metadata)
+
+    async def Clear(
+        self, request: pb.ManifestStoreServiceClearRequest, context: Context
+    ) -> pb.ManifestStoreServiceClearResponse:
+        await self._store.clear(calls.namespace())
+        return pb.ManifestStoreServiceClearResponse()
+
+    async def GetStats(
+        self, request: pb.ManifestStoreServiceGetStatsRequest, context: Context
+    ) -> pb.ManifestStoreServiceGetStatsResponse:
+        stats = await self._store.stats(calls.namespace())
+        return pb.ManifestStoreServiceGetStatsResponse(
+            manifest_count=stats.manifests,
+            hook_manifest_count=stats.hook_manifests,
+            gtype_count=stats.gtypes,
+            transformer_count=stats.transformers,
+            version_graph_count=stats.version_graphs,
+            timescape_metadata_count=stats.timescape_metadata,
+        )

@@ -1,0 +1,534 @@
+"""The job queue contract (DESIGN 4.3) through the real gRPC API and client, on memory, SQLite, PostgreSQL.
+
+Time (run_at, backoff, lease expiry) moves with the daemon's injected clock, never with sleeps. The last tests
+run workers: 8 of them over 5,000 jobs complete each job exactly once, and a worker that stops heartbeating
+has its job handed to another once the lease has run out.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime
+import math
+import os
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+
+from stord.client import (
+    Client,
+    EnqueueJob,
+    FailedPrecondition,
+    InvalidArgument,
+    Job,
+    JobStatus,
+    QueueStats,
+    Unimplemented,
+    Worker,
+)
+from stord.server.config import Settings
+from stord.v1 import jobs_pb2, jobs_pb2_grpc
+from tests.conftest import Served
+from tests.harness.clock import ManualClock
+from tests.harness.daemon import DaemonThread
+from tests.harness.postgres import PostgresServer
+
+
+def payloads(jobs: list[Job]) -> list[Any]:
+    return [job.payload.get("n") for job in jobs]
+
+
+def daemon_time(served: Served, offset: float = 0.0) -> datetime.datetime:
+    return datetime.datetime.fromtimestamp(served.clock() + offset, datetime.UTC)
+
+
+def from_now(served: Served, moment: datetime.datetime | None) -> float:
+    """Seconds from the daemon's now to `moment` (backends keep microseconds, so compare approximately)."""
+    assert moment is not None
+    return (moment - daemon_time(served)).total_seconds()
+
+
+# Enqueue, dequeue, acknowledge -----------------------------------------------------------------------------
+
+
+def test_a_job_goes_from_pending_to_running_to_completed(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    job_id = jobs.enqueue("mail", {"to": "ada", "n": 1}, max_attempts=5)
+    pending = jobs.get(job_id)
+    assert pending is not None
+    assert (pending.status, pending.attempts, pending.max_attempts) == (JobStatus.PENDING, 0, 5)
+    assert pending.lease_token is None
+    assert pending.lease_expire_time is None
+    assert jobs.stats("mail") == QueueStats(pending=1, running=0, retrying=0, completed=0, failed=0)
+
+    (leased,) = jobs.dequeue("mail", lease=60)
+    assert (leased.id, leased.status, leased.attempts, leased.payload) == (
+        job_id,
+        JobStatus.RUNNING,
+        1,
+        {"to": "ada", "n": 1},
+    )
+    assert leased.lease_token
+    assert from_now(database_served, leased.lease_expire_time) == pytest.approx(60, abs=1e-3)
+    running = jobs.get(job_id)
+    assert running is not None
+    assert running.status is JobStatus.RUNNING
+    assert running.lease_token is None  # only the dequeuer learns the token
+    assert jobs.dequeue("mail") == []
+
+    jobs.acknowledge([leased])
+    completed = jobs.get(job_id)
+    assert completed is not None
+    assert (completed.status, completed.lease_expire_time) == (JobStatus.COMPLETED, None)
+    assert jobs.stats("mail") == QueueStats(pending=0, running=0, retrying=0, completed=1, failed=0)
+    with pytest.raises(FailedPrecondition):
+        jobs.acknowledge([leased])  # twice
+
+
+def test_due_jobs_come_by_priority_then_run_at_then_enqueue_order(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue_many(
+        [
+            EnqueueJob("q", {"n": "low"}, priority=-1),
+            EnqueueJob("q", {"n": "first"}),
+            EnqueueJob("q", {"n": "second"}),
+            EnqueueJob("q", {"n": "early"}, run_at=daemon_time(database_served, -10)),
+            EnqueueJob("q", {"n": "urgent"}, priority=5),
+        ]
+    )
+    assert payloads(jobs.dequeue("q", max_jobs=2)) == ["urgent", "early"]
+    assert payloads(jobs.dequeue("q", max_jobs=10)) == ["first", "second", "low"]
+
+
+def test_a_job_is_not_handed_out_before_its_run_at(database_served: Served, database_client: Client) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue("later", {"n": "delayed"}, delay=30)
+    jobs.enqueue("later", {"n": "scheduled"}, run_at=daemon_time(database_served, 60))
+    assert jobs.dequeue("later") == []
+    database_served.clock.advance(30)
+    delayed = jobs.dequeue("later")
+    assert payloads(delayed) == ["delayed"]
+    jobs.acknowledge(delayed)
+    database_served.clock.advance(29)
+    assert jobs.dequeue("later") == []
+    database_served.clock.advance(1.5)
+    assert payloads(jobs.dequeue("later")) == ["scheduled"]
+
+
+def test_batches_enqueue_dequeue_and_acknowledge_many(database_client: Client) -> None:
+    jobs = database_client.jobs
+    enqueued = jobs.enqueue_many([EnqueueJob("bulk", {"n": index}) for index in range(250)])
+    assert len({job.job_id for job in enqueued}) == 250
+    first = jobs.dequeue("bulk", max_jobs=200)
+    second = jobs.dequeue("bulk", max_jobs=200)
+    assert payloads(first + second) == list(range(250))
+    jobs.acknowledge(first + second)
+    assert jobs.stats("bulk").completed == 250
+
+
+def test_a_batch_acknowledge_with_a_stale_lease_completes_nothing(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue_many([EnqueueJob("q", {"n": index}) for index in range(3)])
+    stale = jobs.dequeue("q", lease=10)[0]
+    database_served.clock.advance(11)
+    fresh = jobs.dequeue("q", max_jobs=3, lease=60)
+    assert sorted(payloads(fresh)) == [0, 1, 2]
+    with pytest.raises(FailedPrecondition, match=stale.id):
+        jobs.acknowledge([*fresh, stale])
+    assert jobs.stats("q").running == 3
+    jobs.acknowledge(fresh)
+    assert jobs.stats("q").completed == 3
+
+
+# Failures, retries, leases ---------------------------------------------------------------------------------
+
+
+def test_fail_retries_with_exponential_backoff_then_fails(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    job_id = jobs.enqueue("flaky", {"n": 1}, max_attempts=3)
+    for attempt, backoff in [(1, 2.0), (2, 4.0)]:
+        (job,) = jobs.dequeue("flaky")
+        assert job.attempts == attempt
+        retrying = jobs.fail(job, f"boom {attempt}")
+        assert retrying.status is JobStatus.RETRYING
+        assert retrying.last_error == f"boom {attempt}"
+        assert from_now(database_served, retrying.run_at) == pytest.approx(backoff, abs=1e-3)
+        database_served.clock.advance(backoff - 0.5)
+        assert jobs.dequeue("flaky") == []
+        database_served.clock.advance(0.5)
+    (last,) = jobs.dequeue("flaky")
+    assert last.attempts == 3
+    failed = jobs.fail(last, "boom 3")
+    assert (failed.status, failed.attempts, failed.last_error) == (JobStatus.FAILED, 3, "boom 3")
+    database_served.clock.advance(3600)
+    assert jobs.dequeue("flaky") == []
+    assert jobs.stats("flaky").failed == 1
+    assert [job.id for job in jobs.find("flaky", statuses=[JobStatus.FAILED])] == [job_id]
+
+
+def test_backoff_is_capped_at_a_minute(database_served: Served, database_client: Client) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue("slow", max_attempts=10)
+    for _ in range(7):
+        (job,) = jobs.dequeue("slow")
+        retrying = jobs.fail(job, "again")
+        delay = from_now(database_served, retrying.run_at)
+        assert delay == pytest.approx(min(2**job.attempts, 60), abs=0.01)
+        database_served.clock.advance(delay + 0.001)
+    assert delay == pytest.approx(60, abs=0.01)
+
+
+def test_fail_without_retry_fails_at_once(database_client: Client) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue("q", max_attempts=5)
+    (job,) = jobs.dequeue("q")
+    failed = jobs.fail(job, "fatal", retry=False)
+    assert (failed.status, failed.attempts) == (JobStatus.FAILED, 1)
+
+
+def test_an_expired_lease_hands_the_job_out_again_and_the_old_holder_is_stale(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    job_id = jobs.enqueue("q", {"n": 1})
+    (first,) = jobs.dequeue("q", lease=10)
+    database_served.clock.advance(9)
+    assert jobs.dequeue("q") == []  # still held
+    database_served.clock.advance(1.5)
+    (second,) = jobs.dequeue("q", lease=10)
+    assert (second.id, second.attempts) == (job_id, 2)
+    assert second.lease_token != first.lease_token
+    for stale_call in (
+        lambda: jobs.acknowledge([first]),
+        lambda: jobs.fail(first, "late"),
+        lambda: jobs.extend_lease([first]),
+    ):
+        with pytest.raises(FailedPrecondition):
+            stale_call()
+    jobs.acknowledge([second])
+    assert jobs.get(job_id).status is JobStatus.COMPLETED  # type: ignore[union-attr]
+
+
+def test_a_lease_that_ran_out_is_not_held_even_before_redelivery(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue("q")
+    (job,) = jobs.dequeue("q", lease=5)
+    database_served.clock.advance(5)
+    with pytest.raises(FailedPrecondition):
+        jobs.acknowledge([job])
+
+
+def test_extend_lease_is_a_heartbeat(database_served: Served, database_client: Client) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue_many([EnqueueJob("q", {"n": index}) for index in range(2)])
+    held = jobs.dequeue("q", max_jobs=2, lease=10)
+    for _ in range(3):
+        database_served.clock.advance(8)
+        expires = jobs.extend_lease(held, lease=10)
+        assert from_now(database_served, expires) == pytest.approx(10, abs=1e-3)
+        assert jobs.dequeue("q") == []
+    jobs.acknowledge(held)
+
+
+def test_the_last_attempt_losing_its_lease_fails_the_job(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    job_id = jobs.enqueue("q", max_attempts=1)
+    jobs.dequeue("q", lease=10)
+    database_served.clock.advance(11)
+    assert jobs.dequeue("q") == []
+    failed = jobs.get(job_id)
+    assert failed is not None
+    assert (failed.status, failed.attempts) == (JobStatus.FAILED, 1)
+    assert failed.last_error == "the lease of its last attempt ran out"
+
+
+# Dedupe, listing, long polls -------------------------------------------------------------------------------
+
+
+def test_a_dedupe_key_returns_the_unfinished_job(database_client: Client) -> None:
+    jobs = database_client.jobs
+    first = jobs.enqueue("q", {"n": 1}, dedupe_key="report-7")
+    batch = jobs.enqueue_many(
+        [
+            EnqueueJob("q", {"n": 2}, dedupe_key="report-7"),
+            EnqueueJob("other", {"n": 3}, dedupe_key="report-7"),
+        ]
+    )
+    assert (batch[0].job_id, batch[0].deduplicated) == (first, True)
+    assert batch[1].job_id != first  # keys are per queue
+    assert not batch[1].deduplicated
+    (running,) = jobs.dequeue("q")
+    assert jobs.enqueue("q", {"n": 4}, dedupe_key="report-7") == first  # running still holds the key
+    jobs.acknowledge([running])
+    second = jobs.enqueue("q", {"n": 5}, dedupe_key="report-7")
+    assert second != first
+    within = jobs.enqueue_many([EnqueueJob("fresh", dedupe_key="k"), EnqueueJob("fresh", dedupe_key="k")])
+    assert within[1].job_id == within[0].job_id
+    assert within[1].deduplicated
+    assert jobs.stats("fresh").pending == 1
+
+
+def test_find_lists_in_enqueue_order_by_status_and_page(database_client: Client) -> None:
+    jobs = database_client.jobs
+    ids = [job.job_id for job in jobs.enqueue_many([EnqueueJob("q", {"n": index}) for index in range(7)])]
+    taken = jobs.dequeue("q", max_jobs=2)
+    assert [job.id for job in jobs.find("q", page_size=3)] == ids
+    assert [job.id for job in jobs.find("q", statuses=[JobStatus.RUNNING])] == [job.id for job in taken]
+    assert [job.id for job in jobs.find("q", statuses=["pending", "running"], page_size=2)] == ids
+    assert list(jobs.find("q", statuses=[JobStatus.COMPLETED])) == []
+    assert list(jobs.find("empty")) == []
+
+
+def test_a_long_poll_returns_when_a_job_arrives(database_client: Client) -> None:
+    started = time.monotonic()
+    assert database_client.jobs.dequeue("idle", wait=0.3) == []
+    assert 0.25 <= time.monotonic() - started < 2
+
+    received: list[Job] = []
+    waiting = threading.Thread(target=lambda: received.extend(database_client.jobs.dequeue("poll", wait=10)))
+    waiting.start()
+    time.sleep(1.3)  # the dequeue waits, and rechecked once; its next recheck is 0.7 s away
+    enqueued_at = time.monotonic()
+    database_client.jobs.enqueue("poll", {"n": "woken"})
+    waiting.join(timeout=10)
+    assert payloads(received) == ["woken"]
+    assert time.monotonic() - enqueued_at < 0.5  # woken, not found by the next recheck
+
+
+def test_a_long_poll_is_woken_by_a_transaction_that_enqueues(database_client: Client) -> None:
+    received: list[Job] = []
+    waiting = threading.Thread(target=lambda: received.extend(database_client.jobs.dequeue("tx", wait=10)))
+    waiting.start()
+    time.sleep(1.3)
+    enqueued_at = time.monotonic()
+    database_client.documents.transact([EnqueueJob("tx", {"n": "from a transaction"})])
+    waiting.join(timeout=10)
+    assert payloads(received) == ["from a transaction"]
+    assert time.monotonic() - enqueued_at < 0.5
+
+
+# Bad input -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "field"),
+    [
+        (lambda c: c.jobs.enqueue("bad queue"), "jobs[0].queue"),
+        (lambda c: c.jobs.enqueue("q", {"x": math.nan}), "jobs[0].payload.x"),
+        (lambda c: c.jobs.enqueue("q", max_attempts=-1), "jobs[0].max_attempts"),
+        (lambda c: c.jobs.enqueue("q", max_attempts=1001), "jobs[0].max_attempts"),
+        (lambda c: c.jobs.enqueue("q", delay=-1), "jobs[0].delay"),
+        (lambda c: c.jobs.enqueue("q", delay=1, run_at=datetime.datetime.now(datetime.UTC)), "jobs[0].delay"),
+        (lambda c: c.jobs.enqueue("q", dedupe_key="k" * 257), "jobs[0].dedupe_key"),
+        (
+            lambda c: c.jobs.enqueue_many([EnqueueJob("q"), EnqueueJob("q", {"s": "\x00"})]),
+            "jobs[1].payload.s",
+        ),
+        (lambda c: c.jobs.enqueue_many([]), "jobs"),
+        (lambda c: c.jobs.dequeue("q", max_jobs=1001), "max_jobs"),
+        (lambda c: c.jobs.dequeue("q", max_jobs=-1), "max_jobs"),
+        (lambda c: c.jobs.dequeue("q", lease=-5), "lease_duration"),
+        (lambda c: c.jobs.dequeue("q", lease=2 * 86400), "lease_duration"),
+        (lambda c: c.jobs.dequeue("q", wait=61), "wait"),
+        (lambda c: c.jobs.get(""), "job_id"),
+        (lambda c: c.jobs.stats(""), "queue"),
+        (lambda c: c.jobs.acknowledge([]), "leases"),
+    ],
+)
+def test_bad_input_is_invalid_argument_naming_the_field(
+    database_client: Client, call: Any, field: str
+) -> None:
+    with pytest.raises(InvalidArgument) as failure:
+        call(database_client)
+    assert failure.value.message.startswith(f"{field}:"), failure.value.message
+    assert database_client.jobs.stats("q") == QueueStats(0, 0, 0, 0, 0)
+
+
+def test_bad_leases_and_statuses_are_invalid(database_client: Client) -> None:
+    stub = jobs_pb2_grpc.JobQueueServiceStub(database_client._channel)
+    metadata = database_client._call.metadata
+    requests: list[tuple[Any, Any, str]] = [
+        (
+            stub.Acknowledge,
+            jobs_pb2.AcknowledgeRequest(leases=[jobs_pb2.JobLease(job_id="j")]),
+            "leases[0].lease_token",
+        ),
+        (stub.Fail, jobs_pb2.FailRequest(error="e"), "lease"),
+        (
+            stub.ListJobs,
+            jobs_pb2.ListJobsRequest(queue="q", statuses=[jobs_pb2.JOB_STATUS_UNSPECIFIED]),
+            "statuses[0]",
+        ),
+        (stub.ListJobs, jobs_pb2.ListJobsRequest(queue="q", page_token="not-a-token"), "page_token"),
+    ]
+    for method, request, field in requests:
+        with pytest.raises(grpc.RpcError) as failure:
+            method(request, metadata=metadata)
+        assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (failure.value.details() or "").startswith(f"{field}:")
+
+
+def test_an_unknown_lease_is_failed_precondition(database_client: Client) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue("q")
+    (job,) = jobs.dequeue("q")
+    forged = Job(**{**vars(job), "lease_token": "forged"})
+    with pytest.raises(FailedPrecondition):
+        jobs.acknowledge([forged])
+    with pytest.raises(FailedPrecondition):
+        jobs.fail(Job(**{**vars(job), "id": "no-such-job"}), "x")
+
+
+def test_redis_does_not_serve_jobs(redis_served: Served) -> None:
+    with redis_served.client() as client, pytest.raises(Unimplemented, match=r"stord\.v1\.JobQueueService"):
+        client.jobs.enqueue("q")
+
+
+# Workers ---------------------------------------------------------------------------------------------------
+
+WORKERS = 8
+JOBS = 5000
+
+
+def test_eight_workers_complete_five_thousand_jobs_exactly_once(database_served: Served) -> None:
+    namespace = f"workers-{time.monotonic_ns()}"
+    with database_served.client(namespace) as producer:
+        for start in range(0, JOBS, 1000):
+            producer.jobs.enqueue_many([EnqueueJob("work", {"n": n}) for n in range(start, start + 1000)])
+    handled: collections.Counter[int] = collections.Counter()
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def handle(job: Job) -> None:
+        with lock:
+            handled[job.payload["n"]] += 1
+            if len(handled) == JOBS:
+                stop.set()
+
+    clients = [database_served.client(namespace) for _ in range(WORKERS)]
+    threads = [
+        threading.Thread(
+            target=Worker(client.jobs, "work", handle, batch_size=100, wait=0.2).run, args=(stop,)
+        )
+        for client in clients
+    ]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    assert stop.wait(60), f"only {len(handled)} of {JOBS} jobs handled"
+    for thread in threads:
+        thread.join(timeout=30)
+    elapsed = time.monotonic() - started
+    with database_served.client(namespace) as checker:
+        stats = checker.jobs.stats("work")
+    for client in clients:
+        client.close()
+    assert set(handled) == set(range(JOBS))
+    assert set(handled.values()) == {1}, "a job was handled twice"
+    assert stats == QueueStats(pending=0, running=0, retrying=0, completed=JOBS, failed=0)
+    assert elapsed < 30
+
+
+def test_a_worker_that_stops_heartbeating_loses_its_job_to_another(
+    database_served: Served, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    job_id = jobs.enqueue("work", {"n": 1})
+    (held,) = jobs.dequeue("work", lease=10)  # the first worker takes the job
+    database_served.clock.advance(8)
+    jobs.extend_lease([held], lease=10)  # and heartbeats once
+    database_served.clock.advance(8)
+    assert jobs.dequeue("work") == []  # the heartbeat kept the lease
+
+    # The first worker dies: no more heartbeats. After the lease ends, a second worker gets the job.
+    handled: list[Job] = []
+    second = Worker(jobs, "work", handled.append, lease=10, wait=0)
+    assert second.run_once() == 0
+    database_served.clock.advance(2.5)
+    assert second.run_once() == 1
+    assert [(job.id, job.attempts) for job in handled] == [(job_id, 2)]
+    with pytest.raises(FailedPrecondition):
+        jobs.acknowledge([held])  # the first worker, back from the dead, is stale
+    completed = jobs.get(job_id)
+    assert completed is not None
+    assert (completed.status, completed.attempts) == (JobStatus.COMPLETED, 2)
+
+
+def test_a_worker_fails_jobs_whose_handler_raises(database_served: Served, database_client: Client) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue_many([EnqueueJob("work", {"n": n}, max_attempts=1) for n in range(4)])
+
+    def handle(job: Job) -> None:
+        if job.payload["n"] % 2:
+            raise ValueError(f"odd {job.payload['n']}")
+
+    assert Worker(jobs, "work", handle, batch_size=10, wait=0).run_once() == 4
+    failed = list(jobs.find("work", statuses=[JobStatus.FAILED]))
+    assert sorted((job.payload["n"], job.last_error) for job in failed) == [
+        (1, "ValueError: odd 1"),
+        (3, "ValueError: odd 3"),
+    ]
+    assert jobs.stats("work").completed == 2
+
+
+def test_two_postgres_daemons_share_queues_and_wake_each_other(postgres_server: PostgresServer) -> None:
+    clock = ManualClock()
+    url = postgres_server.create_database(f"jobs_two_daemons_{os.getpid()}_{time.monotonic_ns()}")
+    settings = Settings(listen="127.0.0.1:0", database=url, cache="memory://", log_level="warning")
+    daemons = [DaemonThread(settings, clock=clock).start() for _ in range(2)]
+    try:
+        with Client(daemons[0].target) as first, Client(daemons[1].target) as second:
+            # A long poll on one daemon is woken by LISTEN/NOTIFY when a job is enqueued through the other.
+            received: list[Job] = []
+            waiting = threading.Thread(target=lambda: received.extend(first.jobs.dequeue("poll", wait=10)))
+            waiting.start()
+            time.sleep(1.3)  # between the poll's rechecks, as in the single-daemon test
+            enqueued_at = time.monotonic()
+            second.jobs.enqueue("poll", {"n": "across daemons"})
+            waiting.join(timeout=10)
+            assert payloads(received) == ["across daemons"]
+            assert time.monotonic() - enqueued_at < 0.5
+
+            # Workers on both daemons: every job is handled exactly once.
+            first.jobs.enqueue_many([EnqueueJob("shared", {"n": n}) for n in range(1000)])
+            handled: collections.Counter[int] = collections.Counter()
+            lock = threading.Lock()
+            stop = threading.Event()
+
+            def handle(job: Job) -> None:
+                with lock:
+                    handled[job.payload["n"]] += 1
+                    if len(handled) == 1000:
+                        stop.set()
+
+            workers = [
+                threading.Thread(
+                    target=Worker(client.jobs, "shared", handle, batch_size=25, wait=0.2).run, args=(stop,)
+                )
+                for client in (first, second, first, second)
+            ]
+            for worker in workers:
+                worker.start()
+            assert stop.wait(60)
+            for worker in workers:
+                worker.join(timeout=30)
+            assert set(handled.values()) == {1}
+            assert first.jobs.stats("shared").completed == 1000
+    finally:
+        for daemon in daemons:
+            daemon.stop()

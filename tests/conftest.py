@@ -1,0 +1,140 @@
+"""Fixtures: throwaway PostgreSQL and Redis, and a daemon per backend with a fresh namespace per test."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from stord.client import Client
+from stord.server.config import Settings
+from stord.server.logs import configure_logging
+from tests.harness.clock import ManualClock
+from tests.harness.daemon import DaemonThread
+from tests.harness.postgres import PostgresServer, start_postgres
+from tests.harness.redis import RedisServer, start_redis
+
+KV_BACKENDS = ["memory", "sqlite", "postgres", "redis"]
+"""Backends that serve the key-value contract, each run through the same conformance suite."""
+
+DATABASE_BACKENDS = ["memory", "sqlite", "postgres"]
+"""Backends that serve every contract but the cache and key-value ones alone (Redis does not)."""
+
+CLOCKED = {"memory", "sqlite", "postgres"}
+"""Backends whose expiry follows the daemon's injectable clock; Redis expires keys by its own clock."""
+
+_database_names = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    server = start_postgres(tmp_path_factory.mktemp("postgres"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
+
+
+def make_backend_url(request: pytest.FixtureRequest, kind: str, directory: Path) -> str:
+    """Return the URL of an empty backend of `kind` (a new database or file where the kind has them)."""
+    if kind == "memory":
+        return "memory://"
+    if kind == "sqlite":
+        return f"sqlite:///{directory / 'stord.db'}"
+    if kind == "postgres":
+        server: PostgresServer = request.getfixturevalue("postgres_server")
+        return server.create_database(f"stord_{os.getpid()}_{next(_database_names)}")
+    if kind == "redis":
+        redis: RedisServer = request.getfixturevalue("redis_server")
+        return redis.url
+    raise ValueError(kind)
+
+
+@dataclass
+class Served:
+    """A running daemon over one backend, shared by the tests of a session."""
+
+    kind: str
+    target: str
+    clock: ManualClock
+    thread: DaemonThread
+
+    def client(self, namespace: str | None = None) -> Client:
+        return Client(self.target, namespace=namespace or f"t-{uuid.uuid4().hex[:12]}")
+
+
+class Daemons:
+    """One daemon per backend kind, started on first use and shared by every test of the session."""
+
+    def __init__(self, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
+        self._request = request
+        self._tmp_path_factory = tmp_path_factory
+        self._running: dict[str, Served] = {}
+
+    def get(self, kind: str) -> Served:
+        if kind not in self._running:
+            url = make_backend_url(self._request, kind, self._tmp_path_factory.mktemp(kind))
+            clock = ManualClock()
+            settings = Settings(listen="127.0.0.1:0", database=url, cache=url, log_level="warning")
+            thread = DaemonThread(settings, clock=clock).start()
+            self._running[kind] = Served(kind, thread.target, clock, thread)
+        return self._running[kind]
+
+    def stop(self) -> None:
+        for served in self._running.values():
+            served.thread.stop()
+
+
+@pytest.fixture(scope="session")
+def daemons(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemons]:
+    running = Daemons(request, tmp_path_factory)
+    yield running
+    running.stop()
+
+
+@pytest.fixture(params=KV_BACKENDS)
+def served(request: pytest.FixtureRequest, daemons: Daemons) -> Served:
+    """A daemon whose database and cache are both the parametrized key-value backend."""
+    return daemons.get(request.param)
+
+
+@pytest.fixture(params=DATABASE_BACKENDS)
+def database_served(request: pytest.FixtureRequest, daemons: Daemons) -> Served:
+    """A daemon on each backend that serves the database-only contracts (documents, jobs, events, ...)."""
+    return daemons.get(request.param)
+
+
+@pytest.fixture
+def database_client(database_served: Served) -> Iterator[Client]:
+    """A client in a namespace of its own on a daemon that serves the database-only contracts."""
+    with database_served.client() as client:
+        yield client
+
+
+@pytest.fixture
+def redis_served(daemons: Daemons) -> Served:
+    """A daemon on Redis, to check that it answers UNIMPLEMENTED for the contracts it does not serve."""
+    return daemons.get("redis")
+
+
+@pytest.fixture
+def client(served: Served) -> Iterator[Client]:
+    """A client in a namespace of its own, so tests share a daemon without seeing each other."""
+    with served.client() as client:
+        yield client
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_logs() -> None:
+    """Keep the daemons' access logs out of the test output; failures still show warnings and errors."""
+    configure_logging(log_format="console", level="warning")

@@ -1,0 +1,136 @@
+"""`stord kv | events | jobs` against a real `stord serve`."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Iterator
+
+import pytest
+
+from stord.client import Client, make_event
+from tests.harness._system import free_port
+from tests.process.test_serve import STORD, Served
+
+pytestmark = pytest.mark.process
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    process = Served(tmp_path_factory.mktemp("cli-ops") / "data")
+    yield process
+    if process.process.poll() is None:
+        process.stop(signal.SIGKILL)
+
+
+def stord(served: Served, *arguments: str, stdin: bytes = b"") -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [STORD, *arguments, "--address", served.address], input=stdin, capture_output=True, timeout=30
+    )
+
+
+def test_kv_set_get_and_keys_in_a_namespace(served: Served) -> None:
+    for key, value in [("user:1", "ada"), ("user:2", "grace"), ("team:1", "core")]:
+        assert stord(served, "kv", "set", key, value, "--namespace", "ops").returncode == 0
+    assert stord(served, "kv", "set", "blob", "-", "--namespace", "ops", stdin=b"\x00\xffraw").returncode == 0
+
+    got = stord(served, "kv", "get", "user:2", "--namespace", "ops")
+    assert (got.returncode, got.stdout) == (0, b"grace")
+    assert stord(served, "kv", "get", "blob", "--namespace", "ops").stdout == b"\x00\xffraw"
+    keys = stord(served, "kv", "keys", "user:*", "--namespace", "ops")
+    assert keys.stdout.decode().splitlines() == ["user:1", "user:2"]
+    limited = stord(served, "kv", "keys", "--limit", "2", "--namespace", "ops")
+    assert len(limited.stdout.decode().splitlines()) == 2
+
+    with Client(served.address, namespace="ops") as client:
+        assert client.db.get("team:1") == b"core"
+    elsewhere = stord(served, "kv", "get", "user:1", "--namespace", "other")
+    assert elsewhere.returncode == 1
+    assert elsewhere.stderr.decode().strip() == "stord: user:1: not found"
+
+
+def test_kv_on_the_cache_with_a_ttl(served: Served) -> None:
+    assert stord(served, "kv", "set", "session", "s3cret", "--cache", "--ttl", "60").returncode == 0
+    assert stord(served, "kv", "get", "session", "--cache").stdout == b"s3cret"
+    assert stord(served, "kv", "get", "session").returncode == 1  # the database is another store
+    assert stord(served, "kv", "keys", "sess*", "--cache").stdout == b"session\n"
+    refused = stord(served, "kv", "set", "k", "v", "--ttl", "5")
+    assert refused.returncode == 1
+    assert b"--ttl needs --cache" in refused.stderr
+
+
+def test_events_tail_prints_new_matching_events_as_json_lines(served: Served) -> None:
+    arguments = [STORD, "events", "tail", "--address", served.address, "--namespace", "tail"]
+    tail = subprocess.Popen(
+        [*arguments, "--session", "s-1", "--severity", "error", "--count", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tail.stderr is not None
+        assert tail.stderr.readline().startswith("stord: tailing events of ")
+        with Client(served.address, namespace="tail") as client:
+            client.events.insert(
+                [
+                    make_event("s-1", "a-1", "tool_call", severity="info", event_id="e-1"),
+                    make_event("s-2", "a-1", "tool_error", severity="error", event_id="e-2"),
+                    make_event(
+                        "s-1", "a-1", "tool_error", severity="error", event_id="e-3", payload={"n": 1}
+                    ),
+                    make_event("s-1", "a-1", "custom", severity="error", event_id="e-4"),
+                ]
+            )
+        stdout, _ = tail.communicate(timeout=20)
+    finally:
+        tail.kill()
+    assert tail.returncode == 0
+    printed = [json.loads(line) for line in stdout.splitlines()]
+    assert [event["id"] for event in printed] == ["e-3", "e-4"]
+    assert printed[0]["payload"] == {"n": 1}
+    assert printed[0]["event_type"] == "EVENT_TYPE_TOOL_ERROR"
+    assert len(printed[0]["hash"]) == 64
+
+
+def test_jobs_stats_as_a_table_and_as_json(served: Served) -> None:
+    with Client(served.address, namespace="jobs") as client:
+        for index in range(3):
+            client.jobs.enqueue("emails", {"n": index})
+        client.jobs.acknowledge(client.jobs.dequeue("emails"))
+        client.jobs.dequeue("emails")
+
+    table = stord(served, "jobs", "stats", "emails", "empty", "--namespace", "jobs")
+    assert table.returncode == 0
+    assert [line.split() for line in table.stdout.decode().splitlines()] == [
+        ["queue", "pending", "running", "retrying", "completed", "failed"],
+        ["emails", "1", "1", "0", "1", "0"],
+        ["empty", "0", "0", "0", "0", "0"],
+    ]
+    as_json = stord(served, "jobs", "stats", "emails", "--json", "--namespace", "jobs")
+    assert json.loads(as_json.stdout) == {
+        "queue": "emails",
+        "pending": 1,
+        "running": 1,
+        "retrying": 0,
+        "completed": 1,
+        "failed": 0,
+    }
+
+
+def test_an_unreachable_daemon_is_a_clear_error() -> None:
+    result = subprocess.run(
+        [STORD, "kv", "get", "k", "--address", f"127.0.0.1:{free_port()}", "--timeout", "2"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 1
+    assert result.stderr.startswith("stord: ")
+    assert "UNAVAILABLE" in result.stderr
+
+
+def test_an_unknown_event_type_is_a_usage_error(served: Served) -> None:
+    result = stord(served, "events", "tail", "--type", "bogus")
+    assert result.returncode == 2
+    assert result.stderr.decode().startswith("stord: event_type must be one of ")

@@ -1,0 +1,78 @@
+"""The client package: the async twin matches the blocking client, and statuses become exceptions."""
+
+from __future__ import annotations
+
+import inspect
+
+import grpc
+import pytest
+
+from stord import client as stord_client
+from stord.client import errors
+
+
+@pytest.mark.parametrize(
+    ("blocking", "asynchronous"),
+    [
+        (stord_client.Client, stord_client.AsyncClient),
+        (stord_client.Cache, stord_client.AsyncCache),
+        (stord_client.Database, stord_client.AsyncDatabase),
+        (stord_client.Agents, stord_client.AsyncAgents),
+        (stord_client.Manifests, stord_client.AsyncManifests),
+        (stord_client.Documents, stord_client.AsyncDocuments),
+        (stord_client.Jobs, stord_client.AsyncJobs),
+        (stord_client.Worker, stord_client.AsyncWorker),
+        (stord_client.Events, stord_client.AsyncEvents),
+        (stord_client.EventTail, stord_client.AsyncEventTail),
+    ],
+)
+def test_async_twin_has_the_same_methods_and_signatures(blocking: type, asynchronous: type) -> None:
+    def public(cls: type) -> dict[str, inspect.Signature]:
+        return {
+            name: inspect.signature(member)
+            for name, member in vars(cls).items()
+            if callable(member) and not name.startswith("_")
+        }
+
+    blocking_methods, async_methods = public(blocking), public(asynchronous)
+    assert blocking_methods.keys() == async_methods.keys()
+    for name, signature in blocking_methods.items():
+        assert list(signature.parameters) == list(async_methods[name].parameters), name
+        assert inspect.iscoroutinefunction(getattr(asynchronous, name)) or inspect.isasyncgenfunction(
+            getattr(asynchronous, name)
+        ), name
+
+
+class _FailedCall(grpc.RpcError):
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+@pytest.mark.parametrize(
+    ("code", "cls"),
+    [
+        (grpc.StatusCode.INVALID_ARGUMENT, errors.InvalidArgument),
+        (grpc.StatusCode.NOT_FOUND, errors.NotFound),
+        (grpc.StatusCode.ABORTED, errors.Conflict),
+        (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
+        (grpc.StatusCode.DATA_LOSS, errors.StordError),
+    ],
+)
+def test_status_codes_map_to_exceptions(code: grpc.StatusCode, cls: type[errors.StordError]) -> None:
+    error = errors.from_rpc_error(_FailedCall(code, "key: must not be empty"))
+    assert type(error) is cls
+    assert error.code is code
+    assert error.message == "key: must not be empty"
+    assert str(error) == f"{code.name}: key: must not be empty"
+
+
+@pytest.mark.parametrize(("namespace", "principal"), [("ünï", None), ("ok", "ünï"), ("tab\there", None)])
+def test_metadata_that_grpc_cannot_carry_is_refused_up_front(namespace: str, principal: str | None) -> None:
+    with pytest.raises(ValueError, match="must be printable ASCII"):
+        stord_client.Client("127.0.0.1:1", namespace=namespace, principal=principal)

@@ -1,0 +1,244 @@
+"""The Prometheus endpoint: scraped after real traffic, parsed, and checked series by series."""
+
+from __future__ import annotations
+
+import socket
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from grpc import StatusCode
+from prometheus_client.parser import text_string_to_metric_families
+
+from stord.client import (
+    Client,
+    EventIngestor,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unauthenticated,
+    make_event,
+)
+from stord.server.app import StartupError, stord_version
+from stord.server.auth import Role
+from stord.server.config import ConfigError, ConnectOptions, Settings, load_settings
+from stord.server.metrics import UNKNOWN_METHOD, Metrics
+from tests.harness._system import free_port
+from tests.harness.auth import Tenant, write_keys
+from tests.harness.daemon import DaemonThread
+
+Labels = tuple[tuple[str, str], ...]
+
+
+def scrape(daemon: DaemonThread) -> dict[tuple[str, Labels], float]:
+    """Return every sample of the endpoint by name and sorted labels."""
+    url = f"http://127.0.0.1:{daemon.daemon.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as response:
+        assert response.status == 200
+        assert response.headers["Content-Type"].startswith("text/plain")
+        text = response.read().decode()
+    samples: dict[tuple[str, Labels], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples: dict[tuple[str, Labels], float], name: str, **labels: str) -> float:
+    """Return one sample's value; 0 when the series does not exist (yet)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def rpcs(samples: dict[tuple[str, Labels], float], service: str, method: str, status: str = "OK") -> float:
+    return value(samples, "stord_rpcs_total", service=f"stord.v1.{service}", method=method, status=status)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonThread]:
+    # A cache on another engine that is not memory: GetAgent then reads through it, so hits and misses count.
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database=f"sqlite:///{tmp_path / 'stord.db'}",
+        cache=f"sqlite:///{tmp_path / 'cache.db'}",
+        metrics_listen="127.0.0.1:0",
+        log_level="warning",
+    )
+    served = DaemonThread(settings).start()
+    yield served
+    served.stop()
+
+
+def test_counters_move_with_traffic(daemon: DaemonThread) -> None:
+    before = scrape(daemon)
+    assert value(before, "stord_info", version=stord_version()) == 1
+    assert rpcs(before, "DatabaseService", "Set") == 0
+
+    with Client(daemon.target, namespace="metrics") as client:
+        for index in range(3):
+            client.db.set(f"key-{index}", b"value")
+        assert client.db.get("key-0") == b"value"
+        with pytest.raises(InvalidArgument):
+            client.db.set("", b"no key")
+        with pytest.raises(NotFound):
+            client.events.get("no-such-event")
+        client.events.insert([make_event("s1", "a1", "custom") for _ in range(4)])
+        client.jobs.enqueue("emails", {"to": "a@example.com"})
+        client.jobs.enqueue("emails", {"to": "b@example.com"})
+        client.jobs.enqueue("reports")
+        [job] = client.jobs.dequeue("reports")
+        client.agents.set("agent://one", name="one")
+        for _ in range(3):
+            assert client.agents.get("agent://one") is not None
+    with Client(daemon.target, namespace="other") as client:
+        client.jobs.enqueue("emails")
+    with EventIngestor(daemon.target, namespace="metrics", batch_size=10) as ingestor:
+        ingestor.add_many(make_event("s2", "a1", "tool_call") for _ in range(25))
+        ingestor.flush()
+
+    after = scrape(daemon)
+    assert rpcs(after, "DatabaseService", "Set") == 3
+    assert rpcs(after, "DatabaseService", "Get") == 1
+    assert rpcs(after, "DatabaseService", "Set", "INVALID_ARGUMENT") == 1
+    assert rpcs(after, "EventStoreService", "GetEvent", "NOT_FOUND") == 1
+    assert rpcs(after, "EventStoreService", "IngestEvents") == 1
+    assert rpcs(after, "JobQueueService", "Enqueue") == 4
+    assert rpcs(after, "AgentStoreService", "GetAgent") == 3
+
+    latency = {"service": "stord.v1.DatabaseService", "method": "Set"}
+    assert value(after, "stord_rpc_duration_seconds_count", **latency) == 4  # the refused one too
+    assert value(after, "stord_rpc_duration_seconds_bucket", le="+Inf", **latency) == 4
+    assert 0 < value(after, "stord_rpc_duration_seconds_sum", **latency) < 10
+    assert value(after, "stord_rpc_duration_seconds_bucket", le="1.0", **latency) >= 1
+
+    assert value(after, "stord_events_ingested_total", backend="sqlite") == 4 + 25
+
+    assert value(after, "stord_job_queue_depth", queue="emails", status="pending") == 3  # two namespaces
+    assert value(after, "stord_job_queue_depth", queue="reports", status="pending") == 0
+    assert value(after, "stord_job_queue_depth", queue="reports", status="running") == 1
+    assert value(after, "stord_job_queue_depth", queue="reports", status="completed") == 0
+
+    # SetAgent starts the agent's generation; the first read fills the entry, the next two are served by it.
+    cache = {"store": "agents"}
+    assert value(after, "stord_read_cache_lookups_total", result="miss", **cache) == 1
+    assert value(after, "stord_read_cache_lookups_total", result="hit", **cache) == 2
+    assert value(after, "stord_read_cache_lookups_total", result="unavailable", **cache) == 0
+
+    assert value(after, "stord_backend_healthy", role="database", kind="sqlite") == 1
+    assert value(after, "stord_backend_healthy", role="cache", kind="sqlite") == 1
+    assert value(after, "stord_backend_fallback", role="database") == 0
+    assert value(after, "stord_backend_fallback", role="cache") == 0
+    assert value(after, "process_resident_memory_bytes") > 0
+
+    with Client(daemon.target, namespace="metrics") as client:
+        client.jobs.acknowledge([job])
+    assert value(scrape(daemon), "stord_job_queue_depth", queue="reports", status="completed") == 1
+
+
+def test_fallback_and_daemons_keep_their_own_registries(tmp_path: Path) -> None:
+    unreachable = f"redis://127.0.0.1:{free_port()}"
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database="memory://",
+        cache=unreachable,
+        metrics_listen="127.0.0.1:0",
+        connect=ConnectOptions(attempts=1),
+        log_level="error",
+    )
+    first = DaemonThread(settings).start()
+    second = DaemonThread(settings.model_copy(update={"cache": "memory://"})).start()
+    try:
+        with Client(first.target) as client:
+            client.cache.set("k", b"v")
+        samples = scrape(first)
+        assert value(samples, "stord_backend_fallback", role="cache") == 1
+        assert value(samples, "stord_backend_healthy", role="cache", kind="memory") == 1
+        assert rpcs(samples, "CacheService", "Set") == 1
+        # A memory cache reads nothing through: no read-cache series at all.
+        assert not any(name == "stord_read_cache_lookups_total" for name, _ in samples)
+
+        other = scrape(second)
+        assert value(other, "stord_backend_fallback", role="cache") == 0
+        assert rpcs(other, "CacheService", "Set") == 0
+    finally:
+        second.stop()
+        first.stop()
+
+
+def test_refused_calls_are_counted_with_their_status(tmp_path: Path) -> None:
+    reader = Tenant("reader", "shop", "svc-report", Role.READ_ONLY)
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database="memory://",
+        api_keys_file=write_keys(tmp_path / "keys.yaml", [reader]),
+        metrics_listen="127.0.0.1:0",
+        log_level="error",
+    )
+    daemon = DaemonThread(settings).start()
+    try:
+        with Client(daemon.target) as anonymous, pytest.raises(Unauthenticated):
+            anonymous.db.get("k")
+        with Client(daemon.target, api_key=reader.secret) as client:
+            assert client.db.get("k") is None
+            with pytest.raises(PermissionDenied):
+                client.db.set("k", b"v")
+        samples = scrape(daemon)
+        assert rpcs(samples, "DatabaseService", "Get", "UNAUTHENTICATED") == 1
+        assert rpcs(samples, "DatabaseService", "Get") == 1
+        assert rpcs(samples, "DatabaseService", "Set", "PERMISSION_DENIED") == 1
+        get = {"service": "stord.v1.DatabaseService", "method": "Get"}
+        assert value(samples, "stord_rpc_duration_seconds_count", **get) == 2
+    finally:
+        daemon.stop()
+
+
+def test_off_unless_asked_and_a_taken_port_fails_startup(tmp_path: Path) -> None:
+    plain = DaemonThread(Settings(listen="127.0.0.1:0", database="memory://", log_level="error")).start()
+    try:
+        assert plain.daemon.metrics is None
+        assert plain.daemon.metrics_port == 0
+        with Client(plain.target) as client:
+            client.db.set("k", b"v")  # the interceptor works without metrics
+    finally:
+        plain.stop()
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(
+            listen="127.0.0.1:0", database="memory://", metrics_listen=f"127.0.0.1:{port}", log_level="error"
+        )
+        thread = DaemonThread(settings)
+        try:
+            with pytest.raises(StartupError, match="cannot serve metrics"):
+                thread.start()
+        finally:
+            thread.stop(0)
+
+
+def test_metrics_listen_setting() -> None:
+    settings = load_settings(environ={"STORD_METRICS_LISTEN": "[::1]:9464"})
+    assert settings.metrics_listen == "[::1]:9464"
+    assert settings.metrics_address == ("::1", 9464)
+    assert load_settings(environ={}).metrics_address is None
+    flagged = load_settings(
+        environ={"STORD_METRICS_LISTEN": "0.0.0.0:1"}, flags={"metrics_listen": "127.0.0.1:2"}
+    )
+    assert flagged.metrics_address == ("127.0.0.1", 2)
+    with pytest.raises(ConfigError, match=r"metrics_listen: .*HOST:PORT"):
+        load_settings(environ={"STORD_METRICS_LISTEN": "9464"})
+
+
+def test_methods_no_proto_declares_share_one_series() -> None:
+    # An unserved service (a Redis database's DocumentService) answers any method name clients make up.
+    metrics = Metrics("test")
+    for name in ("Nope", "Nada", "CreateDocument"):
+        metrics.rpc(f"/stord.v1.DocumentService/{name}").observe(StatusCode.UNIMPLEMENTED, 0.0001)
+    counted = {
+        sample.labels["method"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "stord_rpcs"
+        for sample in family.samples
+    }
+    assert counted == {UNKNOWN_METHOD: 2, "CreateDocument": 1}
