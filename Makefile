@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: venv run test lint proto proto-image bench docker clean
+.PHONY: venv run test lint proto proto-image bench soak docker clean
 
 $(INSTALLED): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,13 @@ proto-image: $(BUF)
 
 bench: $(INSTALLED)
 	$(BIN)/python -m bench
+
+# Mixed load on a daemon of its own for SOAK_SECONDS, watching throughput, errors and the daemon's memory
+# (not part of `make test`). SOAK_DATABASE: sqlite, postgres (a throwaway server) or a database URL.
+SOAK_SECONDS ?= 300
+SOAK_DATABASE ?= sqlite
+soak: $(INSTALLED)
+	$(BIN)/python -m bench.soak --duration $(SOAK_SECONDS) --database $(SOAK_DATABASE)
 
 docker:
 	docker build -t stord:latest .

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-BENCHMARKS = ["bench.kv", "bench.agents", "bench.jobs", "bench.documents", "bench.events"]
+BENCHMARKS = ["bench.kv", "bench.agents", "bench.jobs", "bench.documents", "bench.events", "bench.workers"]
 """Each module has `main(argv) -> int`; a new contract's benchmark adds its module here."""
 
 

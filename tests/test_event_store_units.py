@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 import struct
+from collections.abc import AsyncIterator
 
 import pytest
 
 from stord.server.backends.memory import MemoryBackend
+from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.redis import RedisBackend
 from stord.server.config import RedisOptions
 from stord.server.event_chain import JsonValue, canonical_json, format_timestamp
 from stord.server.event_model import payload_facts
 from stord.server.event_retention import retain_events_daily
-from stord.server.ports import Event, EventFilter, EventInput, EventType, Severity
-from stord.server.services._event_tail import EventHub, SubscriberDropped
+from stord.server.ports import (
+    CommitListener,
+    EventFilter,
+    EventInput,
+    EventType,
+    Severity,
+    Unavailable,
+    system_clock,
+)
+from stord.server.services._event_tail import EventHub, SubscriberDropped, Subscription
 from tests.harness.clock import ManualClock
 
 DAY_MS = 86_400_000
@@ -116,24 +127,129 @@ def test_the_daily_pass_does_nothing_when_disabled_or_unserved() -> None:
     asyncio.run(scenario())
 
 
-def _event(event_id: str, session_id: str = "s1") -> Event:
-    return Event(event_id, 0, session_id, "a1", EventType.CUSTOM, Severity.INFO, "{}", "{}", None, "h", 0)
+def _inputs(*event_ids: str, session_id: str = "s1") -> list[EventInput]:
+    return [
+        EventInput(event_id, 0, session_id, "a1", EventType.CUSTOM, Severity.INFO, "{}", "{}")
+        for event_id in event_ids
+    ]
+
+
+async def _next_ids(subscription: Subscription) -> list[str]:
+    return [event.id for event in await asyncio.wait_for(subscription.next_events(), 10)]
+
+
+class WatchedStore(MemoryEventStore):
+    """A memory event store that counts the watches of its feed open now and says when none is left."""
+
+    watching = 0
+    unwatched: asyncio.Event
+
+    @contextlib.asynccontextmanager
+    async def watch_feed(self, listener: CommitListener) -> AsyncIterator[None]:
+        self.watching += 1
+        self.unwatched = asyncio.Event()
+        try:
+            async with super().watch_feed(listener):
+                yield
+        finally:
+            self.watching -= 1
+            if not self.watching:
+                self.unwatched.set()
 
 
 def test_a_subscriber_gets_matching_events_and_a_slow_one_is_dropped() -> None:
     async def scenario() -> None:
-        hub = EventHub(capacity=3)
-        with (
+        store = MemoryEventStore(system_clock)
+        hub = EventHub(store, capacity=3)
+
+        async def insert(namespace: str, *event_ids: str, session_id: str = "s1") -> None:
+            hub.committed(
+                namespace, await store.insert_events(namespace, _inputs(*event_ids, session_id=session_id))
+            )
+
+        async with (
             hub.subscribe("ns", EventFilter(session_id="s1")) as fast,
             hub.subscribe("ns", EventFilter()) as slow,
         ):
-            hub.publish("ns", [_event("e1"), _event("x", "s2")])
-            hub.publish("other", [_event("elsewhere")])
-            assert [event.id for event in await fast.next_events()] == ["e1"]
-            hub.publish("ns", [_event("e2"), _event("e3")])  # slow now has 4 queued: over its capacity
-            assert [event.id for event in await fast.next_events()] == ["e2", "e3"]
+            await insert("ns", "e1")
+            await insert("ns", "x", session_id="s2")
+            await insert("other", "elsewhere")
+            assert await _next_ids(fast) == ["e1"]
+            await insert("ns", "e2", "e3")  # slow now has 4 queued: over its capacity
+            assert await _next_ids(fast) == ["e2", "e3"]
             with pytest.raises(SubscriberDropped, match="more than 3 events behind"):
                 await slow.next_events()
-        hub.publish("ns", [_event("after")])  # no subscriber left: nothing is kept
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_every_batch_reaches_subscribers_once_in_feed_order_whoever_committed_it() -> None:
+    async def scenario() -> None:
+        store = MemoryEventStore(system_clock)
+        hub = EventHub(store)
+        async with hub.subscribe("ns", EventFilter()) as subscription:
+            await store.insert_events("ns", _inputs("theirs"))  # as another daemon would: only in the feed
+            own = await store.insert_events("ns", _inputs("own"))
+            hub.committed("ns", own)  # the next position but one: waits for the batch before it
+            delivered: list[str] = []
+            while len(delivered) < 2:
+                delivered += await _next_ids(subscription)
+            assert delivered == ["theirs", "own"]
+            hub.committed("ns", own)  # told again: delivered already
+            hub.committed("ns", await store.insert_events("ns", _inputs("next")))
+            assert await _next_ids(subscription) == ["next"]
+            await store.insert_events("ns", _inputs("last"))
+            assert await _next_ids(subscription) == ["last"]  # nothing repeated before it
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_feed_pruned_before_it_was_read_ends_its_subscriptions() -> None:
+    async def scenario() -> None:
+        clock = ManualClock()
+        store = MemoryEventStore(clock, feed_keep_seconds=60)
+        hub = EventHub(store)
+        async with hub.subscribe("ns", EventFilter()) as subscription:
+            await store.insert_events("ns", _inputs("unread"))  # the follower gets no turn in between
+            clock.advance(120)
+            await store.insert_events("ns", _inputs("later"))  # prunes the first batch
+            with pytest.raises(Unavailable, match="pruned from the feed"):
+                await asyncio.wait_for(subscription.next_events(), 10)
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_closing_the_hub_ends_subscriptions_after_what_they_had_queued() -> None:
+    async def scenario() -> None:
+        store = MemoryEventStore(system_clock)
+        hub = EventHub(store)
+        async with hub.subscribe("ns", EventFilter()) as subscription:
+            hub.committed("ns", await store.insert_events("ns", _inputs("queued")))
+            await hub.close()
+            assert await _next_ids(subscription) == ["queued"]
+            with pytest.raises(Unavailable, match="shutting down"):
+                await subscription.next_events()
+        with pytest.raises(Unavailable, match="shutting down"):
+            async with hub.subscribe("ns", EventFilter()):
+                pass
+
+    asyncio.run(scenario())
+
+
+def test_the_feed_is_watched_only_while_someone_follows_and_a_little_after() -> None:
+    async def scenario() -> None:
+        store = WatchedStore(system_clock)
+        hub = EventHub(store, linger=0.05)
+        for round_ in range(2):  # and again, once the first follower has gone
+            async with hub.subscribe("ns", EventFilter()) as subscription:
+                await store.insert_events("ns", _inputs(f"e{round_}"))
+                await _next_ids(subscription)
+                assert store.watching == 1
+            await asyncio.wait_for(store.unwatched.wait(), 10)
+            assert store.watching == 0
+        await hub.close()
 
     asyncio.run(scenario())

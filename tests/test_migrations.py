@@ -33,6 +33,8 @@ EXPECTED_TABLES = {
     "event_agents",
     "event_alert_rules",
     "event_alert_history",
+    "event_feed_heads",
+    "event_feed",
 }
 
 

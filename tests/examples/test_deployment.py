@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.process.test_serve import STORD, Served
+from tests.harness.served import STORD, Served
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.harness._system import ensure_installed, free_port
-from tests.process.test_serve import STORD, Served
+from tests.harness.served import STORD, Served
 
 pytestmark = pytest.mark.process
 

@@ -64,6 +64,25 @@ class PostgresServer:
             _run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(self.directory, ignore_errors=True)
 
+    def stop_server(self, mode: str = "fast") -> None:
+        """Stop the server but keep its files, for `start_server` to start it again.
+
+        `mode` is pg_ctl's: `fast` ends every session with an error and shuts down cleanly; `immediate`
+        kills the server processes as a crash would (recovery runs at the next start).
+        """
+        done = _run([str(self._bin / "pg_ctl"), "-D", str(self.data_dir), "-m", mode, "-w", "stop"])
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"pg_ctl stop failed with exit status {done.returncode}:\n{done.stdout}{done.stderr}"
+            )
+
+    def start_server(self) -> None:
+        """Start a server stopped by `stop_server` again, on the same data and port."""
+        done = _run(_start_command(self))
+        if done.returncode != 0:
+            log = self.log_file.read_text(errors="replace") if self.log_file.exists() else "(no log)"
+            raise RuntimeError(f"PostgreSQL did not start again: {done.stdout}{done.stderr}\n{log[-4000:]}")
+
 
 def start_postgres(base_dir: pathlib.Path) -> PostgresServer:
     """Create a cluster, start it on a free 127.0.0.1 port and return once it accepts connections.
@@ -99,26 +118,7 @@ def start_postgres(base_dir: pathlib.Path) -> PostgresServer:
         failures: list[str] = []
         for _ in range(_ATTEMPTS):
             server.port = free_port()
-            settings = " ".join(
-                [
-                    f"-p {server.port}",
-                    f"-c listen_addresses={server.host}",
-                    f"-c unix_socket_directories={server.directory}",
-                    "-c fsync=off",
-                    "-c synchronous_commit=off",
-                    "-c full_page_writes=off",
-                ]
-            )
-            start = [
-                str(bin_dir / "pg_ctl"),
-                "-w",
-                "-t", str(_START_TIMEOUT),
-                "-D", str(server.data_dir),
-                "-l", str(server.log_file),
-                "-o", settings,
-                "start",
-            ]  # fmt: skip
-            done = _run(start)
+            done = _run(_start_command(server))
             if done.returncode == 0:
                 return server
             log = server.log_file.read_text(errors="replace") if server.log_file.exists() else "(no log)"
@@ -127,6 +127,29 @@ def start_postgres(base_dir: pathlib.Path) -> PostgresServer:
     except BaseException:
         server.stop()
         raise
+
+
+def _start_command(server: PostgresServer) -> list[str]:
+    """Return the pg_ctl command that starts `server` on its port and waits until it accepts connections."""
+    settings = " ".join(
+        [
+            f"-p {server.port}",
+            f"-c listen_addresses={server.host}",
+            f"-c unix_socket_directories={server.directory}",
+            "-c fsync=off",
+            "-c synchronous_commit=off",
+            "-c full_page_writes=off",
+        ]
+    )
+    return [
+        str(server._bin / "pg_ctl"),
+        "-w",
+        "-t", str(_START_TIMEOUT),
+        "-D", str(server.data_dir),
+        "-l", str(server.log_file),
+        "-o", settings,
+        "start",
+    ]  # fmt: skip
 
 
 def _run(command: list[str]) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,7 @@ import pytest
 
 from stord.client import Client, make_event
 from tests.harness._system import free_port
-from tests.process.test_serve import STORD, Served
+from tests.harness.served import STORD, Served
 
 pytestmark = pytest.mark.process
 

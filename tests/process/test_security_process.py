@@ -17,7 +17,7 @@ from stord.client import Client, Unauthenticated
 from stord.server.auth import Role
 from tests.harness._system import free_port
 from tests.harness.auth import Tenant, write_keys
-from tests.process.test_serve import STORD, Served
+from tests.harness.served import STORD, Served
 
 pytestmark = pytest.mark.process
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -21,52 +19,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 from stord.client import Client, StordError
 from stord.server.schema import load_migrations
 from tests.harness._system import free_port
+from tests.harness.served import STORD, Served, health
 
 pytestmark = pytest.mark.process
-
-STORD = str(Path(sys.executable).parent / "stord")
-
-
-class Served:
-    """One `stord serve` process and its output."""
-
-    def __init__(self, data_dir: Path, *extra: str) -> None:
-        self.port = free_port()
-        self.address = f"127.0.0.1:{self.port}"
-        self.log = data_dir.parent / f"stord-{self.port}.log"
-        arguments = [STORD, "serve", "--listen", self.address, "--data-dir", str(data_dir), *extra]
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT)
-        try:
-            self.wait_healthy()
-        except BaseException:
-            self.process.kill()
-            self.process.wait()
-            raise
-
-    def wait_healthy(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"stord exited with {self.process.returncode}:\n{self.log.read_text()}")
-            if health(self.address).returncode == 0:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"stord did not become healthy:\n{self.log.read_text()}")
-
-    def events(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
-
-    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        return self.process.wait(timeout)
-
-
-def health(address: str, *extra: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [STORD, "health", "--address", address, "--timeout", "1", *extra], capture_output=True, text=True
-    )
 
 
 @pytest.fixture

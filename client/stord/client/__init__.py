@@ -23,6 +23,7 @@ from stord.client._models import (
     TransactStep,
     UpdateDocument,
 )
+from stord.client._retry import RetryPolicy
 from stord.client._sync import Cache, Client, Database
 from stord.client._worker import AsyncWorker, Worker
 from stord.client.errors import (
@@ -84,6 +85,7 @@ __all__ = [
     "PermissionDenied",
     "QueueStats",
     "ResourceExhausted",
+    "RetryPolicy",
     "StordError",
     "Tls",
     "TransactStep",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import queue
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -11,6 +12,8 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from stord.client._retry import RetryPolicy, channel_options
+from stord.client.errors import Unavailable
 from stord.v1 import kv_pb2
 
 _Choice = TypeVar("_Choice")
@@ -19,6 +22,7 @@ TTL = float | datetime.timedelta
 """Seconds, or a timedelta."""
 
 DEFAULT_TIMEOUT = 5.0
+DEFAULT_RETRY = RetryPolicy()
 NAMESPACE_METADATA = "stord-namespace"
 PRINCIPAL_METADATA = "stord-principal"
 """Who the caller is when the daemon has no API keys: the daemon owns agents by it."""
@@ -44,20 +48,55 @@ class Tls:
         return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
 
 
-def channel(target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]]) -> grpc.Channel:
-    """Open a blocking channel, encrypted when `tls` is set (True: system roots, no client certificate)."""
+def channel(
+    target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]], retry: RetryPolicy | None
+) -> grpc.Channel:
+    """Open a blocking channel, encrypted when `tls` is set (True: system roots, no client certificate).
+
+    `retry` retries the idempotent RPCs after UNAVAILABLE and reconnects quickly (None: gRPC's defaults).
+    """
+    arguments = channel_options(retry, list(options))
     if tls is False:
-        return grpc.insecure_channel(target, options=list(options))
+        return grpc.insecure_channel(target, options=arguments)
     settings = Tls() if tls is True else tls
-    return grpc.secure_channel(target, settings.credentials(), options=list(options))
+    return grpc.secure_channel(target, settings.credentials(), options=arguments)
 
 
-def aio_channel(target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]]) -> grpc.aio.Channel:
-    """Open an asyncio channel, encrypted when `tls` is set (True: system roots, no client certificate)."""
+def aio_channel(
+    target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]], retry: RetryPolicy | None
+) -> grpc.aio.Channel:
+    """Open an asyncio channel, as `channel` does a blocking one."""
+    arguments = channel_options(retry, list(options))
     if tls is False:
-        return grpc.aio.insecure_channel(target, options=list(options))
+        return grpc.aio.insecure_channel(target, options=arguments)
     settings = Tls() if tls is True else tls
-    return grpc.aio.secure_channel(target, settings.credentials(), options=list(options))
+    return grpc.aio.secure_channel(target, settings.credentials(), options=arguments)
+
+
+def unreachable(timeout: float | None) -> Unavailable:
+    """Return the error of a call that waited for a connection until its deadline: it was never sent."""
+    return Unavailable(
+        f"no connection to the daemon within the deadline ({timeout:g} s): it is down or restarting, or it"
+        " refuses the connection (check the address and the TLS settings)"
+    )
+
+
+def is_connected(channel: grpc.Channel) -> bool:
+    """Return whether a blocking channel has a connection now (gRPC reports its state from a thread)."""
+    states: queue.SimpleQueue[grpc.ChannelConnectivity] = queue.SimpleQueue()
+    report = states.put
+    channel.subscribe(report)
+    try:
+        return states.get(timeout=1.0) is grpc.ChannelConnectivity.READY
+    except queue.Empty:
+        return False
+    finally:
+        channel.unsubscribe(report)
+
+
+def waits_for_ready(retry: RetryPolicy | None, timeout: float | None) -> bool:
+    """Return whether calls wait for an unreachable daemon: only when asked, and only with a deadline."""
+    return retry is not None and retry.wait_for_ready and timeout is not None
 
 
 def duration(ttl: TTL | None) -> Duration | None:

@@ -85,7 +85,8 @@ class EventIngestor:
         self._retry_for = retry_for
         self._on_progress = on_progress
         self._metadata = _codec.metadata(namespace, api_key=api_key)
-        self._channel = _codec.channel(target, tls, options)
+        # The channel reconnects quickly; resending is this class's job, so no call waits for ready.
+        self._channel = _codec.channel(target, tls, options, _codec.DEFAULT_RETRY)
         self._stub = events_pb2_grpc.EventStoreServiceStub(self._channel)
         self._condition = threading.Condition()
         self._current: list[pb.Event] = []

@@ -11,7 +11,7 @@ import grpc
 from stord.client import _codec, _convert
 from stord.client._codec import TTL
 from stord.client._models import EnqueuedJob, EnqueueJob, Job, JobStatus, QueueStats
-from stord.client.errors import from_rpc_error
+from stord.client.errors import StordError
 from stord.v1 import jobs_pb2 as pb
 from stord.v1 import jobs_pb2_grpc
 
@@ -24,6 +24,9 @@ _Response = TypeVar("_Response")
 class _Call(Protocol):
     timeout: float | None
     metadata: tuple[tuple[str, str], ...]
+    wait_for_ready: bool
+
+    def failure(self, error: grpc.RpcError) -> StordError: ...
 
     def __call__(
         self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
@@ -33,6 +36,9 @@ class _Call(Protocol):
 class _AsyncCall(Protocol):
     timeout: float | None
     metadata: tuple[tuple[str, str], ...]
+    wait_for_ready: bool
+
+    def failure(self, error: grpc.RpcError) -> StordError: ...
 
     async def __call__(
         self, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
@@ -107,10 +113,13 @@ class Jobs:
         request, wait_seconds = _dequeue_request(queue, max_jobs, lease, wait)
         try:
             response = self._stub.Dequeue(
-                request, timeout=_deadline(self._call, wait_seconds), metadata=self._call.metadata
+                request,
+                timeout=_deadline(self._call, wait_seconds),
+                metadata=self._call.metadata,
+                wait_for_ready=self._call.wait_for_ready,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._call.failure(error) from None
         return [_convert.job(job) for job in response.jobs]
 
     def acknowledge(self, jobs: Iterable[Job]) -> None:
@@ -183,10 +192,13 @@ class AsyncJobs:
         request, wait_seconds = _dequeue_request(queue, max_jobs, lease, wait)
         try:
             response = await self._stub.Dequeue(
-                request, timeout=_deadline(self._call, wait_seconds), metadata=self._call.metadata
+                request,
+                timeout=_deadline(self._call, wait_seconds),
+                metadata=self._call.metadata,
+                wait_for_ready=self._call.wait_for_ready,
             )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self._call.failure(error) from None
         return [_convert.job(job) for job in response.jobs]
 
     async def acknowledge(self, jobs: Iterable[Job]) -> None:

@@ -14,7 +14,8 @@ from stord.client._documents import Documents
 from stord.client._events import Events
 from stord.client._jobs import Jobs
 from stord.client._manifests import Manifests
-from stord.client.errors import from_rpc_error
+from stord.client._retry import RetryPolicy
+from stord.client.errors import StordError, from_rpc_error
 from stord.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Cache", "Client", "Database"]
@@ -28,21 +29,41 @@ class _Caller:
 
     def __init__(
         self,
+        channel: grpc.Channel,
         timeout: float | None,
         namespace: str | None,
         principal: str | None = None,
         api_key: str | None = None,
+        wait_for_ready: bool = False,
     ) -> None:
+        self._channel = channel
         self.timeout = timeout
         self.metadata = _codec.metadata(namespace, principal, api_key)
+        self.wait_for_ready = wait_for_ready
+        """Whether calls wait for an unreachable daemon (up to their deadline) rather than fail at once."""
 
     def __call__(
         self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
     ) -> _Response:
         try:
-            return method(request, timeout=self.timeout, metadata=self.metadata)
+            return method(
+                request, timeout=self.timeout, metadata=self.metadata, wait_for_ready=self.wait_for_ready
+            )
         except grpc.RpcError as error:
-            raise from_rpc_error(error) from None
+            raise self.failure(error) from None
+
+    def failure(self, error: grpc.RpcError) -> StordError:
+        """Return the StordError of a failed call; a wait for a connection that ran out is Unavailable."""
+        if (
+            self.wait_for_ready
+            and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            and not self._connected()
+        ):
+            return _codec.unreachable(self.timeout)
+        return from_rpc_error(error)
+
+    def _connected(self) -> bool:
+        return _codec.is_connected(self._channel)
 
 
 class Cache:
@@ -201,6 +222,10 @@ class Client:
     With a daemon that requires API keys, pass `api_key`: the key decides the namespace and principal, so
     leave those unset. `tls` encrypts the connection: True trusts the system's roots, a `Tls` names the
     daemon's CA and, for mTLS, the client's certificate.
+
+    `retry` retries idempotent calls that failed with UNAVAILABLE, within their deadline, and lets calls
+    wait for a daemon that is restarting (see `RetryPolicy`); None turns both off, so every call fails at
+    once when the daemon cannot be reached.
     """
 
     def __init__(
@@ -212,10 +237,13 @@ class Client:
         api_key: str | None = None,
         tls: Tls | bool = False,
         timeout: float | None = _codec.DEFAULT_TIMEOUT,
+        retry: RetryPolicy | None = _codec.DEFAULT_RETRY,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        call = _Caller(timeout, namespace, principal, api_key)
-        self._channel = _codec.channel(target, tls, options)
+        self._channel = _codec.channel(target, tls, options, retry)
+        call = _Caller(
+            self._channel, timeout, namespace, principal, api_key, _codec.waits_for_ready(retry, timeout)
+        )
         self.cache = Cache(self._channel, call)
         self.db = Database(self._channel, call)
         self.events = Events(self._channel, call)

@@ -289,9 +289,11 @@ class EventStoreServiceServicer:
 
     def TailEvents(self, request, context):
         """TailEvents streams the events that match a filter as they are stored, from the moment the subscription
-        is confirmed. A subscriber that falls more than 10,000 events behind is dropped with RESOURCE_EXHAUSTED
-        (query what was missed, then subscribe again). Only events stored through this daemon are seen: daemons
-        sharing one PostgreSQL do not see each other's events here.
+        is confirmed: those stored through any daemon (or process) sharing the database, each once, batch by
+        batch in commit order (so each session's in chain order). A subscriber that falls more than 10,000
+        events behind is dropped with RESOURCE_EXHAUSTED; a daemon shutting down, or one that could not read
+        stored events for minutes, ends the stream with UNAVAILABLE (query what was missed, then subscribe
+        again).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -92,9 +92,11 @@ class EventStoreServiceStub:
     """VerifySessionChain recomputes and checks the stored hash chain of one session."""
     TailEvents: _grpc.UnaryStreamMultiCallable[_events_pb2.TailEventsRequest, _events_pb2.TailEventsResponse]
     """TailEvents streams the events that match a filter as they are stored, from the moment the subscription
-    is confirmed. A subscriber that falls more than 10,000 events behind is dropped with RESOURCE_EXHAUSTED
-    (query what was missed, then subscribe again). Only events stored through this daemon are seen: daemons
-    sharing one PostgreSQL do not see each other's events here.
+    is confirmed: those stored through any daemon (or process) sharing the database, each once, batch by
+    batch in commit order (so each session's in chain order). A subscriber that falls more than 10,000
+    events behind is dropped with RESOURCE_EXHAUSTED; a daemon shutting down, or one that could not read
+    stored events for minutes, ends the stream with UNAVAILABLE (query what was missed, then subscribe
+    again).
     """
     UpsertSession: _grpc.UnaryUnaryMultiCallable[_events_pb2.UpsertSessionRequest, _events_pb2.UpsertSessionResponse]
     """UpsertSession creates a session or changes some of its fields directly."""
@@ -197,9 +199,11 @@ class EventStoreServiceAsyncStub(EventStoreServiceStub):
     """VerifySessionChain recomputes and checks the stored hash chain of one session."""
     TailEvents: _aio.UnaryStreamMultiCallable[_events_pb2.TailEventsRequest, _events_pb2.TailEventsResponse]  # type: ignore[assignment]
     """TailEvents streams the events that match a filter as they are stored, from the moment the subscription
-    is confirmed. A subscriber that falls more than 10,000 events behind is dropped with RESOURCE_EXHAUSTED
-    (query what was missed, then subscribe again). Only events stored through this daemon are seen: daemons
-    sharing one PostgreSQL do not see each other's events here.
+    is confirmed: those stored through any daemon (or process) sharing the database, each once, batch by
+    batch in commit order (so each session's in chain order). A subscriber that falls more than 10,000
+    events behind is dropped with RESOURCE_EXHAUSTED; a daemon shutting down, or one that could not read
+    stored events for minutes, ends the stream with UNAVAILABLE (query what was missed, then subscribe
+    again).
     """
     UpsertSession: _aio.UnaryUnaryMultiCallable[_events_pb2.UpsertSessionRequest, _events_pb2.UpsertSessionResponse]  # type: ignore[assignment]
     """UpsertSession creates a session or changes some of its fields directly."""
@@ -347,9 +351,11 @@ class EventStoreServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_events_pb2.TailEventsResponse], _abc.AsyncIterator[_events_pb2.TailEventsResponse]]:
         """TailEvents streams the events that match a filter as they are stored, from the moment the subscription
-        is confirmed. A subscriber that falls more than 10,000 events behind is dropped with RESOURCE_EXHAUSTED
-        (query what was missed, then subscribe again). Only events stored through this daemon are seen: daemons
-        sharing one PostgreSQL do not see each other's events here.
+        is confirmed: those stored through any daemon (or process) sharing the database, each once, batch by
+        batch in commit order (so each session's in chain order). A subscriber that falls more than 10,000
+        events behind is dropped with RESOURCE_EXHAUSTED; a daemon shutting down, or one that could not read
+        stored events for minutes, ends the stream with UNAVAILABLE (query what was missed, then subscribe
+        again).
         """
 
     @_abc_1.abstractmethod

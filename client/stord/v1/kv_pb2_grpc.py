@@ -40,6 +40,9 @@ class CacheServiceStub:
 
     CacheService is a key-value cache with optional expiry, for data that can be recomputed.
     An expired key is invisible to every read, as if deleted.
+    A cache backend that cannot be reached at startup may be replaced by an empty in-memory cache
+    (`connect.cache_fallback`, reported by AdminService.GetInfo). One that goes away later is not replaced:
+    every call answers UNAVAILABLE, and the service's health is NOT_SERVING, until it is back.
     """
 
     def __init__(self, channel):
@@ -105,6 +108,9 @@ class CacheServiceServicer:
 
     CacheService is a key-value cache with optional expiry, for data that can be recomputed.
     An expired key is invisible to every read, as if deleted.
+    A cache backend that cannot be reached at startup may be replaced by an empty in-memory cache
+    (`connect.cache_fallback`, reported by AdminService.GetInfo). One that goes away later is not replaced:
+    every call answers UNAVAILABLE, and the service's health is NOT_SERVING, until it is back.
     """
 
     def Get(self, request, context):
@@ -229,6 +235,9 @@ class CacheService:
 
     CacheService is a key-value cache with optional expiry, for data that can be recomputed.
     An expired key is invisible to every read, as if deleted.
+    A cache backend that cannot be reached at startup may be replaced by an empty in-memory cache
+    (`connect.cache_fallback`, reported by AdminService.GetInfo). One that goes away later is not replaced:
+    every call answers UNAVAILABLE, and the service's health is NOT_SERVING, until it is back.
     """
 
     @staticmethod

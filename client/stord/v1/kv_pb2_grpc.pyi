@@ -41,6 +41,9 @@ class CacheServiceStub:
 
     CacheService is a key-value cache with optional expiry, for data that can be recomputed.
     An expired key is invisible to every read, as if deleted.
+    A cache backend that cannot be reached at startup may be replaced by an empty in-memory cache
+    (`connect.cache_fallback`, reported by AdminService.GetInfo). One that goes away later is not replaced:
+    every call answers UNAVAILABLE, and the service's health is NOT_SERVING, until it is back.
     """
 
     @_typing.overload
@@ -80,6 +83,9 @@ class CacheServiceAsyncStub(CacheServiceStub):
 
     CacheService is a key-value cache with optional expiry, for data that can be recomputed.
     An expired key is invisible to every read, as if deleted.
+    A cache backend that cannot be reached at startup may be replaced by an empty in-memory cache
+    (`connect.cache_fallback`, reported by AdminService.GetInfo). One that goes away later is not replaced:
+    every call answers UNAVAILABLE, and the service's health is NOT_SERVING, until it is back.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -115,6 +121,9 @@ class CacheServiceServicer(metaclass=_abc_1.ABCMeta):
 
     CacheService is a key-value cache with optional expiry, for data that can be recomputed.
     An expired key is invisible to every read, as if deleted.
+    A cache backend that cannot be reached at startup may be replaced by an empty in-memory cache
+    (`connect.cache_fallback`, reported by AdminService.GetInfo). One that goes away later is not replaced:
+    every call answers UNAVAILABLE, and the service's health is NOT_SERVING, until it is back.
     """
 
     @_abc_1.abstractmethod

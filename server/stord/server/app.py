@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import Callable
 from importlib.metadata import version as distribution_version
+from typing import Protocol, runtime_checkable
 
 import grpc
 import structlog
@@ -21,7 +23,7 @@ from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
 from stord.server.interceptors import CallInterceptor
 from stord.server.metrics import Metrics, MetricsServer
-from stord.server.ports import Backend, Clock, Unavailable, Unimplemented, system_clock
+from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
 from stord.server.services.admin import AdminServicer, BackendStatus
 from stord.server.services.registry import CONTRACTS, UnservedService
 from stord.v1 import admin_pb2, admin_pb2_grpc
@@ -36,6 +38,9 @@ OVERALL = ""
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
+_MIN_CHECK_TIMEOUT = 1.0
+"""Seconds a health check may take, however short the interval: a busy machine is not a sick backend."""
+
 
 def stord_version() -> str:
     """Return the installed daemon's version."""
@@ -44,6 +49,13 @@ def stord_version() -> str:
 
 class StartupError(Exception):
     """The daemon cannot start; the message says why."""
+
+
+@runtime_checkable
+class _Draining(Protocol):
+    """A servicer with streams that would never end by themselves (TailEvents): ended when draining starts."""
+
+    async def drain(self) -> None: ...
 
 
 async def _open_with_retry(backend: Backend, url: str, role: str, options: ConnectOptions) -> None:
@@ -71,15 +83,18 @@ async def _open_with_retry(backend: Backend, url: str, role: str, options: Conne
 class Daemon:
     """One stord server: call `start`, then `stop` (or `serve_until_signalled` to do both)."""
 
-    def __init__(self, settings: Settings, *, clock: Clock = system_clock) -> None:
+    def __init__(self, settings: Settings, *, clock: Clock = system_clock, reuse_port: bool = False) -> None:
         self._settings = settings
         self._clock = clock
+        self._reuse_port = reuse_port
+        """Share the TCP port with the other worker processes of `stord serve --workers` (SO_REUSEPORT)."""
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._backends: list[Backend] = []
         self._statuses: dict[Backend, list[BackendStatus]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._unserved: set[str] = set()
+        self._draining: list[_Draining] = []
         self._started = time.time()
         self.keys: KeyRing | None = None
         """The API keys in force; None when authentication is off."""
@@ -113,8 +128,9 @@ class Daemon:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                # A second daemon on a taken port must fail, not silently share it.
-                ("grpc.so_reuseport", 0),
+                # A second daemon on a taken port must fail, not silently share it; workers share it on
+                # purpose, once their supervisor has checked that nothing else listens there.
+                ("grpc.so_reuseport", 1 if self._reuse_port else 0),
             ],
         )
         backends = {"database": database, "cache": cache}
@@ -122,7 +138,10 @@ class Daemon:
         for contract in CONTRACTS:
             backend = backends[contract.role]
             try:
-                contract.add_to_server(contract.servicer(backend, cache, metrics), server)
+                servicer = contract.servicer(backend, cache, metrics)
+                contract.add_to_server(servicer, server)
+                if isinstance(servicer, _Draining):
+                    self._draining.append(servicer)
             except Unimplemented as error:
                 unserved.append(UnservedService(contract.service, str(error)))
                 self._unserved.add(contract.service)
@@ -252,6 +271,8 @@ class Daemon:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        for servicer in self._draining:
+            await servicer.drain()
         if self._server is not None:
             _log.info("draining", grace_period_s=grace)
             await self._server.stop(grace)
@@ -261,8 +282,8 @@ class Daemon:
             self._settings.unix_socket.unlink(missing_ok=True)
         _log.info("stopped")
 
-    async def serve_until_signalled(self) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully."""
+    async def serve_until_signalled(self, ready: Callable[[], None] | None = None) -> None:
+        """Serve until SIGTERM or SIGINT, then stop gracefully; call `ready` once serving."""
         stop_requested = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -273,6 +294,8 @@ class Daemon:
         except BaseException:
             await self.stop(0)
             raise
+        if ready is not None:
+            ready()
         await stop_requested.wait()
         _log.info("stop_requested")
         await self.stop()
@@ -312,7 +335,10 @@ class Daemon:
     async def _watch_backends(self) -> None:
         while True:
             await asyncio.sleep(self._settings.health_check_interval)
-            await self._refresh_health()
+            try:
+                await self._refresh_health()
+            except Exception:  # a bug in one check must not freeze health at its last state
+                _log.exception("health_check_crashed")
 
     async def sweep_expired(self) -> int:
         """Delete expired records on every backend now; return how many went."""
@@ -337,9 +363,10 @@ class Daemon:
     async def _refresh_health(self) -> None:
         for backend, statuses in self._statuses.items():
             try:
-                await asyncio.wait_for(backend.check(), timeout=self._settings.health_check_interval)
+                timeout = max(self._settings.health_check_interval, _MIN_CHECK_TIMEOUT)
+                await asyncio.wait_for(backend.check(), timeout=timeout)
                 healthy, detail = True, ""
-            except (Unavailable, TimeoutError) as error:
+            except (StoreError, TimeoutError) as error:
                 healthy, detail = False, str(error) or "health check timed out"
             for status in statuses:
                 if status.healthy != healthy:

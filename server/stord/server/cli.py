@@ -13,6 +13,7 @@ import structlog
 
 from stord.server.cli_keys import add_keys_commands, run_keys_command
 from stord.server.cli_ops import OPS_COMMANDS, add_ops_commands, run_ops_command
+from stord.server.cli_transfer import TRANSFER_COMMANDS, add_transfer_commands, run_transfer_command
 from stord.server.config import ConfigError, Settings, load_settings, redact_url
 from stord.server.logs import configure_logging
 
@@ -57,6 +58,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
             "metavar": "HOST:PORT",
             "help": "serve Prometheus metrics over HTTP here (STORD_METRICS_LISTEN; default: none)",
         },
+        "workers": {
+            "type": int,
+            "metavar": "N",
+            "help": "server processes sharing the TCP port (STORD_WORKERS; default 1)",
+        },
     }
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (STORD_CONFIG)")
     for name in names:
@@ -83,9 +89,11 @@ def _parser() -> argparse.ArgumentParser:
         "tls_key",
         "tls_client_ca",
         "metrics_listen",
+        "workers",
     )
     add_keys_commands(commands)
     add_ops_commands(commands)
+    add_transfer_commands(commands)
     migrate = commands.add_parser("migrate", help="bring the database schema up to date, then exit")
     _add_settings_flags(migrate, "data_dir", "database", "log_format", "log_level")
     health = commands.add_parser("health", help="exit 0 when the daemon reports SERVING")
@@ -105,6 +113,10 @@ def _settings(arguments: argparse.Namespace) -> Settings:
 
 
 def _serve(settings: Settings) -> int:
+    if settings.workers > 1:
+        from stord.server.workers import serve_workers
+
+        return serve_workers(settings)
     from stord.server.app import Daemon, StartupError
 
     try:
@@ -167,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_keys_command(arguments)
     if arguments.command in OPS_COMMANDS:
         return run_ops_command(arguments)
+    if arguments.command in TRANSFER_COMMANDS:
+        return run_transfer_command(arguments)
     try:
         settings = _settings(arguments)
     except ConfigError as error:

@@ -44,6 +44,7 @@ ENVIRONMENT: dict[str, str] = {
     "tls_key": "STORD_TLS_KEY",
     "tls_client_ca": "STORD_TLS_CLIENT_CA",
     "metrics_listen": "STORD_METRICS_LISTEN",
+    "workers": "STORD_WORKERS",
 }
 """Setting name -> environment variable; the same names are the YAML keys and (dashed) the flags."""
 
@@ -128,6 +129,8 @@ class Settings(BaseModel):
     """When set, clients must present a certificate signed by this CA (mTLS)."""
     metrics_listen: str | None = None
     """HOST:PORT of the Prometheus endpoint (plain HTTP); None serves no metrics."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Server processes sharing the TCP port (SO_REUSEPORT); more than 1 needs shared backends."""
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:
@@ -135,6 +138,28 @@ class Settings(BaseModel):
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca is not None and self.tls_cert is None:
             raise ValueError("tls_client_ca needs tls_cert and tls_key")
+        return self
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> Settings:
+        if self.workers == 1:
+            return self
+        if urlsplit(self.database).scheme == "memory":
+            raise ValueError(
+                f"workers={self.workers} with database memory:// would give each process its own data;"
+                " use SQLite or PostgreSQL, or workers=1"
+            )
+        if urlsplit(self.cache).scheme == "memory":
+            raise ValueError(
+                f"workers={self.workers} needs a cache all the processes share (memory:// would be one per"
+                " process, so a value set through one would be missing through another); set cache to the"
+                " database URL or a redis:// URL, or workers=1"
+            )
+        if self.unix_socket is not None:
+            raise ValueError(
+                f"workers={self.workers} cannot share a Unix socket between processes; drop unix_socket"
+                " (serve TCP) or use workers=1"
+            )
         return self
 
     @property

@@ -33,6 +33,7 @@ from stord.server.ports import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     StoreError,
     Unavailable,
     Unimplemented,
@@ -53,6 +54,7 @@ _STATUS_BY_ERROR: dict[type[StoreError], StatusCode] = {
     Unavailable: StatusCode.UNAVAILABLE,
     Unimplemented: StatusCode.UNIMPLEMENTED,
     PermissionDenied: StatusCode.PERMISSION_DENIED,
+    ResourceExhausted: StatusCode.RESOURCE_EXHAUSTED,
 }
 
 Context = grpc.aio.ServicerContext[Any, Any]

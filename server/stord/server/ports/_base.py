@@ -43,6 +43,10 @@ class Unavailable(StoreError):
     """The backend cannot be reached or cannot serve now; the caller may retry."""
 
 
+class ResourceExhausted(StoreError):
+    """A resource the write needs has run out (the disk is full); the caller may retry once it is freed."""
+
+
 class Unimplemented(StoreError):
     """The configured backend does not serve this contract."""
 

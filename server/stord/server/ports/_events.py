@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -171,6 +172,42 @@ class InsertOutcome:
 
     stored: list[Event]
     duplicates: int
+    feed_position: int = 0
+    """The batch's position in its namespace's event feed; 0 when it stored nothing (and is not in it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class FeedBatch:
+    """The new events of one committed batch, in batch order, at its position in the namespace's feed.
+
+    Positions count a namespace's batches from 1 in commit order, without gaps, whichever process committed
+    them. An event deleted by retention since its batch committed is left out.
+    """
+
+    position: int
+    events: list[Event]
+
+
+@dataclass(frozen=True, slots=True)
+class FeedPage:
+    """Committed batches after a position, in order; `missed` when some of them can no longer be read.
+
+    The feed keeps batches for a while (minutes), long enough for every follower to read them; `missed` says
+    that batches right after the position were pruned (or the feed went back, as after restoring a backup),
+    so a follower at that position cannot deliver everything any more.
+    """
+
+    batches: list[FeedBatch]
+    missed: bool = False
+
+
+FEED_KEEP_SECONDS = 300.0
+"""How long a store keeps a committed batch in its event feed: far longer than followers take to read it,
+even across a database restart."""
+
+CommitListener = Callable[[str | None, int], None]
+"""Told, on the event loop, that a batch may have been committed: its namespace and feed position, or
+(None, 0) when any namespace's feed may have grown (after a reconnect, or when the store cannot tell)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -378,7 +415,25 @@ class EventStore(Protocol):
 
         Each new event is linked after its session's last one; a claimed prev_hash or hash that does not
         match raises FailedPrecondition naming the event. Sessions and agents are updated in the same
-        transaction. Ids are unique within the batch.
+        transaction, and so is the namespace's event feed, which gets the batch's new events (if any) at
+        the next position. Ids are unique within the batch.
+        """
+        ...
+
+    async def feed_position(self, namespace: str) -> int:
+        """Return the position of the namespace's newest committed batch in its feed; 0 before the first."""
+        ...
+
+    async def read_feed(self, namespace: str, *, after: int, limit: int) -> FeedPage:
+        """Return up to `limit` of the namespace's committed batches after position `after`, in order."""
+        ...
+
+    def watch_feed(self, listener: CommitListener) -> AbstractAsyncContextManager[None]:
+        """While the context is open, tell `listener` about batches committed by any process on the store.
+
+        A notice may come for a batch already read, or for nothing new; a batch is never left out: the
+        listener hears (None, 0) once the watch is live, and again whenever the store may have missed some
+        (a reconnect), so that a follower reading the feed after its position from then on misses nothing.
         """
         ...
 

@@ -107,7 +107,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         count_stored: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
-        self._hub = hub or EventHub()
+        self._hub = hub or EventHub(store)
         self._count_stored = count_stored
         """Told how many events each committed batch stored (the metrics' ingest counter)."""
 
@@ -131,7 +131,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         outcome = await self._store.insert_events(namespace, events)
         if self._count_stored is not None:
             self._count_stored(len(outcome.stored))
-        self._hub.publish(namespace, outcome.stored)
+        self._hub.committed(namespace, outcome)
         return outcome
 
     async def InsertEvents(
@@ -256,7 +256,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         self, request: pb.TailEventsRequest, context: Context
     ) -> AsyncIterator[pb.TailEventsResponse]:
         event_filter = codec.event_filter(request.filter) if request.HasField("filter") else EventFilter()
-        with self._hub.subscribe(calls.namespace(), event_filter) as subscription:
+        async with self._hub.subscribe(calls.namespace(), event_filter) as subscription:
             yield pb.TailEventsResponse()  # the subscription is live from here on
             while True:
                 try:
@@ -267,6 +267,10 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
                         f"{error}; query what was missed, then subscribe again",
                     )
                 yield pb.TailEventsResponse(events=[codec.event_message(event) for event in events])
+
+    async def drain(self) -> None:
+        """End every open TailEvents stream with UNAVAILABLE: the daemon is shutting down."""
+        await self._hub.close()
 
     # Sessions and agents ---------------------------------------------------------------------------
 

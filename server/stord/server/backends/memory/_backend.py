@@ -16,6 +16,8 @@ from stord.server.ports import (
     Keyspace,
     KeyValueStore,
     ManifestStore,
+    TransferStore,
+    Unimplemented,
     system_clock,
 )
 
@@ -65,3 +67,9 @@ class MemoryBackend:
 
     def jobs(self) -> JobQueueStore:
         return self._jobs
+
+    def transfer(self) -> TransferStore:
+        raise Unimplemented(
+            "the memory backend lives only inside the process that serves it: there is nothing to export"
+            " from or import into; use sqlite or postgres"
+        )

@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+import itertools
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -16,6 +19,7 @@ from stord.server.event_model import (
     session_changes,
 )
 from stord.server.ports import (
+    FEED_KEEP_SECONDS,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
@@ -25,6 +29,7 @@ from stord.server.ports import (
     AnalyticsQuery,
     ChainVerification,
     Clock,
+    CommitListener,
     Event,
     EventAgent,
     EventAgentUpdate,
@@ -35,6 +40,8 @@ from stord.server.ports import (
     EventQuery,
     EventStats,
     EventType,
+    FeedBatch,
+    FeedPage,
     InsertOutcome,
     NotFound,
     RetentionOutcome,
@@ -58,10 +65,20 @@ class _Record:
     latency_ms: float | None
 
 
+@dataclass(frozen=True, slots=True)
+class _FeedEntry:
+    position: int
+    committed_at: float
+    events: list[Event]
+
+
 @dataclass(slots=True)
 class _Space:
     records: dict[str, _Record] = field(default_factory=dict)
     """By id, in the order they were stored."""
+    feed: deque[_FeedEntry] = field(default_factory=deque)
+    """The batches committed in the last FEED_KEEP_SECONDS, by position (consecutive)."""
+    feed_head: int = 0
     sessions: dict[str, Session] = field(default_factory=dict)
     heads: dict[str, ChainHead] = field(default_factory=dict)
     agents: dict[str, EventAgent] = field(default_factory=dict)
@@ -106,9 +123,11 @@ def _figures(records: Sequence[_Record]) -> AnalyticsFigures:
 class MemoryEventStore:
     """Events, sessions, agents and alert rules in dicts, per namespace."""
 
-    def __init__(self, clock: Clock) -> None:
+    def __init__(self, clock: Clock, *, feed_keep_seconds: float = FEED_KEEP_SECONDS) -> None:
         self._clock = clock
         self._namespaces: dict[str, _Space] = {}
+        self._feed_keep_seconds = feed_keep_seconds
+        self._listeners: list[CommitListener] = []
 
     @property
     def clock(self) -> Clock:
@@ -138,7 +157,43 @@ class MemoryEventStore:
             space.agents[agent_change.agent_id] = apply_agent_change(
                 space.agents.get(agent_change.agent_id), agent_change
             )
-        return InsertOutcome(linked, len(events) - len(fresh))
+        if not linked:
+            return InsertOutcome(linked, len(events))
+        position = self._append_to_feed(space, linked)
+        for listener in list(self._listeners):
+            listener(namespace, position)
+        return InsertOutcome(linked, len(events) - len(fresh), position)
+
+    def _append_to_feed(self, space: _Space, events: list[Event]) -> int:
+        now = self._clock()
+        space.feed_head += 1
+        space.feed.append(_FeedEntry(space.feed_head, now, events))
+        while space.feed[0].committed_at < now - self._feed_keep_seconds:
+            space.feed.popleft()
+        return space.feed_head
+
+    async def feed_position(self, namespace: str) -> int:
+        return self._view(namespace).feed_head
+
+    async def read_feed(self, namespace: str, *, after: int, limit: int) -> FeedPage:
+        space = self._view(namespace)
+        oldest = space.feed[0].position if space.feed else space.feed_head + 1
+        start = max(after + 1 - oldest, 0)
+        batches = [
+            FeedBatch(entry.position, list(entry.events))
+            for entry in itertools.islice(space.feed, start, start + limit)
+        ]
+        return FeedPage(batches, missed=after > space.feed_head or after + 1 < oldest)
+
+    @contextlib.asynccontextmanager
+    async def watch_feed(self, listener: CommitListener) -> AsyncIterator[None]:
+        # One process owns the data: every commit is told about by insert_events itself.
+        self._listeners.append(listener)
+        try:
+            listener(None, 0)
+            yield
+        finally:
+            self._listeners.remove(listener)
 
     async def get_event(self, namespace: str, event_id: str) -> Event | None:
         record = self._view(namespace).records.get(event_id)

@@ -11,6 +11,7 @@ from stord.server.backends.postgres._key_value import PostgresKeyValueStore
 from stord.server.backends.postgres._manifests import PostgresManifestStore
 from stord.server.backends.postgres._migrate import migrate
 from stord.server.backends.postgres._pool import Pool
+from stord.server.backends.postgres._transfer import PostgresTransferStore
 from stord.server.config import PostgresOptions
 from stord.server.ports import (
     AgentStore,
@@ -21,6 +22,7 @@ from stord.server.ports import (
     Keyspace,
     KeyValueStore,
     ManifestStore,
+    TransferStore,
     system_clock,
 )
 
@@ -54,12 +56,13 @@ class PostgresBackend:
             keyspace: PostgresKeyValueStore(self._pool, keyspace, clock) for keyspace in Keyspace
         }
         self._agents = PostgresAgentStore(self._pool, clock)
-        self._events = PostgresEventStore(self._pool, clock)
+        self._events = PostgresEventStore(self._pool, clock, url=url, options=options)
         self._manifests = PostgresManifestStore(self._pool, clock)
         wakeups = QueueWakeups()
         self._job_notifications = JobNotifications(url, options, wakeups)
         self._documents = PostgresDocumentStore(self._pool, clock, wakeups)
         self._jobs = PostgresJobQueueStore(self._pool, clock, wakeups, self._job_notifications)
+        self._transfer = PostgresTransferStore(self._pool)
 
     @property
     def kind(self) -> str:
@@ -103,6 +106,9 @@ class PostgresBackend:
 
     def jobs(self) -> JobQueueStore:
         return self._jobs
+
+    def transfer(self) -> TransferStore:
+        return self._transfer
 
     async def sweep(self) -> int:
         """Delete the values expired by now, in bounded batches, each its own transaction; return how many."""

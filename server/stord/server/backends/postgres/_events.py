@@ -3,15 +3,20 @@
 A batch is one transaction: it takes an advisory lock per session (in one order, so writers cannot deadlock),
 reads the session heads, links the batch, COPYs it in and updates sessions and agents. Writers to one
 session, in this daemon or another one on the same database, therefore extend its chain one after the other.
+Last, the transaction appends the batch to its namespace's event feed (0005_event_feed.sql) and NOTIFYs
+`stord_events`; followers LISTEN on a connection of their own and read the feed after their position.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
+import structlog
 
 from stord.server.backends._event_sql import (
     POSTGRES,
@@ -20,10 +25,13 @@ from stord.server.backends._event_sql import (
     bucket_expression,
     read_analytics,
 )
+from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
+from stord.server.config import PostgresOptions, redact_url
 from stord.server.event_chain import ChainHead, link_events, verify_chain
 from stord.server.event_model import agent_changes, session_changes
 from stord.server.ports import (
+    FEED_KEEP_SECONDS,
     AlertCondition,
     AlertHistoryEntry,
     AlertHistoryPage,
@@ -33,6 +41,7 @@ from stord.server.ports import (
     AnalyticsQuery,
     ChainVerification,
     Clock,
+    CommitListener,
     Event,
     EventAgent,
     EventAgentUpdate,
@@ -44,6 +53,8 @@ from stord.server.ports import (
     EventStats,
     EventType,
     FailedPrecondition,
+    FeedBatch,
+    FeedPage,
     Granularity,
     InsertOutcome,
     NotFound,
@@ -58,8 +69,52 @@ from stord.server.ports import (
 
 __all__ = ["PostgresEventStore"]
 
+_log = structlog.get_logger("stord.postgres")
+
 RETENTION_BATCH = 5000
 """Events deleted per transaction: a retention pass must not hold long locks or a long transaction."""
+
+FEED_CHANNEL = "stord_events"
+"""The NOTIFY channel of the event feed; a payload is `<namespace> <position>` (a namespace has no space)."""
+FEED_PRUNE = 4
+"""Expired feed batches a transaction removes at most: one in, one out in a steady state, more to catch up."""
+LISTEN_RETRY_SECONDS = (0.1, 1.0)
+"""First and longest wait before the feed's listener connects again after losing its connection."""
+LISTEN_PING_SECONDS = 10.0
+"""How often an idle listener checks its connection (a dead peer that sent no reset would go unnoticed)."""
+
+# The statement that ends a batch's transaction: the head row's lock, held until the commit, numbers the
+# namespace's batches in commit order (0005_event_feed.sql explains why nothing else would do).
+_APPEND_TO_FEED = f"""
+WITH head AS (
+    INSERT INTO event_feed_heads AS heads (namespace, position) VALUES (%(namespace)s, 1)
+    ON CONFLICT (namespace) DO UPDATE SET position = heads.position + 1
+    RETURNING position
+), appended AS (
+    INSERT INTO event_feed (namespace, position, event_ids)
+    SELECT %(namespace)s, position, %(ids)b::text[] FROM head
+    RETURNING position
+), pruned AS (
+    DELETE FROM event_feed
+    WHERE namespace = %(namespace)s AND committed_at < now() - %(keep)s * interval '1 second'
+      AND position IN (
+          SELECT position FROM event_feed WHERE namespace = %(namespace)s ORDER BY position LIMIT {FEED_PRUNE}
+      )
+)
+SELECT position, pg_notify('{FEED_CHANNEL}', %(namespace)s || ' ' || position) FROM appended
+"""
+_FEED_HEAD = "SELECT position FROM event_feed_heads WHERE namespace = %s"
+# One statement, so one snapshot: the head tells a pruned feed from one with nothing new only if it is read
+# together with the batches (a batch committed between two reads would look pruned).
+_FEED_BATCHES = """
+SELECT (SELECT position FROM event_feed_heads WHERE namespace = %(namespace)s) AS head,
+       batch.position, batch.event_ids
+FROM (SELECT 1) AS one LEFT JOIN LATERAL (
+    SELECT position, event_ids FROM event_feed
+    WHERE namespace = %(namespace)s AND position > %(after)s ORDER BY position LIMIT %(limit)s
+) AS batch ON true
+ORDER BY batch.position
+"""
 
 _EVENT_COLUMNS = (
     "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
@@ -196,9 +251,21 @@ async def _fetchone(connection: Connection, sql: str, params: Sequence[object]) 
 class PostgresEventStore:
     """Events, sessions, agents and alert rules in PostgreSQL."""
 
-    def __init__(self, pool: Pool, clock: Clock) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        clock: Clock,
+        *,
+        url: str,
+        options: PostgresOptions,
+        feed_keep_seconds: float = FEED_KEEP_SECONDS,
+    ) -> None:
         self._pool = pool
         self._clock = clock
+        self._url = url
+        """For the feed's listening connection, which is not the pool's."""
+        self._options = options
+        self._feed_keep_seconds = feed_keep_seconds
 
     @property
     def clock(self) -> Clock:
@@ -215,7 +282,90 @@ class PostgresEventStore:
             heads = {row[0]: ChainHead(row[1], row[2]) for row in rows}
             fresh, linked, new_heads = await _insert_new(connection, namespace, events, heads)
             await _apply_changes(connection, namespace, fresh, new_heads)
-        return InsertOutcome(linked, len(events) - len(fresh))
+            if not linked:
+                return InsertOutcome(linked, len(events))
+            parameters = {
+                "namespace": namespace,
+                "ids": [event.id for event in linked],
+                "keep": self._feed_keep_seconds,
+            }
+            row = await (await connection.execute(_APPEND_TO_FEED, parameters)).fetchone()
+            assert row is not None
+        return InsertOutcome(linked, len(events) - len(fresh), int(row[0]))
+
+    # Following the feed ----------------------------------------------------------------------------------
+
+    async def feed_position(self, namespace: str) -> int:
+        async with self._pool.connection() as connection:
+            row = await _fetchone(connection, _FEED_HEAD, (namespace,))
+        return 0 if row is None else int(row[0])
+
+    async def read_feed(self, namespace: str, *, after: int, limit: int) -> FeedPage:
+        events = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = ANY(%s)"
+        parameters = {"namespace": namespace, "after": after, "limit": limit}
+        async with self._pool.connection() as connection:
+            rows = await (await connection.execute(_FEED_BATCHES, parameters)).fetchall()
+            head = rows[0][0] or 0
+            batches = [(position, event_ids) for _, position, event_ids in rows if position is not None]
+            # Pruned past `after`, or the feed went back (a restored backup).
+            missed = batches[0][0] != after + 1 if batches else head != after
+            wanted = [event_id for _, event_ids in batches for event_id in event_ids]
+            found = {row[0]: _event(row) for row in await _fetchall(connection, events, (namespace, wanted))}
+        return FeedPage(
+            [
+                FeedBatch(position, [found[event_id] for event_id in event_ids if event_id in found])
+                for position, event_ids in batches
+            ],
+            missed,
+        )
+
+    @contextlib.asynccontextmanager
+    async def watch_feed(self, listener: CommitListener) -> AsyncIterator[None]:
+        task = asyncio.create_task(self._listen(listener), name="stord-postgres-feed-listener")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _listen(self, listener: CommitListener) -> None:
+        """LISTEN on a connection of its own, reconnecting after a failure (a database restart).
+
+        Once listening again, the listener hears (None, 0): what committed while nobody listened is in the
+        feed, after the followers' positions.
+        """
+        delay = LISTEN_RETRY_SECONDS[0]
+        lost = False
+        while True:
+            try:
+                connection = await connect_alone(
+                    self._url,
+                    connect_timeout=self._options.connect_timeout,
+                    application_name="stord-events-listen",
+                )
+                async with connection:
+                    await connection.execute(f"LISTEN {FEED_CHANNEL}")
+                    if lost:
+                        _log.info("postgres_listen_resumed", channel=FEED_CHANNEL)
+                    lost, delay = False, LISTEN_RETRY_SECONDS[0]
+                    listener(None, 0)
+                    while True:
+                        async for notice in connection.notifies(timeout=LISTEN_PING_SECONDS):
+                            namespace, _, position = notice.payload.rpartition(" ")
+                            listener(namespace, int(position))
+                        await connection.execute("SELECT 1")
+            except psycopg.Error as error:
+                if not lost:
+                    _log.warning(
+                        "postgres_listen_failed",
+                        channel=FEED_CHANNEL,
+                        url=redact_url(self._url),
+                        error=str(error),
+                    )
+                lost = True
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, LISTEN_RETRY_SECONDS[1])
 
     # Reading events --------------------------------------------------------------------------------------
 

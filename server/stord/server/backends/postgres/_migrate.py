@@ -5,13 +5,14 @@ import math
 
 import psycopg
 import structlog
+from psycopg.rows import TupleRow
 
 from stord.server.backends.postgres._errors import UNREACHABLE
 from stord.server.config import redact_url
 from stord.server.ports import Unavailable
 from stord.server.schema import load_migrations
 
-__all__ = ["MIGRATION_LOCK", "connect_timeout_seconds", "migrate"]
+__all__ = ["MIGRATION_LOCK", "connect_alone", "connect_timeout_seconds", "migrate"]
 
 _log = structlog.get_logger("stord.postgres")
 
@@ -39,6 +40,18 @@ def connect_timeout_seconds(timeout: float) -> int:
     return max(2, math.ceil(timeout))
 
 
+async def connect_alone(
+    url: str, *, connect_timeout: float, application_name: str
+) -> psycopg.AsyncConnection[TupleRow]:
+    """Open an autocommit connection of its own, outside the pool (to migrate, or to LISTEN)."""
+    return await psycopg.AsyncConnection.connect(
+        url,
+        autocommit=True,
+        connect_timeout=connect_timeout_seconds(connect_timeout),
+        application_name=application_name,
+    )
+
+
 async def migrate(url: str, *, connect_timeout: float = 5.0) -> list[int]:
     """Apply the pending PostgreSQL migrations, each in its own transaction; return the versions applied.
 
@@ -46,8 +59,8 @@ async def migrate(url: str, *, connect_timeout: float = 5.0) -> list[int]:
     nothing left to do. Raise Unavailable when the server cannot be reached.
     """
     try:
-        connection = await psycopg.AsyncConnection.connect(
-            url, autocommit=True, connect_timeout=connect_timeout_seconds(connect_timeout)
+        connection = await connect_alone(
+            url, connect_timeout=connect_timeout, application_name="stord-migrate"
         )
     except UNREACHABLE as error:
         raise Unavailable(f"cannot reach PostgreSQL at {redact_url(url)}: {error}") from error

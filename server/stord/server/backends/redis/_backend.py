@@ -6,6 +6,7 @@ from redis.backoff import NoBackoff
 
 from stord.server.backends.redis._errors import unavailable_on_connection_errors
 from stord.server.backends.redis._key_value import RedisKeyValueStore
+from stord.server.backends.redis._transfer import RedisTransferStore
 from stord.server.config import RedisOptions, redact_url
 from stord.server.ports import (
     AgentStore,
@@ -15,6 +16,7 @@ from stord.server.ports import (
     Keyspace,
     KeyValueStore,
     ManifestStore,
+    TransferStore,
     Unavailable,
     Unimplemented,
 )
@@ -28,6 +30,7 @@ class RedisBackend:
         self._options = options
         self._redis: Redis | None = None
         self._key_value = {keyspace: RedisKeyValueStore(self._client, keyspace) for keyspace in Keyspace}
+        self._transfer = RedisTransferStore(self._client)
 
     @property
     def kind(self) -> str:
@@ -102,3 +105,6 @@ class RedisBackend:
         raise Unimplemented(
             "the redis backend does not serve stord.v1.JobQueueService; use memory, sqlite or postgres"
         )
+
+    def transfer(self) -> TransferStore:
+        return self._transfer

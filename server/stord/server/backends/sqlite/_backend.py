@@ -10,6 +10,7 @@ from stord.server.backends.sqlite._events import SqliteEventStore
 from stord.server.backends.sqlite._jobs import SqliteJobQueueStore
 from stord.server.backends.sqlite._key_value import SqliteKeyValueStore, delete_expired
 from stord.server.backends.sqlite._manifests import SqliteManifestStore
+from stord.server.backends.sqlite._transfer import SqliteTransferStore
 from stord.server.config import SqliteOptions
 from stord.server.ports import (
     AgentStore,
@@ -20,6 +21,7 @@ from stord.server.ports import (
     Keyspace,
     KeyValueStore,
     ManifestStore,
+    TransferStore,
     system_clock,
 )
 
@@ -39,6 +41,7 @@ class SqliteBackend:
         wakeups = QueueWakeups()
         self._documents = SqliteDocumentStore(self._engine, clock, wakeups)
         self._jobs = SqliteJobQueueStore(self._engine, clock, wakeups)
+        self._transfer = SqliteTransferStore(self._engine)
 
     @property
     def kind(self) -> str:
@@ -79,3 +82,6 @@ class SqliteBackend:
 
     def jobs(self) -> JobQueueStore:
         return self._jobs
+
+    def transfer(self) -> TransferStore:
+        return self._transfer

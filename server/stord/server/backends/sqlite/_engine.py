@@ -13,8 +13,11 @@ import concurrent.futures
 import contextlib
 import datetime
 import enum
+import errno
+import os
 import queue
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -25,7 +28,7 @@ from typing import Any, TypeVar
 import structlog
 
 from stord.server.config import SqliteOptions
-from stord.server.ports import Unavailable
+from stord.server.ports import ResourceExhausted, StoreError, Unavailable
 from stord.server.schema import Migration, load_migrations
 
 __all__ = ["SqliteEngine", "apply_migrations", "connect", "translate_error"]
@@ -36,6 +39,9 @@ _log = structlog.get_logger("stord.sqlite")
 
 LOOKUP_BUSY_TIMEOUT_MS = 20
 """How long an inline lookup may wait for a busy file before it moves to the reader pool."""
+
+FREE_BYTES_FOR_WRITES = 1 << 20
+"""Bytes that must be free again before writes that failed for a full disk count as working again."""
 
 MAX_GROUP = 256
 """Most writes committed together; a bound keeps one group's latency and memory small."""
@@ -59,6 +65,10 @@ _UNAVAILABLE_CODES = frozenset(
 
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
+# Where a write fails while reads go on: the disk, not the database. A write failing for one of these makes
+# the database unhealthy until the health check finds writes working again.
+_WRITE_BLOCKED_CODES = frozenset({sqlite3.SQLITE_FULL, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_IOERR})
+
 _SCHEMA_MIGRATIONS = """
 CREATE TABLE IF NOT EXISTS schema_migrations (
     version    INTEGER PRIMARY KEY,
@@ -69,14 +79,70 @@ CREATE TABLE IF NOT EXISTS schema_migrations (
 
 
 def translate_error(path: Path, error: BaseException) -> BaseException:
-    """Return Unavailable for an SQLite error about locks, the disk or the file; any other error unchanged."""
+    """Return a StoreError for an SQLite error about locks, the disk or the file; any other error unchanged.
+
+    A full disk is ResourceExhausted; a read-only file system or file, and the other such errors, are
+    Unavailable. The message names the cause.
+    """
     code = getattr(error, "sqlite_errorcode", None)
     if not isinstance(error, sqlite3.Error) or code is None or code & 0xFF not in _UNAVAILABLE_CODES:
         return error
-    name = getattr(error, "sqlite_errorname", "")
-    translated = Unavailable(f"SQLite database {path} cannot serve now: {error} ({name})")
+    translated: StoreError
+    blocked = write_blocked(path, error)
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        translated = ResourceExhausted(f"SQLite database {path}: {blocked}")
+    elif blocked is not None:
+        translated = Unavailable(f"SQLite database {path}: {blocked}")
+    else:
+        name = getattr(error, "sqlite_errorname", "")
+        translated = Unavailable(f"SQLite database {path} cannot serve now: {error} ({name})")
     translated.__cause__ = error
     return translated
+
+
+def write_blocked(path: Path, error: BaseException | None) -> str | None:
+    """Say why writes fail when `error` means the disk is full or read-only; None for any other error.
+
+    SQLite reports a write refused by a file system that went read-only as an I/O error
+    (SQLITE_IOERR_WRITE); asking the file system tells the two apart.
+    """
+    code = getattr(error, "sqlite_errorcode", None)
+    if not isinstance(error, sqlite3.Error) or code is None or code & 0xFF not in _WRITE_BLOCKED_CODES:
+        return None
+    name = getattr(error, "sqlite_errorname", "")
+    if code & 0xFF == sqlite3.SQLITE_FULL:
+        return f"the disk is full ({name}): writes fail until space is freed; reads go on"
+    if _read_only_file_system(path):
+        return f"its file system is read-only ({name}): writes fail until it is writable again; reads go on"
+    if code & 0xFF == sqlite3.SQLITE_READONLY:
+        return f"the file is read-only ({name}): writes fail until it is writable; reads go on"
+    return None
+
+
+def _read_only_file_system(path: Path) -> bool:
+    """Return whether the database's directory refuses a new file as read-only (EROFS).
+
+    statvfs does not tell: ext4 refuses writes after an error (errors=remount-ro) without setting
+    ST_RDONLY on recent kernels. Only called once writes fail, so the file it creates and removes costs
+    nothing in normal operation.
+    """
+    try:
+        descriptor, name = tempfile.mkstemp(prefix=".stord-probe-", dir=path.parent)
+    except OSError as error:
+        return error.errno == errno.EROFS
+    os.close(descriptor)
+    with contextlib.suppress(OSError):
+        os.unlink(name)
+    return False
+
+
+def _free_bytes(path: Path) -> int:
+    """Return the bytes available to the daemon on the database's file system (unknown: plenty)."""
+    try:
+        stats = os.statvfs(path.parent)
+    except OSError:
+        return FREE_BYTES_FOR_WRITES
+    return stats.f_bavail * stats.f_frsize
 
 
 def _switch_to_wal(connection: sqlite3.Connection, busy_timeout_ms: int) -> object:
@@ -186,6 +252,12 @@ def apply_migrations(connection: sqlite3.Connection, migrations: Sequence[Migrat
     return applied
 
 
+def _rewrite_user_version(connection: sqlite3.Connection) -> None:
+    """Write the database's first page without changing anything: a probe of whether writes commit."""
+    (version,) = connection.execute("PRAGMA user_version").fetchone()
+    connection.execute(f"PRAGMA user_version = {int(version)}")
+
+
 @dataclass(slots=True)
 class _Write:
     fn: Callable[[sqlite3.Connection], Any]
@@ -251,6 +323,8 @@ class SqliteEngine:
         """Groups committed since construction (the writer thread counts; read it for tests and metrics)."""
         self.writes = 0
         """Writes that committed since construction."""
+        self._write_failure: str | None = None
+        """Why writes fail (the disk is full or read-only) until the health check finds them working again."""
 
     @property
     def path(self) -> Path:
@@ -323,11 +397,33 @@ class SqliteEngine:
         self._state = _State.CLOSED
 
     async def check(self) -> None:
-        """Raise Unavailable unless the writer thread runs and a reader answers."""
+        """Raise Unavailable unless the writer thread runs, a reader answers, and writes are not failing.
+
+        Once a write failed for a full or read-only disk, writes count as failing until the file system
+        is writable and has `FREE_BYTES_FOR_WRITES` available again, and a write of one page (the schema's
+        user_version, set to what it is) commits. A small write may fit on a disk that refuses larger ones,
+        so a client's write that commits meanwhile does not count.
+        """
         self._ensure_open()
         if self._writer is None or not self._writer.is_alive():
             raise Unavailable(f"SQLite database {self._path}: the writer thread is not running")
         await self.read(lambda connection: connection.execute("SELECT 1").fetchone())
+        failure = self._write_failure
+        if failure is None:
+            return
+        if _read_only_file_system(self._path) or _free_bytes(self._path) < FREE_BYTES_FOR_WRITES:
+            raise Unavailable(f"SQLite database {self._path}: {failure}")
+        try:
+            await self.write(_rewrite_user_version)
+        except StoreError as error:
+            raise Unavailable(str(error)) from error
+        _log.info("sqlite_writes_succeed_again", path=str(self._path))
+        self._write_failure = None
+
+    def _writes_fail(self, reason: str) -> None:
+        if self._write_failure is None:
+            _log.warning("sqlite_writes_failing", path=str(self._path), reason=reason)
+        self._write_failure = reason
 
     def _ensure_open(self) -> None:
         if self._state is not _State.OPEN:
@@ -444,6 +540,15 @@ class SqliteEngine:
 
     def _commit_group(self, connection: sqlite3.Connection, group: list[_Write]) -> list[_Outcome]:
         """Run each write in its own savepoint, COMMIT once, and return every write's outcome."""
+        outcomes = self._run_group(connection, group)
+        for _, _, error in outcomes:
+            reason = None if error is None else write_blocked(self._path, error.__cause__)
+            if reason is not None:
+                self._writes_fail(reason)
+                break
+        return outcomes
+
+    def _run_group(self, connection: sqlite3.Connection, group: list[_Write]) -> list[_Outcome]:
         outcomes: list[_Outcome | None] = [None] * len(group)
         pending: list[int] = []  # ran without error; wait for the COMMIT
         try:

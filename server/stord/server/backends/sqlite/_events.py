@@ -1,15 +1,19 @@
 """The event store (DESIGN 4.4) over the tables of migrations/sqlite/0002_events.sql.
 
 A batch is one write on the engine's writer thread: the session heads are read, the batch linked and
-inserted with one executemany, and sessions and agents updated, all in the write's transaction. The writer
-is the file's only writer, so nothing can move a head between the read and the insert.
+inserted with one executemany, sessions and agents updated and the batch appended to the namespace's event
+feed, all in the write's transaction. SQLite runs one write transaction at a time on a file (other processes
+on the same file wait for its lock), so nothing can move a head between the read and the insert, and feed
+positions follow commit order. Followers notice commits by polling `PRAGMA data_version`.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from stord.server.backends._event_sql import (
@@ -23,6 +27,7 @@ from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.event_chain import ChainHead, link_events, verify_chain
 from stord.server.event_model import agent_changes, session_changes
 from stord.server.ports import (
+    FEED_KEEP_SECONDS,
     AlertCondition,
     AlertHistoryEntry,
     AlertHistoryPage,
@@ -32,6 +37,7 @@ from stord.server.ports import (
     AnalyticsQuery,
     ChainVerification,
     Clock,
+    CommitListener,
     Event,
     EventAgent,
     EventAgentUpdate,
@@ -43,6 +49,8 @@ from stord.server.ports import (
     EventStats,
     EventType,
     FailedPrecondition,
+    FeedBatch,
+    FeedPage,
     Granularity,
     InsertOutcome,
     NotFound,
@@ -53,6 +61,7 @@ from stord.server.ports import (
     SessionStatus,
     SessionUpdate,
     Severity,
+    Unavailable,
 )
 
 __all__ = ["SqliteEventStore"]
@@ -60,10 +69,34 @@ __all__ = ["SqliteEventStore"]
 RETENTION_BATCH = 5000
 """Events deleted per write: a long retention pass must not hold the writer from ingest for long."""
 
+FEED_POLL_SECONDS = 0.025
+"""How often a watch of the event feed asks SQLite whether another connection committed (only while
+someone tails): the delay before a tail sees what another process stored."""
+
+FEED_PRUNE = 4
+"""Expired feed batches a write removes at most: one in, one out in a steady state, the rest to catch up."""
+
+_FEED_NEXT = """
+INSERT INTO event_feed_heads (namespace, position) VALUES (?, 1)
+ON CONFLICT (namespace) DO UPDATE SET position = position + 1
+RETURNING position
+"""
+_FEED_APPEND = "INSERT INTO event_feed (namespace, position, committed_at, event_ids) VALUES (?, ?, ?, ?)"
+_FEED_PRUNE = f"""
+DELETE FROM event_feed WHERE namespace = ? AND committed_at < ? AND position IN (
+    SELECT position FROM event_feed WHERE namespace = ? ORDER BY position LIMIT {FEED_PRUNE}
+)
+"""
+_FEED_HEAD = "SELECT position FROM event_feed_heads WHERE namespace = ?"
+_FEED_BATCHES = """
+SELECT position, event_ids FROM event_feed WHERE namespace = ? AND position > ? ORDER BY position LIMIT ?
+"""
+
 _EVENT_COLUMNS = (
     "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
     "chain_index"
 )
+_QUALIFIED_EVENT_COLUMNS = ", ".join(f"events.{column}" for column in _EVENT_COLUMNS.split(", "))
 _INSERT_EVENT = f"""
 INSERT INTO events (namespace, {_EVENT_COLUMNS}, cost_usd, latency_ms)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -177,9 +210,12 @@ def _in(values: Iterable[object]) -> str:
 class SqliteEventStore:
     """Events, sessions, agents and alert rules in one SQLite file."""
 
-    def __init__(self, engine: SqliteEngine, clock: Clock) -> None:
+    def __init__(
+        self, engine: SqliteEngine, clock: Clock, *, feed_keep_seconds: float = FEED_KEEP_SECONDS
+    ) -> None:
         self._engine = engine
         self._clock = clock
+        self._feed_keep_ms = int(feed_keep_seconds * 1000)
 
     @property
     def clock(self) -> Clock:
@@ -188,7 +224,43 @@ class SqliteEventStore:
     # Writing events --------------------------------------------------------------------------------------
 
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
-        return await self._engine.write(lambda connection: _insert_batch(connection, namespace, events))
+        now = int(self._clock() * 1000)
+        return await self._engine.write(
+            lambda connection: _insert_batch(connection, namespace, events, now, now - self._feed_keep_ms)
+        )
+
+    # Following the feed ----------------------------------------------------------------------------------
+
+    async def feed_position(self, namespace: str) -> int:
+        return await self._engine.lookup(lambda connection: _feed_head(connection, namespace))
+
+    async def read_feed(self, namespace: str, *, after: int, limit: int) -> FeedPage:
+        return await self._engine.read(lambda connection: _read_feed(connection, namespace, after, limit))
+
+    @contextlib.asynccontextmanager
+    async def watch_feed(self, listener: CommitListener) -> AsyncIterator[None]:
+        poller = asyncio.create_task(self._poll_commits(listener), name="stord-sqlite-feed-watch")
+        try:
+            yield
+        finally:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    async def _poll_commits(self, listener: CommitListener) -> None:
+        """Tell `listener` whenever `PRAGMA data_version` moves: another connection (this process's writer
+        or another process) committed something, maybe events."""
+        listener(None, 0)
+        version: int | None = None
+        while True:
+            await asyncio.sleep(FEED_POLL_SECONDS)
+            try:
+                current = await self._engine.lookup(_data_version)
+            except Unavailable:
+                current = None  # the reader reports it; ask the follower to try
+            if current is None or current != version:
+                version = current
+                listener(None, 0)
 
     # Reading events --------------------------------------------------------------------------------------
 
@@ -503,8 +575,54 @@ def _insert_linked(
     return linked, new_heads
 
 
+def _data_version(connection: sqlite3.Connection) -> int:
+    version: int = connection.execute("PRAGMA data_version").fetchone()[0]
+    return version
+
+
+def _feed_head(connection: sqlite3.Connection, namespace: str) -> int:
+    row = connection.execute(_FEED_HEAD, (namespace,)).fetchone()
+    return 0 if row is None else int(row[0])
+
+
+def _read_feed(connection: sqlite3.Connection, namespace: str, after: int, limit: int) -> FeedPage:
+    rows = connection.execute(_FEED_BATCHES, (namespace, after, limit)).fetchall()
+    missed = False
+    if not rows or rows[0][0] != after + 1:
+        head = _feed_head(connection, namespace)
+        missed = head != after if not rows else True  # pruned past `after`, or the feed went back
+    batches = [(position, json.loads(event_ids)) for position, event_ids in rows]
+    wanted = [event_id for _, event_ids in batches for event_id in event_ids]
+    found = {
+        row[0]: _event(row)
+        for row in connection.execute(
+            f"SELECT {_QUALIFIED_EVENT_COLUMNS} FROM json_each(?) AS wanted CROSS JOIN events"
+            " WHERE events.namespace = ? AND events.id = wanted.value",
+            (json.dumps(wanted), namespace),
+        )
+    }
+    return FeedPage(
+        [
+            FeedBatch(position, [found[event_id] for event_id in event_ids if event_id in found])
+            for position, event_ids in batches
+        ],
+        missed,
+    )
+
+
+def _append_to_feed(
+    connection: sqlite3.Connection, namespace: str, stored: list[Event], now: int, expired: int
+) -> int:
+    """Append the batch's new events to the namespace's feed, prune expired batches; return its position."""
+    position: int = connection.execute(_FEED_NEXT, (namespace,)).fetchall()[0][0]
+    event_ids = json.dumps([event.id for event in stored])
+    connection.execute(_FEED_APPEND, (namespace, position, now, event_ids))
+    connection.execute(_FEED_PRUNE, (namespace, expired, namespace))
+    return position
+
+
 def _insert_batch(
-    connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput]
+    connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput], now: int, expired: int
 ) -> InsertOutcome:
     batch_size = len(events)
     heads = _heads(connection, namespace, sorted({event.session_id for event in events}))
@@ -556,7 +674,10 @@ def _insert_batch(
             for change in agent_changes(events)
         ],
     )
-    return InsertOutcome(linked, batch_size - len(events))
+    if not linked:
+        return InsertOutcome(linked, batch_size)
+    position = _append_to_feed(connection, namespace, linked, now, expired)
+    return InsertOutcome(linked, batch_size - len(events), position)
 
 
 def _expired_events(namespace: str, cutoff: int) -> Callable[[sqlite3.Connection], int]:

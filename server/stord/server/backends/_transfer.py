@@ -1,0 +1,275 @@
+"""What the SQL backends' dump and restore share: the statements, derived columns, numbering, error texts.
+
+Both dialects keep every contract's rows in the same tables with a `namespace` column (the key-value ones
+also keyed by `keyspace`), and their store modules name their column lists and row mappers alike, so one
+builder writes the dump's statements for both. A restore checks or empties a namespace table by table, and
+computes again what a backend derives when it writes (an event's analytics facts): the export format
+carries only what is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+import orjson
+
+from stord.server.event_model import payload_facts
+from stord.server.ports import (
+    AgentRecord,
+    AlertHistoryRecord,
+    AlertRuleRecord,
+    DocumentRecord,
+    Event,
+    EventAgentRecord,
+    EventRecord,
+    FailedPrecondition,
+    InvalidArgument,
+    JobRecord,
+    JsonObject,
+    Keyspace,
+    ListItemRecord,
+    ManifestDocumentKind,
+    ManifestDocumentRecord,
+    ManifestRecord,
+    ManifestTransformerRecord,
+    SessionRecord,
+    TransferRecord,
+    ValueRecord,
+)
+
+__all__ = [
+    "DUMP_BATCH",
+    "KEYED_TABLES",
+    "KEYSPACES",
+    "NAMESPACE_TABLES",
+    "Dump",
+    "NamespaceGate",
+    "TransferDialect",
+    "count_statements",
+    "deletion_statements",
+    "dump_statements",
+    "event_facts",
+    "list_lengths",
+    "namespace_condition",
+    "number_shift",
+    "occupancy_statements",
+    "occupied",
+    "repeated_record",
+]
+
+DUMP_BATCH = 1000
+"""Records per batch a dump yields: large enough to amortize a hand-over, small enough to stream."""
+
+KEYED_TABLES = ("kv_values", "kv_lists", "kv_list_items")
+"""Tables whose primary key starts with `keyspace`, then `namespace`."""
+
+NAMESPACE_TABLES = (
+    *KEYED_TABLES,
+    "documents",
+    "jobs",
+    "events",
+    "event_sessions",
+    "event_agents",
+    "event_alert_rules",
+    "event_alert_history",
+    "agents",
+    "handler_manifests",
+    "manifest_transformers",
+    "manifest_documents",
+)
+"""Every table that holds a namespace's data, in both dialects."""
+
+KEYSPACES = tuple(keyspace.value for keyspace in Keyspace)
+
+
+Row = Sequence[Any]
+
+Dump = tuple[str, Callable[[Row], TransferRecord]]
+"""What a dump selects from one table, and how a row becomes a record."""
+
+
+@dataclass(frozen=True, slots=True)
+class TransferDialect:
+    """What differs between the SQL dialects' dumps and restores."""
+
+    parameter: Callable[[str], str]
+    """The placeholder of a named parameter: `:name` or `%(name)s`."""
+    seconds: Callable[[Any], float | None]
+    """The seconds since the epoch of a stored expiry (a REAL, or a timestamptz)."""
+    document: Callable[[Any], JsonObject]
+    """The object of a stored manifest document (JSON text, or jsonb)."""
+    code_point_order: str
+    """What makes an ORDER BY term on text without a collation of its own compare by code point."""
+
+
+def dump_statements(
+    dialect: TransferDialect,
+    namespace: str | None,
+    documents: ModuleType,
+    jobs: ModuleType,
+    events: ModuleType,
+    agents: ModuleType,
+    manifests: ModuleType,
+) -> list[Dump]:
+    """Return what a dump selects, table by table, in key order, and how each row becomes a record.
+
+    The modules are the backend's store modules (`_documents`, `_jobs`, ...), whose column lists and row
+    mappers, named alike in both dialects, read the rows. The statements take the parameters `now` and
+    `namespace`.
+    """
+    where = "" if namespace is None else f"WHERE namespace = {dialect.parameter('namespace')}"
+    live = f"(expires_at IS NULL OR expires_at > {dialect.parameter('now')})"
+    return [
+        (
+            "SELECT namespace, keyspace, key, value, expires_at FROM kv_values"
+            f" WHERE {live} {where.replace('WHERE', 'AND')} ORDER BY keyspace, namespace, key",
+            lambda row: ValueRecord(row[0], Keyspace(row[1]), row[2], bytes(row[3]), dialect.seconds(row[4])),
+        ),
+        (
+            f"SELECT namespace, keyspace, key, position, value FROM kv_list_items {where}"
+            " ORDER BY keyspace, namespace, key, position",
+            lambda row: ListItemRecord(row[0], Keyspace(row[1]), row[2], row[3], bytes(row[4])),
+        ),
+        (
+            f"SELECT namespace, {documents._COLUMNS} FROM documents {where}"
+            " ORDER BY namespace, collection, id",
+            lambda row: DocumentRecord(row[0], documents._document(row[1:])),
+        ),
+        (
+            f"SELECT jobs.namespace, {jobs._COLUMNS} FROM jobs {where} ORDER BY namespace, sequence",
+            lambda row: JobRecord(row[0], jobs._job(row[1:], with_token=True)),
+        ),
+        (
+            f"SELECT namespace, {events._EVENT_COLUMNS} FROM events {where} ORDER BY namespace, id",
+            lambda row: EventRecord(row[0], events._event(row[1:])),
+        ),
+        (
+            f"SELECT namespace, {events._SESSION_COLUMNS}, chain_length, last_hash"
+            f" FROM event_sessions {where} ORDER BY namespace, id",
+            lambda row: SessionRecord(row[0], events._session(row[1:12]), row[12], row[13]),
+        ),
+        (
+            f"SELECT namespace, {events._AGENT_COLUMNS} FROM event_agents {where} ORDER BY namespace, id",
+            lambda row: EventAgentRecord(row[0], events._agent(row[1:])),
+        ),
+        (
+            f"SELECT namespace, {events._RULE_COLUMNS} FROM event_alert_rules {where} ORDER BY namespace, id",
+            lambda row: AlertRuleRecord(row[0], events._rule(row[1:])),
+        ),
+        (
+            f"SELECT namespace, {events._HISTORY_COLUMNS} FROM event_alert_history {where}"
+            " ORDER BY namespace, id",
+            lambda row: AlertHistoryRecord(row[0], events._entry(row[1:])),
+        ),
+        (
+            f"SELECT namespace, {agents._COLUMNS} FROM agents {where} ORDER BY namespace, position",
+            lambda row: AgentRecord(row[0], agents._agent(tuple(row[1:])), row[1]),
+        ),
+        (
+            f"SELECT namespace, {manifests._MANIFEST_COLUMNS} FROM handler_manifests {where}"
+            " ORDER BY namespace, handler_id, version",
+            lambda row: ManifestRecord(row[0], manifests._manifest(tuple(row[1:]))),
+        ),
+        (
+            f"SELECT namespace, {manifests._TRANSFORMER_COLUMNS} FROM manifest_transformers {where}"
+            " ORDER BY namespace, id",
+            lambda row: ManifestTransformerRecord(row[0], manifests._transformer(tuple(row[1:]))),
+        ),
+        (
+            f"SELECT namespace, kind, id, version, document FROM manifest_documents {where}"
+            f" ORDER BY namespace, kind{dialect.code_point_order}, id, version",
+            lambda row: ManifestDocumentRecord(
+                row[0], ManifestDocumentKind(row[1]), (row[2], row[3]), dialect.document(row[4])
+            ),
+        ),
+    ]
+
+
+def namespace_condition(dialect: TransferDialect, table: str) -> str:
+    """Return the WHERE condition of one namespace's rows of `table`, its name the parameter `namespace`."""
+    if table in KEYED_TABLES:
+        # The primary key starts with keyspace: naming the keyspaces lets the index find the namespace.
+        keyspaces = ", ".join(f"'{keyspace}'" for keyspace in KEYSPACES)
+        return f"keyspace IN ({keyspaces}) AND namespace = {dialect.parameter('namespace')}"
+    return f"namespace = {dialect.parameter('namespace')}"
+
+
+def count_statements(dialect: TransferDialect, namespace: str | None) -> list[str]:
+    """Return the statements counting what a dump of `namespace` (None: all) yields, table by table."""
+    return [
+        f"SELECT count(*) FROM {table}"
+        + ("" if namespace is None else f" WHERE {namespace_condition(dialect, table)}")
+        for table in NAMESPACE_TABLES
+        if table != "kv_lists"  # a list's records are its items
+    ]
+
+
+def occupancy_statements(dialect: TransferDialect) -> list[tuple[str, str]]:
+    """Return, table by table, the statement finding a row of the namespace (parameter `namespace`)."""
+    return [
+        (table, f"SELECT 1 FROM {table} WHERE {namespace_condition(dialect, table)} LIMIT 1")
+        for table in NAMESPACE_TABLES
+    ]
+
+
+def deletion_statements(dialect: TransferDialect) -> list[str]:
+    """Return the statements deleting everything of the namespace (parameter `namespace`)."""
+    return [f"DELETE FROM {table} WHERE {namespace_condition(dialect, table)}" for table in NAMESPACE_TABLES]
+
+
+def event_facts(event: Event) -> tuple[float | None, float | None]:
+    """Return the (cost_usd, latency_ms) columns of an event, read from its payload as ingest reads them."""
+    facts = payload_facts(event.event_type, orjson.loads(event.payload))
+    return facts.get("cost_usd"), facts.get("latency_ms")
+
+
+def number_shift(greatest: int | None) -> int:
+    """Return how far to shift the copied job sequences (agent positions) past the table's `greatest`.
+
+    Numbers are copied as they are into a table that holds none (a new database, or namespaces replaced),
+    which keeps page tokens valid; into one holding others they go after the greatest, in the same order.
+    Either way every number stays unique in its table, as the SQLite backend needs (they are its rowids).
+    """
+    return greatest or 0
+
+
+def list_lengths(records: Iterable[TransferRecord]) -> dict[tuple[str, str, str], int]:
+    """Return, per (keyspace, namespace, key), the list length the batch's items make at least."""
+    lengths: dict[tuple[str, str, str], int] = {}
+    for record in records:
+        if isinstance(record, ListItemRecord):
+            list_key = (record.keyspace.value, record.namespace, record.key)
+            lengths[list_key] = max(lengths.get(list_key, 0), record.position + 1)
+    return lengths
+
+
+def occupied(namespace: str, tables: Sequence[str]) -> FailedPrecondition:
+    """Return the error for importing into a namespace that holds data in `tables`."""
+    return FailedPrecondition(
+        f"namespace {namespace!r} of the target holds data already ({', '.join(tables)}); an import never"
+        " merges: import into an empty namespace, or pass --replace to delete what it holds first"
+    )
+
+
+def repeated_record(error: Exception) -> InvalidArgument:
+    """Return the error for a record whose key a record before it had already (a corrupt or doubled file)."""
+    return InvalidArgument("input", f"a record repeats the key of one written before it: {error}")
+
+
+class NamespaceGate:
+    """Remembers which namespaces a restore has checked (or emptied) already."""
+
+    def __init__(self) -> None:
+        self._seen: set[str] = set()
+
+    def new_namespaces(self, records: Sequence[TransferRecord]) -> list[str]:
+        """Return the namespaces of `records` not seen before, in order of appearance, and mark them seen."""
+        fresh: list[str] = []
+        for record in records:
+            if record.namespace not in self._seen:
+                self._seen.add(record.namespace)
+                fresh.append(record.namespace)
+        return fresh

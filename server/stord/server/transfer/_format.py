@@ -1,0 +1,525 @@
+"""The export format: JSON Lines, a header line, one line per stored record, a footer line.
+
+    {"kind":"header","format":"stord-export","version":1,"created_at":"...","stord_version":"...",
+     "source":"sqlite","namespace":null}
+    {"kind":"event","namespace":"shop","id":"01J...","timestamp":1718000000000,...}
+    ...
+    {"kind":"footer","records":104321,"counts":{"event":100000,...}}
+
+Every record line has `kind` and `namespace`, then the fields of what the store keeps, named as the domain
+(ports) names them: bytes in standard base64; JSON documents as JSON objects; an event's payload and
+metadata as the exact canonical JSON text its hash covers; times in the unit the store keeps them (seconds as
+a float for key-value expiry, documents, jobs and agents; milliseconds for events, sessions, agents of the
+event store and alert rules; nanoseconds for manifests). A reader accepts exactly the fields of its format
+version: anything else in a line is an error, as is a line after the footer or a file without one.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import functools
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from stord.server.calls import resolve_namespace
+from stord.server.ports import (
+    AgentRecord,
+    AgentStatus,
+    AgentVisibility,
+    AlertCondition,
+    AlertHistoryEntry,
+    AlertHistoryRecord,
+    AlertRule,
+    AlertRuleRecord,
+    Document,
+    DocumentRecord,
+    Event,
+    EventAgent,
+    EventAgentRecord,
+    EventRecord,
+    EventType,
+    HandlerManifestRecord,
+    InvalidArgument,
+    Job,
+    JobRecord,
+    JobStatus,
+    JsonObject,
+    Keyspace,
+    ListItemRecord,
+    ManifestDocumentKind,
+    ManifestDocumentRecord,
+    ManifestRecord,
+    ManifestTransformerRecord,
+    Session,
+    SessionRecord,
+    SessionStatus,
+    Severity,
+    StoredAgent,
+    TransferRecord,
+    TransformerRecord,
+    ValueRecord,
+)
+
+__all__ = [
+    "FOOTER",
+    "FORMAT",
+    "HEADER",
+    "RECORD_KINDS",
+    "VERSION",
+    "FormatError",
+    "check_footer",
+    "check_header",
+    "decode_record",
+    "encode_record",
+    "footer",
+    "header",
+    "record_kind",
+]
+
+FORMAT = "stord-export"
+"""The `format` of the header line, naming the file type."""
+
+VERSION = 1
+"""The format version this stord writes and the only one it reads."""
+
+HEADER = "header"
+FOOTER = "footer"
+
+_KINDS: dict[type, str] = {
+    ValueRecord: "kv_value",
+    ListItemRecord: "kv_list_item",
+    DocumentRecord: "document",
+    JobRecord: "job",
+    EventRecord: "event",
+    SessionRecord: "session",
+    EventAgentRecord: "event_agent",
+    AlertRuleRecord: "alert_rule",
+    AlertHistoryRecord: "alert_history",
+    AgentRecord: "agent",
+    ManifestRecord: "manifest",
+    ManifestTransformerRecord: "transformer",
+}
+
+RECORD_KINDS: tuple[str, ...] = (
+    *_KINDS.values(),
+    *(kind.value for kind in ManifestDocumentKind),
+)
+"""Every record kind, in the order a dump writes them; a manifest document's kind is its own name."""
+
+
+class FormatError(Exception):
+    """A line of an export file cannot be read; `line` is its number, from 1."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(f"line {line}: {message}")
+        self.line = line
+
+
+class _Invalid(Exception):
+    """A field of the line being read is wrong; the caller adds the line number."""
+
+
+def record_kind(record: TransferRecord) -> str:
+    """Return the `kind` a record's line carries."""
+    if isinstance(record, ManifestDocumentRecord):
+        return record.kind.value
+    return _KINDS[type(record)]
+
+
+_Check = Callable[[Any], Any]
+"""Return a field's value as the record holds it, or raise _Invalid saying what the value must be."""
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise _Invalid("must be a string")
+    return value
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid("must be an integer")
+    return value
+
+
+def _at_least(minimum: int) -> _Check:
+    def check(value: Any) -> int:
+        if _integer(value) < minimum:
+            raise _Invalid(f"must be at least {minimum}")
+        return int(value)
+
+    return check
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise _Invalid("must be a finite number")
+    return float(value)
+
+
+def _boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _Invalid("must be true or false")
+    return value
+
+
+def _blob(value: Any) -> bytes:
+    try:
+        return base64.b64decode(_text(value), validate=True)
+    except binascii.Error:
+        raise _Invalid("must be standard base64") from None
+
+
+def _json_object(value: Any) -> JsonObject:
+    if not isinstance(value, dict):
+        raise _Invalid("must be a JSON object")
+    return value
+
+
+def _texts(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise _Invalid("must be a list of strings")
+    return tuple(value)
+
+
+def _optional(check: _Check) -> _Check:
+    def optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return optional
+
+
+def _member(choices: type[enum.Enum]) -> _Check:
+    members = {member.value: member for member in choices}
+    names = ", ".join(members)
+
+    def check(value: Any) -> enum.Enum:
+        member = members.get(value) if isinstance(value, str) else None
+        if member is None:
+            raise _Invalid(f"must be one of {names}, not {value!r}")
+        return member
+
+    return check
+
+
+@functools.lru_cache(maxsize=1024)
+def _namespace(value: str) -> str:
+    try:
+        return resolve_namespace(value)
+    except InvalidArgument:
+        raise _Invalid("is not a valid namespace") from None
+
+
+_COUNT = _at_least(0)
+_MAYBE_TEXT = _optional(_text)
+_MAYBE_INTEGER = _optional(_integer)
+_MAYBE_NUMBER = _optional(_number)
+
+
+@dataclass(frozen=True, slots=True)
+class _Shape:
+    """The fields of one kind of line, each with its check, and how the checked values make the record."""
+
+    fields: dict[str, _Check]
+    build: Callable[[str, dict[str, Any]], TransferRecord]
+    keys: frozenset[str] = frozenset()
+    """Every key of such a line, `kind` and `namespace` included."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "keys", frozenset({"kind", "namespace", *self.fields}))
+
+
+def _value(namespace: str, v: dict[str, Any]) -> TransferRecord:
+    return ValueRecord(namespace, **v)
+
+
+def _list_item(namespace: str, v: dict[str, Any]) -> TransferRecord:
+    return ListItemRecord(namespace, **v)
+
+
+def _session(namespace: str, v: dict[str, Any]) -> TransferRecord:
+    chain_length, last_hash = v.pop("chain_length"), v.pop("last_hash")
+    return SessionRecord(namespace, Session(**v), chain_length, last_hash)
+
+
+def _agent(namespace: str, v: dict[str, Any]) -> TransferRecord:
+    position = v.pop("position")
+    return AgentRecord(namespace, StoredAgent(**v), position)
+
+
+def _manifest_document(kind: ManifestDocumentKind) -> Callable[[str, dict[str, Any]], TransferRecord]:
+    def build(namespace: str, v: dict[str, Any]) -> TransferRecord:
+        return ManifestDocumentRecord(namespace, kind, (v["id"], v["version"]), v["document"])
+
+    return build
+
+
+_DOCUMENT_FIELDS: dict[str, _Check] = {"id": _text, "version": _text, "document": _json_object}
+
+_SHAPES: dict[str, _Shape] = {
+    "kv_value": _Shape(
+        {
+            "keyspace": _member(Keyspace),
+            "key": _text,
+            "value": _blob,
+            "expires_at": _MAYBE_NUMBER,
+        },
+        _value,
+    ),
+    "kv_list_item": _Shape(
+        {"keyspace": _member(Keyspace), "key": _text, "position": _COUNT, "value": _blob}, _list_item
+    ),
+    "document": _Shape(
+        {
+            "collection": _text,
+            "id": _text,
+            "revision": _at_least(1),
+            "create_time": _number,
+            "update_time": _number,
+            "data": _json_object,
+        },
+        lambda namespace, v: DocumentRecord(namespace, Document(**v)),
+    ),
+    "job": _Shape(
+        {
+            "id": _text,
+            "queue": _text,
+            "sequence": _at_least(1),
+            "status": _member(JobStatus),
+            "priority": _integer,
+            "run_at": _number,
+            "attempts": _COUNT,
+            "max_attempts": _at_least(1),
+            "dedupe_key": _MAYBE_TEXT,
+            "payload": _json_object,
+            "last_error": _MAYBE_TEXT,
+            "lease_token": _MAYBE_TEXT,
+            "lease_expires_at": _MAYBE_NUMBER,
+            "create_time": _number,
+            "update_time": _number,
+        },
+        lambda namespace, v: JobRecord(namespace, Job(**v)),
+    ),
+    "event": _Shape(
+        {
+            "id": _text,
+            "timestamp": _integer,
+            "session_id": _text,
+            "agent_id": _text,
+            "event_type": _member(EventType),
+            "severity": _member(Severity),
+            "payload": _text,
+            "metadata": _text,
+            "prev_hash": _MAYBE_TEXT,
+            "hash": _text,
+            "chain_index": _COUNT,
+        },
+        lambda namespace, v: EventRecord(namespace, Event(**v)),
+    ),
+    "session": _Shape(
+        {
+            "id": _text,
+            "agent_id": _text,
+            "agent_name": _MAYBE_TEXT,
+            "started_at": _integer,
+            "ended_at": _MAYBE_INTEGER,
+            "status": _member(SessionStatus),
+            "event_count": _COUNT,
+            "tool_call_count": _COUNT,
+            "error_count": _COUNT,
+            "total_cost_usd": _number,
+            "tags": _texts,
+            "chain_length": _COUNT,
+            "last_hash": _MAYBE_TEXT,
+        },
+        _session,
+    ),
+    "event_agent": _Shape(
+        {
+            "id": _text,
+            "name": _text,
+            "description": _MAYBE_TEXT,
+            "first_seen_at": _integer,
+            "last_seen_at": _integer,
+            "session_count": _COUNT,
+        },
+        lambda namespace, v: EventAgentRecord(namespace, EventAgent(**v)),
+    ),
+    "alert_rule": _Shape(
+        {
+            "id": _text,
+            "name": _text,
+            "enabled": _boolean,
+            "condition": _member(AlertCondition),
+            "threshold": _number,
+            "window_minutes": _integer,
+            "scope_agent_id": _MAYBE_TEXT,
+            "scope_tags": _texts,
+            "notify_channels": _texts,
+            "created_at": _integer,
+            "updated_at": _integer,
+        },
+        lambda namespace, v: AlertRuleRecord(namespace, AlertRule(**v)),
+    ),
+    "alert_history": _Shape(
+        {
+            "id": _text,
+            "rule_id": _text,
+            "triggered_at": _integer,
+            "resolved_at": _MAYBE_INTEGER,
+            "current_value": _number,
+            "threshold": _number,
+            "message": _text,
+        },
+        lambda namespace, v: AlertHistoryRecord(namespace, AlertHistoryEntry(**v)),
+    ),
+    "agent": _Shape(
+        {
+            "uri": _text,
+            "position": _at_least(1),
+            "name": _text,
+            "version": _text,
+            "status": _member(AgentStatus),
+            "visibility": _member(AgentVisibility),
+            "owner": _text,
+            "configuration": _optional(_json_object),
+            "update_time": _number,
+        },
+        _agent,
+    ),
+    "manifest": _Shape(
+        {"handler_id": _text, "version": _text, "created_at": _integer, "document": _json_object},
+        lambda namespace, v: ManifestRecord(namespace, HandlerManifestRecord(**v)),
+    ),
+    "transformer": _Shape(
+        {
+            "id": _text,
+            "handler_id": _text,
+            "from_version": _text,
+            "to_version": _text,
+            "document": _json_object,
+        },
+        lambda namespace, v: ManifestTransformerRecord(namespace, TransformerRecord(**v)),
+    ),
+    **{kind.value: _Shape(_DOCUMENT_FIELDS, _manifest_document(kind)) for kind in ManifestDocumentKind},
+}
+
+
+def decode_record(line: object, number: int) -> TransferRecord:
+    """Return the record of a parsed line; raise FormatError naming the line and what is wrong with it."""
+    if not isinstance(line, dict):
+        raise FormatError(number, "a line must hold a JSON object")
+    kind = line.get("kind")
+    shape = _SHAPES.get(kind) if isinstance(kind, str) else None
+    if shape is None:
+        raise FormatError(number, f"unknown record kind {kind!r}")
+    fields = shape.fields
+    if line.keys() != shape.keys:
+        missing, unknown = sorted(shape.keys - set(line)), sorted(set(line) - shape.keys)
+        problems = [f"missing field(s) {', '.join(missing)}"] if missing else []
+        problems += [f"unknown field(s) {', '.join(unknown)}"] if unknown else []
+        raise FormatError(number, f"{kind}: {'; '.join(problems)}")
+    name = "namespace"
+    try:
+        namespace = _namespace(_text(line[name]))
+        values: dict[str, Any] = {}
+        for name, check in fields.items():
+            values[name] = check(line[name])
+    except _Invalid as error:
+        raise FormatError(number, f"{kind}: field {name!r} {error}") from None
+    return shape.build(namespace, values)
+
+
+_INNER: dict[type, str] = {
+    DocumentRecord: "document",
+    JobRecord: "job",
+    EventRecord: "event",
+    SessionRecord: "session",
+    EventAgentRecord: "agent",
+    AlertRuleRecord: "rule",
+    AlertHistoryRecord: "entry",
+    AgentRecord: "agent",
+    ManifestRecord: "manifest",
+    ManifestTransformerRecord: "transformer",
+}
+"""The attribute holding a record's domain object, whose fields its line carries (with the record's own)."""
+
+_ABSENT = object()
+
+
+def _plain(value: Any) -> Any:
+    """Return a field's value as JSON carries it."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode("ascii")
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def encode_record(record: TransferRecord) -> dict[str, Any]:
+    """Return the JSON object of a record's line: the fields its kind's shape names, in that order."""
+    if isinstance(record, ManifestDocumentRecord):
+        key_id, version = record.key
+        return {
+            "kind": record.kind.value,
+            "namespace": record.namespace,
+            "id": key_id,
+            "version": version,
+            "document": record.document,
+        }
+    kind = _KINDS[type(record)]
+    inner = getattr(record, _INNER[type(record)]) if type(record) in _INNER else record
+    line: dict[str, Any] = {"kind": kind, "namespace": record.namespace}
+    for name in _SHAPES[kind].fields:
+        value = getattr(inner, name, _ABSENT)
+        line[name] = _plain(getattr(record, name) if value is _ABSENT else value)
+    return line
+
+
+def header(*, source: str, namespace: str | None, created_at: str, stord_version: str) -> dict[str, Any]:
+    """Return the first line of an export."""
+    return {
+        "kind": HEADER,
+        "format": FORMAT,
+        "version": VERSION,
+        "created_at": created_at,
+        "stord_version": stord_version,
+        "source": source,
+        "namespace": namespace,
+    }
+
+
+def check_header(line: object) -> None:
+    """Raise FormatError unless `line` (the first, parsed) is the header of a version this stord reads."""
+    if not isinstance(line, dict) or line.get("kind") != HEADER or line.get("format") != FORMAT:
+        raise FormatError(1, f"not a stord export: the first line must be its header ({FORMAT!r})")
+    if line.get("version") != VERSION:
+        raise FormatError(
+            1, f"format version {line.get('version')!r}: this stord reads version {VERSION} only"
+        )
+
+
+def footer(counts: Mapping[str, int]) -> dict[str, Any]:
+    """Return the last line of an export: how many records of each kind it holds."""
+    return {"kind": FOOTER, "records": sum(counts.values()), "counts": dict(counts)}
+
+
+def check_footer(line: Mapping[str, Any], number: int, counts: Mapping[str, int]) -> None:
+    """Raise FormatError unless the footer's counts are those of the records read before it."""
+    read = {kind: count for kind, count in counts.items() if count}
+    claimed = line.get("counts")
+    if set(line) != {"kind", "records", "counts"} or not isinstance(claimed, dict):
+        raise FormatError(number, "footer: must hold exactly `records` and `counts`")
+    claimed = {kind: count for kind, count in claimed.items() if count}
+    if claimed != read or line["records"] != sum(read.values()):
+        raise FormatError(
+            number,
+            f"footer: the file should hold {line['records']!r} records {claimed!r} but holds"
+            f" {sum(read.values())} {read!r}: it is damaged",
+        )

@@ -1,0 +1,62 @@
+"""`stord serve` as a subprocess: started on a free port (or a given one), healthy before it is returned."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.harness._system import free_port
+
+__all__ = ["STORD", "Served", "health"]
+
+STORD = str(Path(sys.executable).parent / "stord")
+
+
+class Served:
+    """One `stord serve` process and its output.
+
+    `port` None picks a free one; give the port of a daemon that was stopped to restart it where clients
+    already point. Each start appends to the log of its port.
+    """
+
+    def __init__(self, data_dir: Path, *extra: str, port: int | None = None) -> None:
+        self.port = free_port() if port is None else port
+        self.address = f"127.0.0.1:{self.port}"
+        self.log = data_dir.parent / f"stord-{self.port}.log"
+        arguments = [STORD, "serve", "--listen", self.address, "--data-dir", str(data_dir), *extra]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(arguments, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            self.wait_healthy()
+        except BaseException:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"stord exited with {self.process.returncode}:\n{self.log.read_text()}")
+            if health(self.address).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"stord did not become healthy:\n{self.log.read_text()}")
+
+    def events(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
+
+    def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signum)
+        return self.process.wait(timeout)
+
+
+def health(address: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [STORD, "health", "--address", address, "--timeout", "1", *extra], capture_output=True, text=True
+    )
