@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stord.server.ports import EventRecord, JobStatus
+from stord.server.ports import EventRecord, JobRecord, JobStatus
 from stord.server.transfer import FORMAT, VERSION, FormatError
 from stord.server.transfer._format import RECORD_KINDS, decode_record, encode_record
 from stord.server.transfer._run import _Reader
@@ -18,7 +18,7 @@ HASH = "ab" * 32
 LINES: list[dict[str, Any]] = [
     {"keyspace": "cache", "key": "k", "value": "AP8=", "expires_at": 1.5},
     {"keyspace": "database", "key": "log", "position": 0, "value": "eA=="},
-    {"collection": "c", "id": "d", "revision": 2, "create_time": 1.25, "update_time": 2.5, "data": {"a": [1]}},
+    {"collection": "c", "id": "d", "revision": 2, "create_time": 1.25, "update_time": 2.5, "data": {"a": []}},
     {
         "id": "j", "queue": "q", "sequence": 7, "status": "running", "priority": -1, "run_at": 3.5,
         "attempts": 1, "max_attempts": 3, "dedupe_key": None, "payload": {}, "last_error": "x",
@@ -75,9 +75,10 @@ def test_every_kind_of_line_decodes_and_encodes_back_unchanged(line: dict[str, A
 def test_decoding_gives_the_domain_values() -> None:
     job = decode_record(SAMPLES[3], 2)
     event = decode_record(SAMPLES[4], 2)
+    assert isinstance(job, JobRecord)
+    assert job.job.status is JobStatus.RUNNING
     assert isinstance(event, EventRecord)
     assert event.event.payload == '{"b":1,"a":2}'  # the hashed text, not a re-serialized object
-    assert getattr(job, "job").status is JobStatus.RUNNING
 
 
 @pytest.mark.parametrize(

@@ -353,7 +353,10 @@ class PostgresEventStore:
                     while True:
                         async for notice in connection.notifies(timeout=LISTEN_PING_SECONDS):
                             namespace, _, position = notice.payload.rpartition(" ")
-                            listener(namespace, int(position))
+                            if namespace and position.isdigit():
+                                listener(namespace, int(position))
+                            else:  # not ours: look everywhere rather than miss something
+                                listener(None, 0)
                         await connection.execute("SELECT 1")
             except psycopg.Error as error:
                 if not lost:

@@ -256,8 +256,8 @@ class SqliteEventStore:
             await asyncio.sleep(FEED_POLL_SECONDS)
             try:
                 current = await self._engine.lookup(_data_version)
-            except Unavailable:
-                current = None  # the reader reports it; ask the follower to try
+            except (Unavailable, sqlite3.Error):
+                current = None  # the follower's read will report it, and retry
             if current is None or current != version:
                 version = current
                 listener(None, 0)

@@ -244,21 +244,11 @@ class _Restore:
                 e.payload, e.metadata, e.prev_hash, e.hash, e.chain_index, cost_usd, latency_ms,
             )  # fmt: skip
         if isinstance(record, ValueRecord):
-            return _INSERT_VALUE, (
-                record.keyspace.value,
-                namespace,
-                record.key,
-                record.value,
-                record.expires_at,
-            )
+            v = record
+            return _INSERT_VALUE, (v.keyspace.value, namespace, v.key, v.value, v.expires_at)
         if isinstance(record, ListItemRecord):
-            return _INSERT_LIST_ITEM, (
-                record.keyspace.value,
-                namespace,
-                record.key,
-                record.position,
-                record.value,
-            )
+            i = record
+            return _INSERT_LIST_ITEM, (i.keyspace.value, namespace, i.key, i.position, i.value)
         if isinstance(record, DocumentRecord):
             d = record.document
             return _INSERT_DOCUMENT, (
