@@ -9,6 +9,9 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.harness._system import free_port
 
 __all__ = ["STORD", "Served", "health"]
@@ -37,14 +40,24 @@ class Served:
             self.process.wait()
             raise
 
-    def wait_healthy(self, timeout: float = 30) -> None:
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Poll health in process: a `stord health` process per probe is slow on a busy machine."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"stord exited with {self.process.returncode}:\n{self.log.read_text()}")
-            if health(self.address).returncode == 0:
-                return
-            time.sleep(0.1)
+        with grpc.insecure_channel(self.address) as channel:
+            probe = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise AssertionError(
+                        f"stord exited with {self.process.returncode}:\n{self.log.read_text()}"
+                    )
+                try:
+                    answer = probe.Check(health_pb2.HealthCheckRequest(), timeout=1)
+                except grpc.RpcError:
+                    pass
+                else:
+                    if answer.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                time.sleep(0.05)
         raise AssertionError(f"stord did not become healthy:\n{self.log.read_text()}")
 
     def events(self) -> list[dict[str, object]]:

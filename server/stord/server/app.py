@@ -28,7 +28,7 @@ from stord.server.services.admin import AdminServicer, BackendStatus
 from stord.server.services.registry import CONTRACTS, UnservedService
 from stord.v1 import admin_pb2, admin_pb2_grpc
 
-__all__ = ["Daemon", "StartupError", "stord_version"]
+__all__ = ["Daemon", "StartupError", "open_with_retry", "stord_version"]
 
 _log = structlog.get_logger("stord")
 
@@ -58,7 +58,7 @@ class _Draining(Protocol):
     async def drain(self) -> None: ...
 
 
-async def _open_with_retry(backend: Backend, url: str, role: str, options: ConnectOptions) -> None:
+async def open_with_retry(backend: Backend, url: str, role: str, options: ConnectOptions) -> None:
     """Open a backend, retrying an unreachable one with bounded exponential backoff."""
     delay = options.initial_backoff
     for attempt in range(1, options.attempts + 1):
@@ -315,7 +315,7 @@ class Daemon:
     async def _open_role(self, role: str, url: str, *, fallback: bool) -> Backend:
         backend = create_backend(url, self._settings, clock=self._clock)
         try:
-            await _open_with_retry(backend, url, role, self._settings.connect)
+            await open_with_retry(backend, url, role, self._settings.connect)
         except Unavailable as error:
             await backend.close()
             if not fallback:

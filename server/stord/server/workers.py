@@ -103,7 +103,7 @@ def _check_port_free(listen: str) -> str:
 
 def _migrate(settings: Settings) -> None:
     """Bring the database schema up to date once, before any worker opens it."""
-    from stord.server.app import _open_with_retry
+    from stord.server.app import open_with_retry
     from stord.server.backends import create_backend
     from stord.server.ports import Unavailable
 
@@ -112,7 +112,7 @@ def _migrate(settings: Settings) -> None:
     async def run() -> None:
         backend = create_backend(url, settings)
         try:
-            await _open_with_retry(backend, url, "database", settings.connect)  # opening migrates
+            await open_with_retry(backend, url, "database", settings.connect)  # opening migrates
         finally:
             await backend.close()
 
