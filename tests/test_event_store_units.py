@@ -10,6 +10,7 @@ import struct
 from collections.abc import AsyncIterator
 
 import pytest
+import structlog.testing
 
 from stord.server.backends.memory import MemoryBackend
 from stord.server.backends.memory._events import MemoryEventStore
@@ -250,6 +251,28 @@ def test_the_feed_is_watched_only_while_someone_follows_and_a_little_after() -> 
                 assert store.watching == 1
             await asyncio.wait_for(store.unwatched.wait(), 10)
             assert store.watching == 0
+        await hub.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_commit_noted_after_the_last_subscriber_left_is_ignored() -> None:
+    """SQLite's watch says only "the file changed" (namespace None); it may do so once nobody follows."""
+
+    async def scenario() -> None:
+        store = WatchedStore(system_clock)
+        hub = EventHub(store, linger=5)
+        async with hub.subscribe("ns", EventFilter()) as subscription:
+            await store.insert_events("ns", _inputs("e1"))
+            await _next_ids(subscription)
+        with structlog.testing.capture_logs() as logs:
+            hub._on_commit(None, 0)  # as the watch reports a change it polled
+            for _ in range(10):
+                await asyncio.sleep(0)
+        assert [entry["event"] for entry in logs] == []
+        async with hub.subscribe("ns", EventFilter()) as subscription:  # the follower still serves
+            await store.insert_events("ns", _inputs("e2"))
+            assert await _next_ids(subscription) == ["e2"]
         await hub.close()
 
     asyncio.run(scenario())

@@ -234,6 +234,8 @@ class EventHub:
             if self._everything_dirty:
                 self._everything_dirty = False
                 self._dirty.update(self._feeds)
+                if not self._dirty:  # the last subscriber left before the commit was noted
+                    break
             namespace = self._dirty.pop()
             try:
                 await self._read(namespace)
