@@ -50,6 +50,9 @@ EVENTS_PER_SESSION = 1_000
 NOISE_MIB = 4.0
 """Growth over the last half of a run that counts as noise (allocator arenas, a burst of buffers)."""
 
+MIN_DURATION = 180.0
+"""Shortest run whose halves say something: SQLite's page caches (64 MB a connection) warm up for ~90 s."""
+
 _MIB = 1024 * 1024
 
 
@@ -286,7 +289,12 @@ def _summary(samples: Sequence[Sample], verdict: Verdict, alive: bool) -> list[s
 
 def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--duration", type=float, default=300.0, help="seconds of load (default 300)")
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=300.0,
+        help=f"seconds of load (default 300, at least {MIN_DURATION:g})",
+    )
     parser.add_argument("--interval", type=float, default=10.0, help="seconds between lines (default 10)")
     parser.add_argument(
         "--database",
@@ -301,8 +309,13 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--events-per-second", type=float, default=1000.0, help="ingest rate (default 1000)")
     arguments = parser.parse_args(argv)
-    if arguments.duration <= 0 or arguments.interval <= 0 or arguments.events_per_second <= 0:
-        parser.error("--duration, --interval and --events-per-second must be positive")
+    if arguments.interval <= 0 or arguments.events_per_second <= 0:
+        parser.error("--interval and --events-per-second must be positive")
+    if arguments.duration < MIN_DURATION:
+        parser.error(
+            f"--duration must be at least {MIN_DURATION:g} s: the daemon's SQLite page caches fill for the"
+            " first minute or two, and a shorter run would judge that warm-up as a leak"
+        )
     return arguments
 
 
