@@ -88,9 +88,13 @@ def test_events_tail_prints_new_matching_events_as_json_lines(served: Served) ->
     assert tail.returncode == 0
     printed = [json.loads(line) for line in stdout.splitlines()]
     assert [event["id"] for event in printed] == ["e-3", "e-4"]
-    assert printed[0]["payload"] == {"n": 1}
-    assert printed[0]["event_type"] == "EVENT_TYPE_TOOL_ERROR"
+    assert '"payload":{"n":1}' in stdout  # a whole number as sent, not the Struct's double 1.0
+    # Enum names as --type and --severity take them; every field present, numbers as numbers.
+    assert (printed[0]["event_type"], printed[0]["severity"]) == ("tool_error", "error")
+    assert [event["chain_index"] for event in printed] == [1, 2]
+    assert printed[1]["prev_hash"] == printed[0]["hash"]
     assert len(printed[0]["hash"]) == 64
+    assert printed[1]["payload"] == {}
 
 
 def test_jobs_stats_as_a_table_and_as_json(served: Served) -> None:

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
 
+from stord.v1 import events_pb2
+
 if TYPE_CHECKING:
     from stord.client import Client
 
@@ -175,12 +177,40 @@ def _events_tail(arguments: argparse.Namespace) -> int:
             print(f"stord: tailing events of {arguments.address}", file=sys.stderr, flush=True)
             for events in tail:
                 for event in events:
-                    document = MessageToDict(event, preserving_proto_field_name=True)
-                    print(json.dumps(document, separators=(",", ":"), sort_keys=True), flush=True)
+                    print(json.dumps(_event_line(event), separators=(",", ":"), sort_keys=True), flush=True)
                     printed += 1
                     if printed == arguments.count:
                         return EXIT_OK
     return EXIT_OK
+
+
+def _event_line(event: events_pb2.Event) -> dict[str, object]:
+    """An event as one JSON object: every field present, enum names as `--type`/`--severity` take them."""
+    document = MessageToDict(
+        event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
+    )
+    document["event_type"] = _short_name(events_pb2.EventType.Name(event.event_type), "EVENT_TYPE_")
+    document["severity"] = _short_name(events_pb2.Severity.Name(event.severity), "SEVERITY_")
+    document["chain_index"] = event.chain_index  # proto JSON writes int64 as a string
+    document["prev_hash"] = event.prev_hash if event.HasField("prev_hash") else None
+    document["payload"] = _whole_numbers(document.get("payload", {}))
+    document["metadata"] = _whole_numbers(document.get("metadata", {}))
+    return document
+
+
+def _short_name(name: str, prefix: str) -> str:
+    return name.removeprefix(prefix).lower()
+
+
+def _whole_numbers(value: object) -> object:
+    """Write a Struct's whole numbers (doubles on the wire) as integers, as the producer sent them."""
+    if isinstance(value, dict):
+        return {key: _whole_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_whole_numbers(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**53:
+        return int(value)
+    return value
 
 
 def _jobs_stats(arguments: argparse.Namespace) -> int:
