@@ -24,7 +24,7 @@ def configure_logging(*, log_format: str, level: str) -> None:
         processors.append(structlog.processors.JSONRenderer(serializer=orjson.dumps))
         logger_factory: structlog.typing.WrappedLogger = structlog.BytesLoggerFactory(sys.stdout.buffer)
     else:
-        processors.append(structlog.dev.ConsoleRenderer())
+        processors.append(structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()))
         logger_factory = structlog.PrintLoggerFactory(sys.stdout)
     structlog.configure(
         processors=processors,
