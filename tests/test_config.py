@@ -54,6 +54,39 @@ def test_invalid_settings_are_named(environ: dict[str, str], message: str) -> No
         load_settings(environ=environ)
 
 
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"STORD_LISTEN": "127.0.0.1:99999"},
+            "listen: port 99999 is out of range: must be 1-65535 (or 0, any free port)",
+        ),
+        (
+            {"STORD_DATABASE_URL": "mysql://x"},
+            "database: unsupported URL scheme in 'mysql://x'; use sqlite:///path/to/stord.db,"
+            " postgresql://... (or postgres://...), redis://..., rediss://... (TLS) or"
+            " unix:///path/to/redis.sock, or memory://",
+        ),
+        (
+            {"STORD_CACHE_URL": "http://x"},
+            "cache: unsupported URL scheme in 'http://x'; use memory://, redis://..., rediss://... (TLS) or"
+            " unix:///path/to/redis.sock, or a database URL: sqlite:///path/to/stord.db, postgresql://..."
+            " (or postgres://...)",
+        ),
+        (
+            {"STORD_WORKERS": "2", "STORD_DATABASE_URL": "sqlite:///s.db"},
+            "workers=2 needs a cache all the processes share",  # the settings as a whole: no prefix
+        ),
+    ],
+    ids=["port-range", "database-schemes", "cache-schemes", "whole-settings"],
+)
+def test_messages_say_what_is_wrong_in_words(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_settings(environ=environ)
+    assert str(raised.value).startswith(f"invalid settings: {message}")
+    assert "Value error" not in str(raised.value)
+
+
 def test_unknown_yaml_setting_is_an_error(tmp_path: Path) -> None:
     config = tmp_path / "stord.yaml"
     config.write_text("listne: 127.0.0.1:1\n")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -183,15 +185,37 @@ def test_unreachable_database_stops_startup(tmp_path: Path) -> None:
     assert "hunter2" not in result.stdout + result.stderr
 
 
-def test_a_taken_port_stops_startup(served: Served, tmp_path: Path) -> None:
+def _failed_startup(data_dir: Path, *arguments: str) -> str:
+    """Run a `stord serve` that cannot start; return its log line's error, checking it opened nothing."""
     result = subprocess.run(
-        [STORD, "serve", "--listen", served.address, "--database", "memory://"],
-        capture_output=True,
-        text=True,
-        timeout=60,
+        [STORD, "serve", "--data-dir", str(data_dir), *arguments], capture_output=True, text=True, timeout=60
     )
-    assert result.returncode == 1
-    assert "cannot listen" in result.stdout
+    assert (result.returncode, result.stderr) == (1, "")  # no log of gRPC's own on stderr either
+    (line,) = result.stdout.splitlines()  # no `stopped`: it never started
+    failed = json.loads(line)
+    assert failed["event"] == "startup_failed"
+    assert not data_dir.exists()  # no database created, no migration run
+    return str(failed["error"])
+
+
+def test_a_taken_port_stops_startup_before_anything_is_opened(data_dir: Path, tmp_path: Path) -> None:
+    socket_path = tmp_path / "theirs.sock"
+    with socket.socket() as theirs, socket.socket(socket.AF_UNIX) as their_unix_socket:
+        theirs.bind(("127.0.0.1", 0))
+        theirs.listen()
+        their_unix_socket.bind(str(socket_path))
+        address = f"127.0.0.1:{theirs.getsockname()[1]}"
+        error = _failed_startup(data_dir, "--listen", address, "--unix-socket", str(socket_path))
+        assert error == f"cannot listen on {address}: Address already in use"
+        assert socket_path.exists()  # the Unix socket of whoever listens there is left alone
+
+
+def test_a_refused_address_or_a_missing_tls_file_stops_startup_quietly(data_dir: Path) -> None:
+    public = f"0.0.0.0:{free_port()}"
+    assert _failed_startup(data_dir, "--listen", public).startswith(f"refusing to serve {public} without")
+    missing = data_dir.parent / "missing.pem"
+    tls = ["--listen", f"127.0.0.1:{free_port()}", "--tls-cert", str(missing), "--tls-key", str(missing)]
+    assert _failed_startup(data_dir, *tls) == f"cannot read TLS file {missing}: No such file or directory"
 
 
 def test_bad_settings_exit_2_with_the_reason() -> None:

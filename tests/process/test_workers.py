@@ -159,7 +159,10 @@ def test_a_worker_that_dies_stops_the_others_and_the_supervisor_fails(sqlite_wor
     assert sqlite_workers.process.wait(60) == 1
     assert not any(_alive(pid) for pid in others)
     died = [event for event in sqlite_workers.events() if event["event"] == "worker_died"]
-    assert [(event["pid"], event["exitcode"]) for event in died] == [(first, -signal.SIGKILL)]
+    # `worker` is the index, as in the workers' own lines; pids() lists the workers in index order.
+    assert [(event["worker"], event["pid"], event["exitcode"]) for event in died] == [
+        (0, first, -signal.SIGKILL)
+    ]
 
 
 def test_workers_stop_when_their_supervisor_is_killed(sqlite_workers: Workers) -> None:

@@ -127,7 +127,10 @@ class JobQueueServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Dequeue(self, request, context):
-        """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive.
+        """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive. Once the
+        daemon begins shutting down (SIGTERM), a waiting call answers at once, as if its wait had run out
+        (usually with no jobs), and a call arriving then does not wait: call again, to reach another daemon
+        or this one restarted (meanwhile calls end UNAVAILABLE).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

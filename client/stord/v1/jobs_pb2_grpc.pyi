@@ -56,7 +56,11 @@ class JobQueueServiceStub:
     Enqueue: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueRequest, _jobs_pb2.EnqueueResponse]
     """Enqueue adds jobs, all or nothing, and returns their ids."""
     Dequeue: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DequeueRequest, _jobs_pb2.DequeueResponse]
-    """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive."""
+    """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive. Once the
+    daemon begins shutting down (SIGTERM), a waiting call answers at once, as if its wait had run out
+    (usually with no jobs), and a call arriving then does not wait: call again, to reach another daemon
+    or this one restarted (meanwhile calls end UNAVAILABLE).
+    """
     Acknowledge: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.AcknowledgeRequest, _jobs_pb2.AcknowledgeResponse]
     """Acknowledge completes jobs whose leases the caller holds, all or nothing."""
     Fail: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.FailRequest, _jobs_pb2.FailResponse]
@@ -98,7 +102,11 @@ class JobQueueServiceAsyncStub(JobQueueServiceStub):
     Enqueue: _aio.UnaryUnaryMultiCallable[_jobs_pb2.EnqueueRequest, _jobs_pb2.EnqueueResponse]  # type: ignore[assignment]
     """Enqueue adds jobs, all or nothing, and returns their ids."""
     Dequeue: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DequeueRequest, _jobs_pb2.DequeueResponse]  # type: ignore[assignment]
-    """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive."""
+    """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive. Once the
+    daemon begins shutting down (SIGTERM), a waiting call answers at once, as if its wait had run out
+    (usually with no jobs), and a call arriving then does not wait: call again, to reach another daemon
+    or this one restarted (meanwhile calls end UNAVAILABLE).
+    """
     Acknowledge: _aio.UnaryUnaryMultiCallable[_jobs_pb2.AcknowledgeRequest, _jobs_pb2.AcknowledgeResponse]  # type: ignore[assignment]
     """Acknowledge completes jobs whose leases the caller holds, all or nothing."""
     Fail: _aio.UnaryUnaryMultiCallable[_jobs_pb2.FailRequest, _jobs_pb2.FailResponse]  # type: ignore[assignment]
@@ -149,7 +157,11 @@ class JobQueueServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.DequeueRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.DequeueResponse, _abc.Awaitable[_jobs_pb2.DequeueResponse]]:
-        """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive."""
+        """Dequeue leases up to `max_jobs` due jobs of one queue, optionally waiting for one to arrive. Once the
+        daemon begins shutting down (SIGTERM), a waiting call answers at once, as if its wait had run out
+        (usually with no jobs), and a call arriving then does not wait: call again, to reach another daemon
+        or this one restarted (meanwhile calls end UNAVAILABLE).
+        """
 
     @_abc_1.abstractmethod
     def Acknowledge(

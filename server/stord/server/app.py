@@ -8,6 +8,7 @@ import signal
 import time
 from collections.abc import Callable
 from importlib.metadata import version as distribution_version
+from types import FrameType
 from typing import Protocol, runtime_checkable
 
 import grpc
@@ -22,6 +23,7 @@ from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
 from stord.server.interceptors import CallInterceptor
+from stord.server.listen import ListenError, check_port_free
 from stord.server.metrics import Metrics, MetricsServer
 from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
 from stord.server.services.admin import AdminServicer, BackendStatus
@@ -40,6 +42,34 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 _MIN_CHECK_TIMEOUT = 1.0
 """Seconds a health check may take, however short the interval: a busy machine is not a sick backend."""
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _on_stop_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
+    """Have each SIGTERM and SIGINT call `request_stop` on the loop.
+
+    Not through `loop.add_signal_handler`: taking those handlers away restores the default actions (SIGINT's
+    raises KeyboardInterrupt for a signal still pending), and a signal arriving then kills the process. The
+    loop's SIGHUP handler sets the wakeup fd that wakes the loop for these signals too.
+    """
+
+    def handle(signum: int, frame: FrameType | None) -> None:
+        loop.call_soon_threadsafe(request_stop)  # Python runs this on the loop's thread, between two steps
+
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, handle)
+
+
+def _ignore_signals_until_exit(loop: asyncio.AbstractEventLoop) -> None:
+    """Ignore SIGTERM, SIGINT and SIGHUP from now on: the daemon has stopped and the process is about to exit.
+
+    SIG_IGN rather than a Python handler, which the interpreter resets to the default action as it finalizes.
+    """
+    for signum in _STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)  # one step from handled to ignored, never the default between
+    loop.remove_signal_handler(signal.SIGHUP)  # this one does restore the default action, for an instant
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def stord_version() -> str:
@@ -111,6 +141,11 @@ class Daemon:
         settings = self._settings
         self.keys = self._load_keys()
         credentials = self._server_credentials()
+        if not self._reuse_port:  # workers share the port their supervisor checked
+            try:
+                check_port_free(settings.listen)  # before the backends create files or migrate anything
+            except ListenError as error:
+                raise StartupError(str(error)) from None
         database_url = settings.database_url
         database = await self._open_role(
             "database", database_url, fallback=settings.connect.database_fallback
@@ -262,7 +297,10 @@ class Daemon:
         return sorted(statuses, key=lambda status: status.role != "database")
 
     async def stop(self, grace: float | None = None) -> None:
-        """Mark every service NOT_SERVING, let in-flight RPCs finish for `grace` seconds, close backends."""
+        """Mark every service NOT_SERVING, let in-flight RPCs finish for `grace` seconds, close backends.
+
+        Also after a failed `start`, to close what it opened: only a daemon that served logs `stopped`.
+        """
         grace = self._settings.grace_period if grace is None else grace
         await self._health.enter_graceful_shutdown()
         if self._metrics_server is not None:
@@ -278,27 +316,56 @@ class Daemon:
             await self._server.stop(grace)
         for backend in reversed(self._backends):
             await backend.close()
+        if self._server is None:
+            return  # never served: the Unix socket file, if any, is not ours to remove
         if self._settings.unix_socket is not None:
             self._settings.unix_socket.unlink(missing_ok=True)
         _log.info("stopped")
 
     async def serve_until_signalled(self, ready: Callable[[], None] | None = None) -> None:
-        """Serve until SIGTERM or SIGINT, then stop gracefully; call `ready` once serving."""
+        """Serve until SIGTERM or SIGINT, then stop gracefully (at once on a second); call `ready` if serving.
+
+        The signals stay handled until the process exits: one arriving late, as the process winds down, must
+        not kill it with the default action (exit 143) after a clean stop.
+        """
         stop_requested = asyncio.Event()
+        stop_now = asyncio.Event()
+
+        def request_stop() -> None:
+            if stop_requested.is_set():
+                stop_now.set()
+            stop_requested.set()
+
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop_requested.set)
+        _on_stop_signals(loop, request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_keys)
         try:
-            await self.start()
-        except BaseException:
-            await self.stop(0)
-            raise
-        if ready is not None:
-            ready()
-        await stop_requested.wait()
-        _log.info("stop_requested")
-        await self.stop()
+            try:
+                await self.start()
+            except BaseException:
+                await self.stop(0)
+                raise
+            if ready is not None:
+                ready()
+            await stop_requested.wait()
+            _log.info("stop_requested")
+            await self._stop_unless_hurried(stop_now)
+        finally:
+            _ignore_signals_until_exit(loop)
+
+    async def _stop_unless_hurried(self, stop_now: asyncio.Event) -> None:
+        """Stop gracefully; once `stop_now` is set, end the calls still in flight at once."""
+        stopping = asyncio.create_task(self.stop())
+        hurried = asyncio.create_task(stop_now.wait())
+        try:
+            await asyncio.wait([stopping, hurried], return_when=asyncio.FIRST_COMPLETED)
+            if not stopping.done():
+                _log.warning("stop_now", reason="a second signal")
+                if self._server is not None:
+                    await self._server.stop(0)  # cancels the calls the graceful stop is waiting for
+            await stopping
+        finally:
+            hurried.cancel()
 
     def _bind(self, server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
         try:

@@ -16,7 +16,15 @@ from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "ConfigError",
@@ -200,11 +208,10 @@ class Settings(BaseModel):
 
     @field_validator("database", "cache")
     @classmethod
-    def _check_url(cls, value: str) -> str:
+    def _check_url(cls, value: str, info: ValidationInfo) -> str:
         if value and urlsplit(value).scheme not in _SCHEMES:
-            raise ValueError(
-                f"unsupported URL scheme in {redact_url(value)!r}; use one of {sorted(_SCHEMES)}"
-            )
+            forms = _URL_FORMS[str(info.field_name)]  # the name of the setting being checked
+            raise ValueError(f"unsupported URL scheme in {redact_url(value)!r}; use {forms}")
         return value
 
     @property
@@ -216,12 +223,21 @@ class Settings(BaseModel):
 def _split_address(value: str, *, example_port: int) -> tuple[str, int]:
     """Return the host and port of `HOST:PORT`; raise ValueError naming the expected form."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+    if not sep or not host or not port.isdigit():
         raise ValueError(f"must be HOST:PORT, for example 127.0.0.1:{example_port} or [::1]:{example_port}")
+    if int(port) > 65535:
+        raise ValueError(f"port {port} is out of range: must be 1-65535 (or 0, any free port)")
     return host.strip("[]"), int(port)
 
 
 _SCHEMES = {"memory", "sqlite", "postgresql", "postgres", "redis", "rediss", "unix"}
+_REDIS_FORMS = "redis://..., rediss://... (TLS) or unix:///path/to/redis.sock"
+_DATABASE_FORMS = "sqlite:///path/to/stord.db, postgresql://... (or postgres://...)"
+_URL_FORMS = {
+    "database": f"{_DATABASE_FORMS}, {_REDIS_FORMS}, or memory://",
+    "cache": f"memory://, {_REDIS_FORMS}, or a database URL: {_DATABASE_FORMS}",
+}
+"""What each URL setting accepts: unix:// is Redis over its Unix socket, not a database of its own."""
 
 
 def redact_url(url: str) -> str:
@@ -282,8 +298,13 @@ def load_settings(
     try:
         return Settings.model_validate(layers)
     except ValidationError as error:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in issue['loc']) or 'settings'}: {issue['msg']}"
-            for issue in error.errors()
-        )
+        problems = "; ".join(_problem(issue["loc"], issue["msg"]) for issue in error.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def _problem(location: tuple[int | str, ...], message: str) -> str:
+    """Return one validation error as `setting: what is wrong`; a problem of the whole, just what is wrong."""
+    message = message.removeprefix("Value error, ")  # pydantic's wording for a ValueError of our validators
+    if not location:
+        return message
+    return f"{'.'.join(str(part) for part in location)}: {message}"

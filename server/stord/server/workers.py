@@ -26,7 +26,6 @@ import contextlib
 import multiprocessing
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -38,6 +37,7 @@ from types import FrameType
 import structlog
 
 from stord.server.config import Settings, redact_url
+from stord.server.listen import ListenError, check_port_free, join_address
 from stord.server.logs import configure_logging
 
 __all__ = ["serve_workers"]
@@ -64,41 +64,12 @@ class _StartupFailed(Exception):
 def serve_workers(settings: Settings) -> int:
     """Run `settings.workers` worker processes until SIGTERM or SIGINT; return the exit status."""
     try:
-        listen = _check_port_free(settings.listen)
+        listen = check_port_free(settings.listen)
         _migrate(settings)
-    except _StartupFailed as error:
+    except (ListenError, _StartupFailed) as error:
         _log.error("startup_failed", error=str(error))
         return EXIT_FAILURE
     return _Supervisor(settings, listen).run()
-
-
-def _split(address: str) -> tuple[str, int]:
-    host, _, port = address.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
-def _join(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _check_port_free(listen: str) -> str:
-    """Return `listen` with its port fixed (port 0 picks one now); raise when something listens there.
-
-    The probe binds without SO_REUSEPORT, so it fails against any listener, one that shares its port
-    included; SO_REUSEADDR lets it ignore connections of an earlier run lingering in TIME_WAIT.
-    """
-    host, port = _split(listen)
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-        with socket.socket(family, kind, protocol) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            probe.bind(address)
-            port = probe.getsockname()[1]
-    except OSError as error:
-        raise _StartupFailed(f"cannot listen on {listen}: {error.strerror or error}") from None
-    return _join(host, port)
 
 
 def _migrate(settings: Settings) -> None:
@@ -128,7 +99,7 @@ def _worker_settings(settings: Settings, listen: str, index: int) -> Settings:
     update: dict[str, object] = {"listen": listen, "connect": connect}
     metrics = settings.metrics_address
     if metrics is not None and metrics[1] != 0:
-        update["metrics_listen"] = _join(metrics[0], metrics[1] + index)
+        update["metrics_listen"] = join_address(metrics[0], metrics[1] + index)
     return settings.model_copy(update=update)
 
 
@@ -213,10 +184,10 @@ class _Supervisor:
                 if ready.is_set():
                     del waiting[worker]
                 elif worker.exitcode is not None:
-                    _log.error("worker_failed_to_start", worker=worker.name, exitcode=worker.exitcode)
+                    _log.error("worker_failed_to_start", worker=self._index(worker), exitcode=worker.exitcode)
                     return False
             if time.monotonic() > deadline:
-                _log.error("workers_did_not_start", workers=[worker.name for worker in waiting])
+                _log.error("workers_did_not_start", workers=[self._index(worker) for worker in waiting])
                 return False
             wait([worker.sentinel for worker in waiting], timeout=0.05)  # readiness is polled, deaths wake
         if self._told_to_stop:
@@ -240,15 +211,21 @@ class _Supervisor:
             if self._told_to_stop:
                 continue
             for worker in exited:
-                _log.error("worker_died", worker=worker.name, pid=worker.pid, exitcode=worker.exitcode)
+                _log.error(
+                    "worker_died", worker=self._index(worker), pid=worker.pid, exitcode=worker.exitcode
+                )
             self._stop_all()
             return EXIT_FAILURE
-        failed = [worker.name for worker in self._workers if worker.exitcode not in _STOPPED]
+        failed = [self._index(worker) for worker in self._workers if worker.exitcode not in _STOPPED]
         if failed:
             _log.error("workers_failed", workers=failed)
             return EXIT_FAILURE
         _log.info("stopped_workers", workers=len(self._workers))
         return EXIT_OK
+
+    def _index(self, worker: SpawnProcess) -> int:
+        """Return the worker's index, as its own log lines give it (`worker`)."""
+        return self._workers.index(worker)
 
     def _stop_all(self) -> None:
         """SIGTERM every worker still running, let them drain, kill the ones that linger."""

@@ -138,6 +138,9 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         self._store = store
         self._saw_queue = saw_queue
         """Told the namespace and queue of every enqueue and dequeue (the metrics' queue depth)."""
+        self._waiting: set[asyncio.Event] = set()
+        """The wake-up events of the Dequeue calls waiting now, set by `drain`."""
+        self._draining = False
 
     async def Enqueue(self, request: pb.EnqueueRequest, context: Context) -> pb.EnqueueResponse:
         jobs = [new_job(job, f"jobs[{index}]") for index, job in enumerate(check.batch(request.jobs, "jobs"))]
@@ -170,19 +173,34 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
 
     async def _dequeue(self, namespace: str, queue: str, limit: int, lease: float, wait: float) -> list[Job]:
         """Lease due jobs; when there are none, wait up to `wait` seconds for the queue's watchers to wake."""
-        if wait <= 0:
+        if wait <= 0 or self._draining:
             return await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         with self._store.watch(namespace, queue) as arrived:
-            while True:
-                arrived.clear()  # before looking, so an enqueue during the look is not missed
-                jobs = await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
-                remaining = deadline - loop.time()
-                if jobs or remaining <= 0:
-                    return jobs
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(arrived.wait(), min(remaining, RECHECK_INTERVAL))
+            self._waiting.add(arrived)
+            try:
+                while True:
+                    arrived.clear()  # before looking, so an enqueue during the look is not missed
+                    jobs = await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
+                    remaining = deadline - loop.time()
+                    if jobs or remaining <= 0 or self._draining:
+                        return jobs
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(arrived.wait(), min(remaining, RECHECK_INTERVAL))
+            finally:
+                self._waiting.discard(arrived)
+
+    async def drain(self) -> None:
+        """End every waiting Dequeue now, as if its wait had run out, and wait in no later one.
+
+        The daemon is shutting down: a long poll would hold up its exit for the whole grace period. Each
+        waiter looks for jobs once more and answers with what it found, usually nothing; its worker asks
+        again and reaches another daemon, or is told UNAVAILABLE.
+        """
+        self._draining = True
+        for arrived in self._waiting:
+            arrived.set()  # a spurious wake-up for the queue's watch: its waiter looks, then sees the drain
 
     async def Acknowledge(self, request: pb.AcknowledgeRequest, context: Context) -> pb.AcknowledgeResponse:
         await self._store.acknowledge(calls.namespace(), _leases(request.leases, "leases"))
