@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import itertools
 import signal
 import threading
@@ -76,6 +77,21 @@ def _unread_bytes(port: int) -> list[int]:
             if state == "01" and int(local.rpartition(":")[2], 16) == port:
                 unread.append(int(queues.partition(":")[2], 16))
     return unread
+
+
+def _stopped(pid: int) -> bool:
+    """Whether every thread of `pid` has stopped: SIGSTOP takes effect a moment after the kill."""
+    states = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):  # a thread that ended meanwhile
+            states.append((task / "stat").read_text().rpartition(")")[2].split()[0])
+    return bool(states) and all(state in "Tt" for state in states)
+
+
+def _stop(daemon: Served) -> None:
+    """SIGSTOP the daemon and wait until no thread of it can still read a request."""
+    daemon.process.send_signal(signal.SIGSTOP)
+    _eventually(lambda: _stopped(daemon.process.pid), "the daemon has stopped")
 
 
 @pytest.fixture
@@ -159,7 +175,7 @@ def test_a_call_to_a_stopped_daemon_exceeds_its_deadline(served: list[Served]) -
     timeout = 1.0
     with Client(served[-1].address, timeout=timeout) as client:
         client.db.set("k", b"v")
-        served[-1].process.send_signal(signal.SIGSTOP)
+        _stop(served[-1])
         try:
             error, took = _within(timeout + SLACK + 10, lambda: client.db.get("k"))
         finally:
@@ -206,7 +222,7 @@ def test_calls_in_flight_when_the_daemon_dies_are_retried_only_when_idempotent(
     try:
         for client in clients.values():
             client.db.set(key, b"v")  # connected
-        served[-1].process.send_signal(signal.SIGSTOP)
+        _stop(served[-1])
         threads = [threading.Thread(target=run, args=(name,)) for name in calls]
         for thread in threads:
             thread.start()
