@@ -15,7 +15,7 @@ from stord.client._events_async import AsyncEvents
 from stord.client._jobs import AsyncJobs
 from stord.client._manifests import AsyncManifests
 from stord.client._retry import RetryPolicy
-from stord.client.errors import StordError, from_rpc_error
+from stord.client.errors import StordError
 from stord.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["AsyncCache", "AsyncClient", "AsyncDatabase"]
@@ -54,16 +54,12 @@ class _Caller:
 
     def failure(self, error: grpc.RpcError) -> StordError:
         """Return the StordError of a failed call; a wait for a connection that ran out is Unavailable."""
-        if (
-            self.wait_for_ready
-            and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            and not self._connected()
-        ):
-            return _codec.unreachable(self.timeout)
-        return from_rpc_error(error)
-
-    def _connected(self) -> bool:
-        return self._channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY
+        return _codec.call_failure(
+            error,
+            timeout=self.timeout,
+            waited_for_ready=self.wait_for_ready,
+            connected=lambda: self._channel.get_state(try_to_connect=False) is grpc.ChannelConnectivity.READY,
+        )
 
 
 class AsyncCache:

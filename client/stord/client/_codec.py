@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 import json
 import queue
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -13,7 +13,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from stord.client._retry import RetryPolicy, channel_options
-from stord.client.errors import Unavailable
+from stord.client.errors import StordError, Unavailable, from_rpc_error
 from stord.v1 import kv_pb2
 
 _Choice = TypeVar("_Choice")
@@ -73,12 +73,21 @@ def aio_channel(
     return grpc.aio.secure_channel(target, settings.credentials(), options=arguments)
 
 
-def unreachable(timeout: float | None) -> Unavailable:
-    """Return the error of a call that waited for a connection until its deadline: it was never sent."""
-    return Unavailable(
-        f"no connection to the daemon within the deadline ({timeout:g} s): it is down or restarting, or it"
-        " refuses the connection (check the address and the TLS settings)"
-    )
+def call_failure(
+    error: grpc.RpcError, *, timeout: float | None, waited_for_ready: bool, connected: Callable[[], bool]
+) -> StordError:
+    """Return the StordError of a failed call.
+
+    A call that waited for a connection (`wait_for_ready`) until its deadline was never sent: that is
+    Unavailable, not DEADLINE_EXCEEDED, told apart by the channel having no connection now (`connected`,
+    asked only then, since a blocking channel answers it from a thread).
+    """
+    if waited_for_ready and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED and not connected():
+        return Unavailable(
+            f"no connection to the daemon within the deadline ({timeout:g} s): it is down or restarting, or"
+            " it refuses the connection (check the address and the TLS settings)"
+        )
+    return from_rpc_error(error)
 
 
 def is_connected(channel: grpc.Channel) -> bool:

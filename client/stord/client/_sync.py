@@ -15,7 +15,7 @@ from stord.client._events import Events
 from stord.client._jobs import Jobs
 from stord.client._manifests import Manifests
 from stord.client._retry import RetryPolicy
-from stord.client.errors import StordError, from_rpc_error
+from stord.client.errors import StordError
 from stord.v1 import admin_pb2, admin_pb2_grpc, kv_pb2, kv_pb2_grpc
 
 __all__ = ["Cache", "Client", "Database"]
@@ -54,16 +54,12 @@ class _Caller:
 
     def failure(self, error: grpc.RpcError) -> StordError:
         """Return the StordError of a failed call; a wait for a connection that ran out is Unavailable."""
-        if (
-            self.wait_for_ready
-            and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            and not self._connected()
-        ):
-            return _codec.unreachable(self.timeout)
-        return from_rpc_error(error)
-
-    def _connected(self) -> bool:
-        return _codec.is_connected(self._channel)
+        return _codec.call_failure(
+            error,
+            timeout=self.timeout,
+            waited_for_ready=self.wait_for_ready,
+            connected=lambda: _codec.is_connected(self._channel),
+        )
 
 
 class Cache:

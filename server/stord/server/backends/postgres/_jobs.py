@@ -21,7 +21,7 @@ import psycopg
 import structlog
 
 from stord.server.backends._jobs import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
-from stord.server.backends.postgres._migrate import connect_timeout_seconds
+from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions
 from stord.server.ports import Clock, EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats, Unavailable
@@ -301,11 +301,8 @@ class JobNotifications:
     async def _listen(self) -> None:
         while True:
             try:
-                connection = await psycopg.AsyncConnection.connect(
-                    self._url,
-                    autocommit=True,
-                    connect_timeout=connect_timeout_seconds(self._options.connect_timeout),
-                    application_name="stord-listen",
+                connection = await connect_alone(
+                    self._url, connect_timeout=self._options.connect_timeout, application_name="stord-listen"
                 )
                 async with connection:
                     await connection.execute(_LISTEN)

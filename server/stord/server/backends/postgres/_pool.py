@@ -23,14 +23,13 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import psycopg
 import structlog
 from psycopg import AsyncConnection
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from stord.server.backends.postgres._errors import UNREACHABLE, translate_errors
-from stord.server.backends.postgres._migrate import connect_timeout_seconds
+from stord.server.backends.postgres._migrate import connect_alone, connect_timeout_seconds
 from stord.server.config import PostgresOptions, redact_url
 from stord.server.ports import Unavailable
 
@@ -167,11 +166,8 @@ class Pool:
             return
 
     async def _probe(self) -> None:
-        connection = await psycopg.AsyncConnection.connect(
-            self._url,
-            autocommit=True,
-            connect_timeout=connect_timeout_seconds(self._options.connect_timeout),
-            application_name="stord-probe",
+        connection = await connect_alone(
+            self._url, connect_timeout=self._options.connect_timeout, application_name="stord-probe"
         )
         async with connection:
             await connection.execute("SELECT 1")
