@@ -4,59 +4,26 @@ from __future__ import annotations
 
 import collections
 import signal
-import subprocess
-import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from stord.client import Client, EventIngestor, IngestProgress, StordError, make_event
-from tests.harness._system import free_port
+from stord.client import Client, EventIngestor, IngestProgress, make_event
+from tests.harness.served import Served
 
 pytestmark = pytest.mark.process
 
-STORD = str(Path(sys.executable).parent / "stord")
 EVENTS = 20_000
 SESSIONS = 8
 KILL_AFTER = 5_000
 """Acknowledged events after which the daemon is killed: the ingest is well under way, far from done."""
 
 
-class Daemon:
-    """`stord serve` on a fixed address, so that a restarted daemon is where the ingestor reconnects."""
-
-    def __init__(self, address: str, data_dir: Path) -> None:
-        self.log = data_dir.parent / "stord.log"
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                [STORD, "serve", "--listen", address, "--data-dir", str(data_dir)],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"stord exited:\n{self.log.read_text()}")
-            try:
-                with Client(address, timeout=1) as client:
-                    client.get_info()
-                return
-            except StordError:
-                time.sleep(0.1)
-        self.process.kill()
-        raise AssertionError(f"stord did not start:\n{self.log.read_text()}")
-
-    def stop(self, signum: int) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signum)
-        self.process.wait(30)
-
-
 def test_ingest_resumes_after_sigkill_and_stores_every_event_once(tmp_path: Path) -> None:
-    address, data_dir = f"127.0.0.1:{free_port()}", tmp_path / "data"
-    daemons = [Daemon(address, data_dir)]
+    data_dir = tmp_path / "data"
+    daemons = [Served(data_dir)]
+    address = daemons[0].address
     under_way = threading.Event()
 
     def watch(progress: IngestProgress) -> None:
@@ -66,7 +33,7 @@ def test_ingest_resumes_after_sigkill_and_stores_every_event_once(tmp_path: Path
     def kill_and_restart() -> None:
         under_way.wait(60)
         daemons[0].stop(signal.SIGKILL)
-        daemons.append(Daemon(address, data_dir))
+        daemons.append(Served(data_dir, port=daemons[0].port))
 
     chaos = threading.Thread(target=kill_and_restart)
     chaos.start()
