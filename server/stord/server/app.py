@@ -42,6 +42,8 @@ _NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 _MIN_CHECK_TIMEOUT = 1.0
 """Seconds a health check may take, however short the interval: a busy machine is not a sick backend."""
+_BACKGROUND_STOP_TIMEOUT = 5.0
+"""Seconds the periodic tasks get to end once cancelled at shutdown."""
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -307,8 +309,12 @@ class Daemon:
             await asyncio.to_thread(self._metrics_server.close)  # waits for a scrape in progress
         for task in self._background:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self._background:
+            # Bounded: a task that swallows its cancel (a library catching CancelledError) must not hold the
+            # daemon's exit; it ends with the event loop.
+            _, stuck = await asyncio.wait(self._background, timeout=_BACKGROUND_STOP_TIMEOUT)
+            for task in stuck:
+                _log.warning("background_task_did_not_stop", task=task.get_name())
         for servicer in self._draining:
             await servicer.drain()
         if self._server is not None:
@@ -430,8 +436,10 @@ class Daemon:
     async def _refresh_health(self) -> None:
         for backend, statuses in self._statuses.items():
             try:
-                timeout = max(self._settings.health_check_interval, _MIN_CHECK_TIMEOUT)
-                await asyncio.wait_for(backend.check(), timeout=timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancel that arrives as the
+                # check completes, and the daemon's stop then waited for this loop forever.
+                async with asyncio.timeout(max(self._settings.health_check_interval, _MIN_CHECK_TIMEOUT)):
+                    await backend.check()
                 healthy, detail = True, ""
             except (StoreError, TimeoutError) as error:
                 healthy, detail = False, str(error) or "health check timed out"

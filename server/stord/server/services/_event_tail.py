@@ -219,7 +219,8 @@ class EventHub:
                 await self._wake.wait()
                 continue
             try:
-                await asyncio.wait_for(self._wake.wait(), self._linger)
+                async with asyncio.timeout(self._linger):  # wait_for could swallow a cancel (Python 3.11)
+                    await self._wake.wait()
             except TimeoutError:
                 if not self._feeds:
                     self._follower = None  # from here on, a new subscriber starts a follower of its own

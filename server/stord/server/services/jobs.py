@@ -187,7 +187,8 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
                     if jobs or remaining <= 0 or self._draining:
                         return jobs
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(arrived.wait(), min(remaining, RECHECK_INTERVAL))
+                        async with asyncio.timeout(min(remaining, RECHECK_INTERVAL)):
+                            await arrived.wait()
             finally:
                 self._waiting.discard(arrived)
 
