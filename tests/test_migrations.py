@@ -35,6 +35,8 @@ EXPECTED_TABLES = {
     "event_alert_history",
     "event_feed_heads",
     "event_feed",
+    "alert_evaluations",
+    "alert_deliveries",
 }
 
 
@@ -42,7 +44,9 @@ def test_both_dialects_have_the_same_numbered_steps() -> None:
     sqlite_steps = [(step.version, step.name) for step in load_migrations("sqlite")]
     postgres_steps = [(step.version, step.name) for step in load_migrations("postgres")]
     assert sqlite_steps == postgres_steps
-    assert [version for version, _ in sqlite_steps] == list(range(1, len(sqlite_steps) + 1))
+    # Increasing, not consecutive: parallel branches reserve numbers ahead (alerts took 0010).
+    versions = [version for version, _ in sqlite_steps]
+    assert versions == sorted(set(versions))
 
 
 @pytest.mark.parametrize("round_", range(8))

@@ -14,7 +14,16 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from stord.v1 import admin_pb2, agents_pb2, documents_pb2, events_pb2, jobs_pb2, kv_pb2, manifests_pb2
+from stord.v1 import (
+    admin_pb2,
+    agents_pb2,
+    alerts_pb2,
+    documents_pb2,
+    events_pb2,
+    jobs_pb2,
+    kv_pb2,
+    manifests_pb2,
+)
 
 __all__ = ["RETRIED_BY_METHOD", "RetryPolicy", "all_methods", "channel_options"]
 
@@ -102,12 +111,13 @@ RETRIED_BY_METHOD: dict[str, bool] = {
         " StoreHookManifest StoreGType StoreTransformer StoreVersionGraph StoreTimescapeMetadata Clear",
     ),
     **_table("AdminService", "GetInfo"),
+    **_table("AlertService", "ListAlertDeliveries"),
 }
 
 
 def all_methods() -> set[str]:
     """Return the full name of every RPC of every stord.v1 service, from the generated descriptors."""
-    modules = (admin_pb2, agents_pb2, documents_pb2, events_pb2, jobs_pb2, kv_pb2, manifests_pb2)
+    modules = (admin_pb2, agents_pb2, alerts_pb2, documents_pb2, events_pb2, jobs_pb2, kv_pb2, manifests_pb2)
     return {
         f"/{service.full_name}/{method.name}"
         for module in modules

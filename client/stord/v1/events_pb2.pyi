@@ -243,10 +243,12 @@ class _AlertConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AlertC
     ALERT_CONDITION_EVENT_COUNT_EXCEEDS: _AlertCondition.ValueType  # 4
     """ALERT_CONDITION_EVENT_COUNT_EXCEEDS fires when the events in the window exceed the threshold."""
     ALERT_CONDITION_NO_EVENTS_FOR: _AlertCondition.ValueType  # 5
-    """ALERT_CONDITION_NO_EVENTS_FOR fires when no event arrived for the window."""
+    """ALERT_CONDITION_NO_EVENTS_FOR fires when no event arrived for the window; its threshold is unused."""
 
 class AlertCondition(_AlertCondition, metaclass=_AlertConditionEnumTypeWrapper):
-    """AlertCondition is what an alert rule watches (evaluated by the caller)."""
+    """AlertCondition is what an alert rule watches, over the rule's window ending now (evaluated by the daemon
+    every `alert_interval` seconds, see alerts.proto).
+    """
 
 ALERT_CONDITION_UNSPECIFIED: AlertCondition.ValueType  # 0
 """ALERT_CONDITION_UNSPECIFIED is rejected with INVALID_ARGUMENT."""
@@ -259,7 +261,7 @@ ALERT_CONDITION_LATENCY_EXCEEDS: AlertCondition.ValueType  # 3
 ALERT_CONDITION_EVENT_COUNT_EXCEEDS: AlertCondition.ValueType  # 4
 """ALERT_CONDITION_EVENT_COUNT_EXCEEDS fires when the events in the window exceed the threshold."""
 ALERT_CONDITION_NO_EVENTS_FOR: AlertCondition.ValueType  # 5
-"""ALERT_CONDITION_NO_EVENTS_FOR fires when no event arrived for the window."""
+"""ALERT_CONDITION_NO_EVENTS_FOR fires when no event arrived for the window; its threshold is unused."""
 Global___AlertCondition: _TypeAlias = AlertCondition  # noqa: Y015
 
 @_typing.final
@@ -1522,7 +1524,9 @@ class AlertScope(_message.Message):
     """agent_id watches one agent; empty watches every agent."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """tags watch sessions with any of these tags; empty watches every session."""
+        """tags watch sessions with any of these tags; empty watches every session. The daemon does not evaluate
+        rules with tags yet (it logs `alert_rule_not_evaluated` once per rule).
+        """
 
     def __init__(
         self,
@@ -1572,7 +1576,10 @@ class AlertRule(_message.Message):
 
     @_builtins.property
     def notify_channels(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """notify_channels are where alerts go (webhook URLs, addresses), at most 100 of at most 2048 bytes each."""
+        """notify_channels are where alerts go (webhook URLs, addresses), at most 100 of at most 2048 bytes each.
+        The daemon POSTs each alert it raises and resolves to every http:// or https:// entry, signed with the
+        namespace's webhook secret (see alerts.proto); other entries are stored but not sent to. Empty: none.
+        """
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:

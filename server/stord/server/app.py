@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from stord.server.alerts.scheduler import AlertScheduler, PassOutcome, alert_scheduler
 from stord.server.auth import KeyRing, KeysFileError
 from stord.server.backends import create_backend
 from stord.server.backends.memory import MemoryBackend
@@ -137,6 +138,8 @@ class Daemon:
         self._metrics_server: MetricsServer | None = None
         self.metrics_port = 0
         """The bound port of the metrics endpoint, known once started; 0 when it is off."""
+        self.alerts: AlertScheduler | None = None
+        """Evaluates the database's alert rules; None when `alert_interval` is 0 or there are no events."""
 
     async def start(self) -> None:
         """Open the backends and start serving; raise StartupError when that is impossible."""
@@ -209,6 +212,9 @@ class Daemon:
                 retain_events_daily(database, settings.retention_days), name="stord-event-retention"
             ),
         ]
+        self.alerts = alert_scheduler(database, settings, user_agent=f"stord/{stord_version()}")
+        if self.alerts is not None:
+            self._background.append(asyncio.create_task(self.alerts.run_forever(), name="stord-alerts"))
         _log.info(
             "serving",
             listen=settings.listen
@@ -315,6 +321,8 @@ class Daemon:
             _, stuck = await asyncio.wait(self._background, timeout=_BACKGROUND_STOP_TIMEOUT)
             for task in stuck:
                 _log.warning("background_task_did_not_stop", task=task.get_name())
+        if self.alerts is not None:
+            await self.alerts.close()  # before the backends close: cut-short deliveries are saved as failed
         for servicer in self._draining:
             await servicer.drain()
         if self._server is not None:
@@ -422,6 +430,12 @@ class Daemon:
             except Unavailable as error:
                 _log.warning("expiry_sweep_failed", kind=backend.kind, error=str(error))
         return deleted
+
+    async def evaluate_alerts(self) -> PassOutcome:
+        """Evaluate the alert rules now, as the schedule would; return what the pass did."""
+        if self.alerts is None:
+            return PassOutcome()
+        return await self.alerts.run_once()
 
     async def _sweep_expired(self) -> None:
         while True:

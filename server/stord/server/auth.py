@@ -100,6 +100,8 @@ ACCESS_BY_METHOD: dict[str, Access] = {
         " Clear",
     ),
     **_table("AdminService", "", "", admin="GetInfo"),
+    **_table("AlertService", "ListAlertDeliveries", ""),
+    "/opentelemetry.proto.collector.logs.v1.LogsService/Export": Access.WRITE,  # OTLP ingest stores events
 }
 
 

@@ -63,6 +63,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
             "metavar": "N",
             "help": "server processes sharing the TCP port (STORD_WORKERS; default 1)",
         },
+        "alert_interval": {
+            "type": float,
+            "metavar": "SECONDS",
+            "help": "evaluate every alert rule this often (STORD_ALERT_INTERVAL; default 60, 0: never)",
+        },
     }
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (STORD_CONFIG)")
     for name in names:
@@ -90,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
         "tls_client_ca",
         "metrics_listen",
         "workers",
+        "alert_interval",
     )
     add_keys_commands(commands)
     add_ops_commands(commands)

@@ -20,6 +20,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SecretStr,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "AlertOptions",
     "ConfigError",
     "ConnectOptions",
     "PostgresOptions",
@@ -53,6 +55,7 @@ ENVIRONMENT: dict[str, str] = {
     "tls_client_ca": "STORD_TLS_CLIENT_CA",
     "metrics_listen": "STORD_METRICS_LISTEN",
     "workers": "STORD_WORKERS",
+    "alert_interval": "STORD_ALERT_INTERVAL",
 }
 """Setting name -> environment variable; the same names are the YAML keys and (dashed) the flags."""
 
@@ -103,6 +106,19 @@ class ConnectOptions(_Options):
     """An unreachable database is replaced by memory only when asked: it would lose data silently."""
 
 
+class AlertOptions(_Options):
+    """Webhook delivery of alerts (YAML only: secrets stay out of flags and the process list)."""
+
+    webhook_secrets: dict[str, SecretStr] = Field(default_factory=dict)
+    """Namespace -> the secret that signs its webhooks (HMAC-SHA256); `*` for every other namespace.
+    Printed as `**********` wherever settings are shown."""
+    delivery_deadline: float = Field(default=300.0, gt=0)
+    """Seconds a notice is retried for before its delivery is marked failed."""
+    initial_backoff: float = Field(default=1.0, gt=0)
+    max_backoff: float = Field(default=60.0, gt=0)
+    request_timeout: float = Field(default=10.0, gt=0)
+
+
 class Settings(BaseModel):
     """Everything `stord serve` needs, validated."""
 
@@ -139,6 +155,9 @@ class Settings(BaseModel):
     """HOST:PORT of the Prometheus endpoint (plain HTTP); None serves no metrics."""
     workers: int = Field(default=1, ge=1, le=64)
     """Server processes sharing the TCP port (SO_REUSEPORT); more than 1 needs shared backends."""
+    alert_interval: float = Field(default=60.0, ge=0)
+    """Seconds between evaluations of each alert rule, across the daemons sharing a database; 0 = never."""
+    alerts: AlertOptions = AlertOptions()
 
     @model_validator(mode="after")
     def _check_tls(self) -> Settings:

@@ -42,6 +42,9 @@ from stord.server.ports import (
 __all__ = ["CallInterceptor", "status_for"]
 
 AUTHORIZATION_METADATA = "authorization"
+_INTERCEPTED = ("/stord.", "/opentelemetry.proto.collector.")
+"""Methods that run in a namespace, behind auth and in the access log: stord's and OTLP ingest. Health checks
+and reflection are left alone."""
 
 _log = structlog.get_logger("stord.rpc")
 
@@ -108,7 +111,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         if wrapped is not None:
             return wrapped
         handler = await continuation(handler_call_details)
-        if handler is None or not method.startswith("/stord."):
+        if handler is None or not method.startswith(_INTERCEPTED):
             return handler  # health checks and reflection: no namespace, no access log
         behaviour: Any  # see _AsyncUnary
         wrap: Callable[[str, Any, bool, RpcMeter | None], Any]

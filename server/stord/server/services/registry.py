@@ -12,8 +12,12 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 
+from stord.server.alerts.port import alert_state_store
+from stord.server.alerts.service import AlertServicer
 from stord.server.metrics import Metrics
+from stord.server.otlp.service import LOGS_SERVICE, OtlpLogsServicer
 from stord.server.ports import Backend, Keyspace
 from stord.server.services.agents import agent_store_servicer
 from stord.server.services.documents import DocumentServicer
@@ -24,6 +28,8 @@ from stord.server.services.manifests import manifest_store_servicer
 from stord.v1 import (
     agents_pb2,
     agents_pb2_grpc,
+    alerts_pb2,
+    alerts_pb2_grpc,
     documents_pb2,
     documents_pb2_grpc,
     events_pb2,
@@ -105,6 +111,20 @@ CONTRACTS: tuple[Contract, ...] = (
         "database",
         manifest_store_servicer,
         manifests_pb2_grpc.add_ManifestStoreServiceServicer_to_server,
+    ),
+    Contract(
+        _service_name(alerts_pb2.DESCRIPTOR, "AlertService"),
+        "database",
+        lambda backend, cache, metrics: AlertServicer(alert_state_store(backend)),
+        alerts_pb2_grpc.add_AlertServiceServicer_to_server,
+    ),
+    Contract(
+        LOGS_SERVICE,  # OTLP ingest, on the same port and behind the same interceptors
+        "database",
+        lambda backend, cache, metrics: OtlpLogsServicer(
+            backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
+        ),
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server,
     ),
 )
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+from stord.server.alerts.port import AlertStateStore
 from stord.server.backends._jobs import QueueWakeups
 from stord.server.backends.memory._agents import MemoryAgentStore
+from stord.server.backends.memory._alerts import MemoryAlertStateStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
 from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.memory._jobs import MemoryJobQueueStore
@@ -29,6 +31,7 @@ class MemoryBackend:
         self._key_value = {keyspace: MemoryKeyValueStore(clock) for keyspace in Keyspace}
         self._agents = MemoryAgentStore(clock)
         self._events = MemoryEventStore(clock)
+        self._alerts = MemoryAlertStateStore(self._events)
         self._manifests = MemoryManifestStore(clock)
         wakeups = QueueWakeups()
         self._jobs = MemoryJobQueueStore(clock, wakeups)
@@ -58,6 +61,9 @@ class MemoryBackend:
 
     def events(self) -> EventStore:
         return self._events
+
+    def alerts(self) -> AlertStateStore:
+        return self._alerts
 
     def manifests(self) -> ManifestStore:
         return self._manifests

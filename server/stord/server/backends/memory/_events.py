@@ -142,6 +142,14 @@ class MemoryEventStore:
     def _view(self, namespace: str) -> _Space:
         return self._namespaces.get(namespace) or _EMPTY
 
+    def spaces(self) -> list[tuple[str, _Space]]:
+        """Return every namespace's data, for the alert state store beside this one."""
+        return list(self._namespaces.items())
+
+    def history(self, namespace: str) -> dict[str, AlertHistoryEntry]:
+        """Return a namespace's alert history by id, for the alert state store to resolve entries."""
+        return self._view(namespace).history
+
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
         space = self._space(namespace)
         fresh = [event for event in events if event.id not in space.records]

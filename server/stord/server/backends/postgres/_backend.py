@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from stord.server.alerts.port import AlertStateStore
 from stord.server.backends._jobs import QueueWakeups
 from stord.server.backends.postgres._agents import PostgresAgentStore
+from stord.server.backends.postgres._alerts import PostgresAlertStateStore
 from stord.server.backends.postgres._documents import PostgresDocumentStore
 from stord.server.backends.postgres._events import PostgresEventStore
 from stord.server.backends.postgres._jobs import JobNotifications, PostgresJobQueueStore
@@ -57,6 +59,7 @@ class PostgresBackend:
         }
         self._agents = PostgresAgentStore(self._pool, clock)
         self._events = PostgresEventStore(self._pool, clock, url=url, options=options)
+        self._alerts = PostgresAlertStateStore(self._pool)
         self._manifests = PostgresManifestStore(self._pool, clock)
         wakeups = QueueWakeups()
         self._job_notifications = JobNotifications(url, options, wakeups)
@@ -94,6 +97,9 @@ class PostgresBackend:
 
     def events(self) -> EventStore:
         return self._events
+
+    def alerts(self) -> AlertStateStore:
+        return self._alerts
 
     def agents(self) -> AgentStore:
         return self._agents

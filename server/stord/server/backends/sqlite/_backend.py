@@ -2,8 +2,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from stord.server.alerts.port import AlertStateStore
 from stord.server.backends._jobs import QueueWakeups
 from stord.server.backends.sqlite._agents import SqliteAgentStore
+from stord.server.backends.sqlite._alerts import SqliteAlertStateStore
 from stord.server.backends.sqlite._documents import SqliteDocumentStore
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._events import SqliteEventStore
@@ -37,6 +39,7 @@ class SqliteBackend:
         }
         self._agents = SqliteAgentStore(self._engine, clock)
         self._events = SqliteEventStore(self._engine, clock)
+        self._alerts = SqliteAlertStateStore(self._engine)
         self._manifests = SqliteManifestStore(self._engine, clock)
         wakeups = QueueWakeups()
         self._documents = SqliteDocumentStore(self._engine, clock, wakeups)
@@ -70,6 +73,9 @@ class SqliteBackend:
 
     def events(self) -> EventStore:
         return self._events
+
+    def alerts(self) -> AlertStateStore:
+        return self._alerts
 
     def agents(self) -> AgentStore:
         return self._agents
