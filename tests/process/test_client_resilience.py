@@ -120,10 +120,12 @@ def _restart(daemons: list[Served], data_dir: Path) -> None:
 
 def test_every_rpc_is_classified_as_retried_or_not() -> None:
     pool = descriptor_pool.Default()
-    services = [contract.service for contract in CONTRACTS] + [ADMIN_SERVICE]
+    # The client calls stord's services; OTLP ingest is called by OpenTelemetry exporters, which retry on
+    # their own.
+    services = [contract.service for contract in CONTRACTS if contract.service.startswith("stord.")]
     methods = {
         f"/{service}/{method.name}"
-        for service in services
+        for service in [*services, ADMIN_SERVICE]
         for method in pool.FindServiceByName(service).methods
     }
     assert set(RETRIED_BY_METHOD) == methods
