@@ -94,7 +94,14 @@ class Tenant:
     client: Client
     agent: str = field(default_factory=lambda: f"agent-{uuid.uuid4().hex[:8]}")
 
-    def rule(self, condition: int, threshold: float, *, channels: tuple[str, ...] = ()) -> pb.AlertRule:
+    def rule(
+        self,
+        condition: int,
+        threshold: float,
+        *,
+        channels: tuple[str, ...] = (),
+        tags: tuple[str, ...] = (),
+    ) -> pb.AlertRule:
         return self.client.events.create_alert_rule(
             pb.AlertRule(
                 name=f"rule {condition}",
@@ -102,14 +109,16 @@ class Tenant:
                 condition=condition,  # type: ignore[arg-type]
                 threshold=threshold,
                 window_minutes=10,
-                scope=pb.AlertScope(agent_id=self.agent),
+                scope=pb.AlertScope(agent_id=self.agent, tags=tags),
                 notify_channels=channels,
             )
         )
 
-    def send(self, kind: str, count: int = 1, *, severity: str = "info", **payload: Any) -> None:
+    def send(
+        self, kind: str, count: int = 1, *, severity: str = "info", session: str = "s1", **payload: Any
+    ) -> None:
         events = [
-            make_event("s1", self.agent, kind, severity=severity, payload=payload) for _ in range(count)
+            make_event(session, self.agent, kind, severity=severity, payload=payload) for _ in range(count)
         ]
         self.client.events.insert(events)
 
@@ -204,6 +213,24 @@ def test_no_events_for_triggers_on_silence_and_resolves_on_an_event(tenant: Tena
     daemon.next_interval()
     assert _mine(daemon.evaluate(), tenant) == ["resolved"]
     assert tenant.history(rule.id)[0].HasField("resolved_time")
+
+
+def test_a_rule_scoped_by_tags_counts_only_the_events_of_sessions_with_one_of_them(tenant: Tenant) -> None:
+    rule = tenant.rule(pb.ALERT_CONDITION_EVENT_COUNT_EXCEEDS, 3, tags=("checkout", "refund"))
+    daemon = tenant.daemon
+    tenant.send("session_started", session="plain", tags=["search"])
+    tenant.send("custom", 10, session="plain")
+    daemon.next_interval()
+    assert _mine(daemon.evaluate(), tenant) == []  # 11 events, none in a tagged session
+    tenant.send("session_started", session="cart", tags=["checkout"])
+    tenant.send("custom", 3, session="cart")
+    daemon.next_interval()
+    assert _mine(daemon.evaluate(), tenant) == ["triggered"]
+    [entry] = tenant.history(rule.id)
+    assert entry.current_value == 4
+    daemon.clock.advance(11 * 60)
+    daemon.next_interval()
+    assert _mine(daemon.evaluate(), tenant) == ["resolved"]
 
 
 def test_alert_events_do_not_count_for_an_unscoped_rule(tenant: Tenant) -> None:

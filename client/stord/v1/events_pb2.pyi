@@ -1524,8 +1524,8 @@ class AlertScope(_message.Message):
     """agent_id watches one agent; empty watches every agent."""
     @_builtins.property
     def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """tags watch sessions with any of these tags; empty watches every session. The daemon does not evaluate
-        rules with tags yet (it logs `alert_rule_not_evaluated` once per rule).
+        """tags watch sessions with any of these tags; empty watches every session. With tags, a rule counts the
+        events of the sessions carrying one of them (tags as session_started events or UpsertSession set them).
         """
 
     def __init__(

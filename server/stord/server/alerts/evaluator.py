@@ -1,7 +1,8 @@
 """One rule, one interval: measure the rule's window, and raise or resolve its alert when that changed.
 
 What each condition measures over the window [now - window_minutes, now] (both ends included), from the
-event store's analytics (its rollups where it has them), within the rule's agent scope:
+event store's analytics (its rollups where it has them) within the rule's agent scope, or, for a rule scoped
+by tags, from the same figures over the events of the sessions carrying any of its tags:
 
 - error_rate_exceeds: errors per event (0 without events) > threshold; errors as analytics counts them;
 - cost_exceeds: the sum of cost_tracked `costUsd` > threshold (USD);
@@ -70,13 +71,20 @@ class Notice:
     resolved_at: int | None
 
 
-async def measure(events: EventStore, namespace: str, rule: AlertRule, now: int) -> Measurement:
+async def measure(
+    events: EventStore, states: AlertStateStore, namespace: str, rule: AlertRule, now: int
+) -> Measurement:
     """Return the rule's value over the window ending at `now` and whether its condition holds."""
     from_time = now - rule.window_minutes * _MINUTE_MS
-    query = AnalyticsQuery(from_time, now, rule.scope_agent_id, Granularity.DAY)
-    totals = (await events.analytics(namespace, query)).totals
+    if rule.scope_tags:  # alert events are never in a tagged session
+        totals = await states.tagged_totals(
+            namespace, from_time=from_time, to_time=now, agent_id=rule.scope_agent_id, tags=rule.scope_tags
+        )
+    else:
+        query = AnalyticsQuery(from_time, now, rule.scope_agent_id, Granularity.DAY)
+        totals = (await events.analytics(namespace, query)).totals
     event_count = totals.event_count
-    if rule.scope_agent_id is None:
+    if rule.scope_agent_id is None and not rule.scope_tags:
         own = EventFilter(agent_id=ALERT_AGENT, from_time=from_time, to_time=now)
         event_count -= await events.count_events(namespace, own)
     condition = rule.condition
@@ -155,7 +163,7 @@ async def evaluate_rule(
     )
     if state is None:
         return False, None
-    measurement = await measure(events, namespace, rule, now)
+    measurement = await measure(events, states, namespace, rule, now)
     notice: Notice | None = None
     if measurement.holds and state.alert_id is None:
         alert_id = _derived_id(rule.id, str(slot))

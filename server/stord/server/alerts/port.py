@@ -12,7 +12,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from stord.server.ports import Backend, Unimplemented
+from stord.server.ports import AnalyticsFigures, Backend, Unimplemented
 
 __all__ = [
     "AlertStateStore",
@@ -74,6 +74,13 @@ class AlertStateStore(Protocol):
 
     async def rule_namespaces(self) -> list[str]:
         """Return the namespaces holding at least one alert rule, ascending."""
+        ...
+
+    async def tagged_totals(
+        self, namespace: str, *, from_time: int, to_time: int, agent_id: str | None, tags: tuple[str, ...]
+    ) -> AnalyticsFigures:
+        """Return the analytics totals of the range's events (of one agent, unless None) whose session
+        carries any of `tags`: the figures `EventStore.analytics` computes, over those events only."""
         ...
 
     async def claim_evaluation(

@@ -55,7 +55,6 @@ class AlertScheduler:
         self._deliverer = deliverer
         self._pass = asyncio.Lock()
         """One pass at a time in this daemon: an on-demand pass waits for a background one to end."""
-        self._tags_logged: set[tuple[str, str]] = set()
 
     @property
     def deliverer(self) -> WebhookDeliverer | None:
@@ -87,24 +86,11 @@ class AlertScheduler:
         while True:
             rules = await self._events.list_alert_rules(namespace, after=after, limit=_RULE_PAGE)
             for rule in rules:
-                if rule.enabled and self._supported(namespace, rule):
+                if rule.enabled:
                     yield rule
             if len(rules) < _RULE_PAGE:
                 return
             after = rules[-1].id
-
-    def _supported(self, namespace: str, rule: AlertRule) -> bool:
-        if not rule.scope_tags:
-            return True
-        if (namespace, rule.id) not in self._tags_logged:
-            self._tags_logged.add((namespace, rule.id))
-            _log.warning(
-                "alert_rule_not_evaluated",
-                namespace=namespace,
-                rule_id=rule.id,
-                reason="scopes by session tags are not evaluated yet",
-            )
-        return False
 
     async def _evaluate(
         self, namespace: str, rule: AlertRule, slot: int, token: str

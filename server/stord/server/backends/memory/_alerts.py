@@ -6,7 +6,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from stord.server.alerts.port import Delivery, RuleState
-from stord.server.backends.memory._events import MemoryEventStore
+from stord.server.backends.memory._events import MemoryEventStore, _figures
+from stord.server.ports import AnalyticsFigures
 
 
 @dataclass(slots=True)
@@ -28,6 +29,24 @@ class MemoryAlertStateStore:
 
     async def rule_namespaces(self) -> list[str]:
         return sorted(namespace for namespace, space in self._events.spaces() if space.rules)
+
+    async def tagged_totals(
+        self, namespace: str, *, from_time: int, to_time: int, agent_id: str | None, tags: tuple[str, ...]
+    ) -> AnalyticsFigures:
+        space = dict(self._events.spaces()).get(namespace)
+        if space is None:
+            return _figures([])
+        wanted = set(tags)
+        tagged = {session.id for session in space.sessions.values() if wanted.intersection(session.tags)}
+        return _figures(  # the event store's own figures: tagged totals are analytics' totals
+            [
+                record
+                for record in space.records.values()
+                if from_time <= record.event.timestamp <= to_time
+                and (agent_id is None or record.event.agent_id == agent_id)
+                and record.event.session_id in tagged
+            ]
+        )
 
     async def claim_evaluation(
         self, namespace: str, rule_id: str, *, slot: int, token: str, now: int, lease_until: int

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from stord.server.alerts.port import Delivery, RuleState
 from stord.server.backends._alert_sql import DELIVERY_COLUMNS, delivery_from_row, delivery_values
+from stord.server.backends._event_sql import POSTGRES, Conditions, analytics_query, read_analytics
 from stord.server.backends.postgres._pool import Pool
+from stord.server.ports import AnalyticsFigures
 
 _CREATE_STATE = """
 INSERT INTO alert_evaluations (namespace, rule_id, slot, done_slot, lease_expires_at)
@@ -54,6 +56,24 @@ class PostgresAlertStateStore:
                 "SELECT DISTINCT namespace FROM event_alert_rules ORDER BY namespace"
             )
             return [row[0] for row in await cursor.fetchall()]
+
+    async def tagged_totals(
+        self, namespace: str, *, from_time: int, to_time: int, agent_id: str | None, tags: tuple[str, ...]
+    ) -> AnalyticsFigures:
+        matching = Conditions(POSTGRES)
+        matching.add("namespace = {}", namespace)
+        matching.add("timestamp BETWEEN {} AND {}", from_time, to_time)
+        if agent_id is not None:
+            matching.add("agent_id = {}", agent_id)
+        matching.add(
+            "session_id IN (SELECT s.id FROM event_sessions AS s WHERE s.namespace = {} AND s.tags && {})",
+            namespace,
+            sorted(tags),
+        )
+        sql = analytics_query(POSTGRES, "0", matching.where())  # one bucket: only the totals are read
+        async with self._pool.connection() as connection:
+            rows = await (await connection.execute(sql, matching.params)).fetchall()
+        return read_analytics(rows).totals
 
     async def claim_evaluation(
         self, namespace: str, rule_id: str, *, slot: int, token: str, now: int, lease_until: int

@@ -6,7 +6,9 @@ import sqlite3
 
 from stord.server.alerts.port import Delivery, RuleState
 from stord.server.backends._alert_sql import DELIVERY_COLUMNS, delivery_from_row, delivery_values
+from stord.server.backends._event_sql import SQLITE, Conditions, analytics_query, read_analytics
 from stord.server.backends.sqlite._engine import SqliteEngine
+from stord.server.ports import AnalyticsFigures
 
 _CREATE_STATE = """
 INSERT INTO alert_evaluations (namespace, rule_id, slot, done_slot, lease_expires_at) VALUES (?, ?, -1, -1, 0)
@@ -46,6 +48,28 @@ class SqliteAlertStateStore:
         def read(connection: sqlite3.Connection) -> list[str]:
             rows = connection.execute("SELECT DISTINCT namespace FROM event_alert_rules ORDER BY namespace")
             return [row[0] for row in rows]
+
+        return await self._engine.read(read)
+
+    async def tagged_totals(
+        self, namespace: str, *, from_time: int, to_time: int, agent_id: str | None, tags: tuple[str, ...]
+    ) -> AnalyticsFigures:
+        matching = Conditions(SQLITE)
+        matching.add("namespace = {}", namespace)
+        matching.add("timestamp BETWEEN {} AND {}", from_time, to_time)
+        if agent_id is not None:
+            matching.add("agent_id = {}", agent_id)
+        listed = ", ".join("{}" for _ in tags)
+        matching.add(
+            "session_id IN (SELECT s.id FROM event_sessions AS s WHERE s.namespace = {} AND EXISTS"
+            f" (SELECT 1 FROM json_each(s.tags) WHERE value IN ({listed})))",
+            namespace,
+            *sorted(tags),
+        )
+        sql = analytics_query(SQLITE, "0", matching.where())  # one bucket: only the totals are read
+
+        def read(connection: sqlite3.Connection) -> AnalyticsFigures:
+            return read_analytics(connection.execute(sql, matching.params).fetchall()).totals
 
         return await self._engine.read(read)
 
