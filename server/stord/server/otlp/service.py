@@ -19,8 +19,7 @@ from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 
 from stord.server import calls
 from stord.server.otlp.mapping import map_resource_logs
-from stord.server.ports import EventInput, EventStore, InvalidArgument
-from stord.server.services import _event_codec as codec
+from stord.server.ports import EventInput, EventStore
 from stord.server.services._validate import MAX_BATCH
 
 __all__ = ["LOGS_SERVICE", "OtlpLogsServicer"]
@@ -46,14 +45,10 @@ class OtlpLogsServicer:
         events: list[EventInput] = []
         seen: set[str] = set()
         problems: list[str] = []
-        for index, mapped in enumerate(map_resource_logs(request.resource_logs)):
-            if mapped.event is None:
-                problems.append(f"record {index}: {mapped.problem}")
-                continue
-            try:
-                event = codec.event_input(mapped.event, f"record {index}", now)
-            except InvalidArgument as error:
-                problems.append(str(error))
+        for mapped in map_resource_logs(request.resource_logs, now):
+            event = mapped.event
+            if event is None:
+                problems.append(mapped.problem)
                 continue
             if event.id not in seen:  # a record exported twice in one request is stored once
                 seen.add(event.id)
