@@ -1,5 +1,5 @@
-"""OTLP logs ingest (issue 16): the real OpenTelemetry SDK's gRPC exporter sends logs to the daemon, and they
-are read back as events through QueryEvents, on every backend serving events."""
+"""OTLP ingest (issue 16): the real OpenTelemetry SDK's gRPC exporters send logs and spans to the daemon, and
+they are read back as events through QueryEvents, on every backend serving events."""
 
 from __future__ import annotations
 
@@ -14,12 +14,17 @@ import pytest
 from google.protobuf import json_format
 from opentelemetry._logs import SeverityNumber
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.logs.v1.logs_pb2 import SEVERITY_NUMBER_ERROR, LogRecord, ResourceLogs, ScopeLogs
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor
 from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import Status, StatusCode
 
 from stord.client import Client
 from stord.server.auth import Role
@@ -164,3 +169,51 @@ def test_redis_answers_otlp_with_unimplemented(redis_served: Served) -> None:
     with pytest.raises(grpc.RpcError) as raised:
         _export(redis_served.target, [record])
     assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_sdk_spans_arrive_as_events_once_each(
+    database_served: Served, namespace: str, client: Client
+) -> None:
+    provider = TracerProvider(resource=Resource.create({"service.name": "checkout-agent"}))
+    exporter = OTLPSpanExporter(
+        endpoint=database_served.target, insecure=True, headers=(("stord-namespace", namespace),), timeout=10
+    )
+    captured = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    provider.add_span_processor(SimpleSpanProcessor(captured))
+    tracer = provider.get_tracer("checkout")
+    with tracer.start_as_current_span("plan", attributes={"session.id": "sess-t"}) as parent:
+        with tracer.start_as_current_span(
+            "search", attributes={"session.id": "sess-t", "stord.event_type": "tool_response", "q": "shoes"}
+        ):
+            pass
+        with tracer.start_as_current_span("charge", attributes={"session.id": "sess-t"}) as failing:
+            failing.set_status(Status(StatusCode.ERROR, "card declined"))
+
+    found = client.events.query(session_id="sess-t")
+    assert found.total == 3
+    by_name = {event.payload["name"]: event for event in found.events}
+    context = parent.get_span_context()
+    plan = by_name["plan"]
+    assert plan.id == f"{context.trace_id:032x}-{context.span_id:016x}"
+    assert (plan.agent_id, plan.event_type, plan.severity) == (
+        "checkout-agent",
+        pb.EVENT_TYPE_CUSTOM,
+        pb.SEVERITY_INFO,
+    )
+    search = by_name["search"]
+    assert search.event_type == pb.EVENT_TYPE_TOOL_RESPONSE
+    assert search.payload["q"] == "shoes"
+    assert search.payload["durationMs"] >= 0  # type: ignore[operator]
+    assert json_format.MessageToDict(search.metadata)["parentSpanId"] == f"{context.span_id:016x}"
+    charge = by_name["charge"]
+    assert charge.severity == pb.SEVERITY_ERROR
+    assert json_format.MessageToDict(charge.payload)["status"] == {
+        "code": "error",
+        "message": "card declined",
+    }
+
+    # Spans always carry ids: exporting them again stores nothing new.
+    assert exporter.export(captured.get_finished_spans()).name == "SUCCESS"
+    assert client.events.count(session_id="sess-t") == 3
+    provider.shutdown()

@@ -101,7 +101,9 @@ ACCESS_BY_METHOD: dict[str, Access] = {
     ),
     **_table("AdminService", "", "", admin="GetInfo"),
     **_table("AlertService", "ListAlertDeliveries", ""),
-    "/opentelemetry.proto.collector.logs.v1.LogsService/Export": Access.WRITE,  # OTLP ingest stores events
+    # OTLP ingest stores events.
+    "/opentelemetry.proto.collector.logs.v1.LogsService/Export": Access.WRITE,
+    "/opentelemetry.proto.collector.trace.v1.TraceService/Export": Access.WRITE,
 }
 
 

@@ -1,7 +1,7 @@
-"""OpenTelemetry log records -> stord events, by documented attribute names (README, "OTLP ingest").
+"""OpenTelemetry log records and spans -> stord events, by documented attribute names (README, "OTLP ingest").
 
-Each field is taken from the first of these that is present, looking at the record's attributes and then at
-its resource's:
+For a log record, each field is taken from the first of these that is present, looking at the record's
+attributes and then at its resource's:
 
 - id: `stord.event_id`, `log.record.uid`; else the server makes one. A record with an id is stored once
   however often it is exported again (as InsertEvents);
@@ -21,8 +21,14 @@ Values: strings, booleans and doubles as themselves, integers as JSON numbers (b
 double, as a Struct would hold them), bytes as base64, arrays as lists, maps as objects; NaN and infinities
 as the strings "NaN", "Infinity", "-Infinity".
 
-Records become domain events directly, checked as InsertEvents checks events (ids of 1 to 256 bytes without
-NUL): going through a stord.v1.Event and its Structs cost twice the mapping itself.
+A span becomes one event the same way, but: its id is `stord.event_id` or else its trace id and span id
+(hex, joined by `-`), so a span exported again is always stored once; the timestamp is its end time; the
+severity is `stord.severity`, else error for an ERROR status, else info; the payload starts with `name`,
+`kind` (`server`, `client`, ...), `durationMs` (end minus start) and `status` (`code`, `message`) when set;
+metadata adds `parentSpanId`.
+
+Records and spans become domain events directly, checked as InsertEvents checks events (ids of 1 to 256
+bytes without NUL): going through a stord.v1.Event and its Structs cost twice the mapping itself.
 """
 
 from __future__ import annotations
@@ -34,14 +40,20 @@ from dataclasses import dataclass
 from typing import Any
 
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
-from opentelemetry.proto.logs.v1.logs_pb2 import LogRecord, ResourceLogs
+from opentelemetry.proto.logs.v1.logs_pb2 import (
+    SEVERITY_NUMBER_ERROR,
+    SEVERITY_NUMBER_INFO,
+    LogRecord,
+    ResourceLogs,
+)
+from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from stord.server.event_chain import canonical_json
 from stord.server.event_model import new_ulid, payload_facts
 from stord.server.ports import EventInput, EventType, InvalidArgument, Severity
 from stord.server.services import _validate as check
 
-__all__ = ["MappedRecord", "map_resource_logs"]
+__all__ = ["MappedRecord", "map_resource_logs", "map_resource_spans"]
 
 ID_KEYS = ("stord.event_id", "log.record.uid")
 SESSION_KEYS = ("stord.session_id", "session.id")
@@ -107,11 +119,11 @@ def _first_text(keys: Iterable[str], *maps: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _severity(record: LogRecord, attributes: Mapping[str, Any]) -> Severity:
+def _severity(severity_number: int, attributes: Mapping[str, Any]) -> Severity:
     named = attributes.get(SEVERITY_KEY)
     if isinstance(named, str) and named.lower() in _SEVERITIES:
         return _SEVERITIES[named.lower()]
-    number = int(record.severity_number)
+    number = int(severity_number)
     if number <= 0:
         return Severity.INFO
     for ceiling, severity in _BY_SEVERITY_NUMBER:
@@ -120,52 +132,42 @@ def _severity(record: LogRecord, attributes: Mapping[str, Any]) -> Severity:
     return Severity.CRITICAL
 
 
-def _event_type(record: LogRecord, attributes: Mapping[str, Any]) -> EventType | str:
-    """Return the record's event type, or why it names none."""
+def _event_type(event_name: str, attributes: Mapping[str, Any]) -> EventType | str:
+    """Return the event type the attributes (or a log record's event name) name, or why they name none."""
     named = attributes.get(TYPE_KEY)
     if isinstance(named, str):
         return _TYPES.get(named.lower(), f"{TYPE_KEY} {named!r} is not an event type")
-    for candidate in (record.event_name, attributes.get(EVENT_NAME_KEY)):
+    for candidate in (event_name, attributes.get(EVENT_NAME_KEY)):
         if isinstance(candidate, str) and candidate.lower() in _TYPES:
             return _TYPES[candidate.lower()]
     return EventType.CUSTOM
 
 
-def _metadata(record: LogRecord, resource: Mapping[str, Any], scope: Mapping[str, str]) -> dict[str, Any]:
-    metadata: dict[str, Any] = {}
-    if resource:
-        metadata["resource"] = dict(resource)
-    if scope:
-        metadata["scope"] = dict(scope)
-    if record.trace_id:
-        metadata["traceId"] = record.trace_id.hex()
-    if record.span_id:
-        metadata["spanId"] = record.span_id.hex()
-    if record.severity_text:
-        metadata["severityText"] = record.severity_text
-    return metadata
-
-
-def _map_record(
-    record: LogRecord, resource: Mapping[str, Any], scope: Mapping[str, str], field: str, now_ms: int
+def _event(
+    field: str,
+    attributes: Mapping[str, Any],
+    resource: Mapping[str, Any],
+    *,
+    trace_id: bytes,
+    default_id: str | None,
+    event_type: EventType | str,
+    severity: Severity,
+    payload: dict[str, Any],
+    metadata: dict[str, Any],
+    nanos: int,
+    now_ms: int,
 ) -> MappedRecord:
-    attributes = attribute_map(record.attributes)
-    session_id = _first_text(SESSION_KEYS, attributes, resource) or record.trace_id.hex()
+    """Return the event of a record or span whose own fields the caller read; attributes fill the rest."""
+    session_id = _first_text(SESSION_KEYS, attributes, resource) or trace_id.hex()
     if not session_id:
         return MappedRecord(None, f"{field}: no session: set attribute stord.session_id or session.id")
     agent_id = _first_text(AGENT_KEYS, attributes, resource)
     if agent_id is None:
         return MappedRecord(None, f"{field}: no agent: set attribute stord.agent_id or resource service.name")
-    event_type = _event_type(record, attributes)
     if isinstance(event_type, str):
         return MappedRecord(None, f"{field}: {event_type}")
-    body = plain_value(record.body) if record.HasField("body") else None
-    payload: dict[str, Any] = {} if body is None else {"body": body}
-    if isinstance(body, dict):
-        payload = body
     payload.update((key, value) for key, value in attributes.items() if key not in _CONSUMED)
-    event_id = _first_text(ID_KEYS, attributes)
-    nanos = record.time_unix_nano or record.observed_time_unix_nano
+    event_id = _first_text(ID_KEYS, attributes) or default_id
     try:
         event = EventInput(
             id=check.identifier(event_id, f"{field}.id") if event_id else new_ulid(now_ms),
@@ -173,14 +175,93 @@ def _map_record(
             session_id=check.identifier(session_id, f"{field}.session_id"),
             agent_id=check.identifier(agent_id, f"{field}.agent_id"),
             event_type=event_type,
-            severity=_severity(record, attributes),
+            severity=severity,
             payload=canonical_json(payload),
-            metadata=canonical_json(_metadata(record, resource, scope)),
+            metadata=canonical_json(metadata),
             **payload_facts(event_type, payload),
         )
     except InvalidArgument as error:
         return MappedRecord(None, str(error))
     return MappedRecord(event)
+
+
+def _scope(name: str, version: str) -> dict[str, str]:
+    return {key: value for key, value in (("name", name), ("version", version)) if value}
+
+
+def _ids(metadata: dict[str, Any], trace_id: bytes, span_id: bytes) -> dict[str, Any]:
+    if trace_id:
+        metadata["traceId"] = trace_id.hex()
+    if span_id:
+        metadata["spanId"] = span_id.hex()
+    return metadata
+
+
+def _map_record(
+    record: LogRecord, resource: Mapping[str, Any], scope: Mapping[str, str], field: str, now_ms: int
+) -> MappedRecord:
+    attributes = attribute_map(record.attributes)
+    body = plain_value(record.body) if record.HasField("body") else None
+    payload: dict[str, Any] = {} if body is None else {"body": body}
+    if isinstance(body, dict):
+        payload = body
+    metadata = _ids(_context(resource, scope), record.trace_id, record.span_id)
+    if record.severity_text:
+        metadata["severityText"] = record.severity_text
+    return _event(
+        field,
+        attributes,
+        resource,
+        trace_id=record.trace_id,
+        default_id=None,
+        event_type=_event_type(record.event_name, attributes),
+        severity=_severity(record.severity_number, attributes),
+        payload=payload,
+        metadata=metadata,
+        nanos=record.time_unix_nano or record.observed_time_unix_nano,
+        now_ms=now_ms,
+    )
+
+
+def _map_span(
+    span: Span, resource: Mapping[str, Any], scope: Mapping[str, str], field: str, now_ms: int
+) -> MappedRecord:
+    attributes = attribute_map(span.attributes)
+    payload: dict[str, Any] = {"name": span.name}
+    if span.kind:
+        payload["kind"] = Span.SpanKind.Name(span.kind).removeprefix("SPAN_KIND_").lower()
+    if span.end_time_unix_nano >= span.start_time_unix_nano > 0:
+        payload["durationMs"] = (span.end_time_unix_nano - span.start_time_unix_nano) / 1e6
+    if span.status.code or span.status.message:
+        code = Status.StatusCode.Name(span.status.code).removeprefix("STATUS_CODE_").lower()
+        payload["status"] = {"code": code, "message": span.status.message}
+    metadata = _ids(_context(resource, scope), span.trace_id, span.span_id)
+    if span.parent_span_id:
+        metadata["parentSpanId"] = span.parent_span_id.hex()
+    failed = span.status.code == Status.STATUS_CODE_ERROR
+    ids = f"{span.trace_id.hex()}-{span.span_id.hex()}" if span.trace_id and span.span_id else None
+    return _event(
+        field,
+        attributes,
+        resource,
+        trace_id=span.trace_id,
+        default_id=ids,
+        event_type=_event_type("", attributes),
+        severity=_severity(SEVERITY_NUMBER_ERROR if failed else SEVERITY_NUMBER_INFO, attributes),
+        payload=payload,
+        metadata=metadata,
+        nanos=span.end_time_unix_nano or span.start_time_unix_nano,
+        now_ms=now_ms,
+    )
+
+
+def _context(resource: Mapping[str, Any], scope: Mapping[str, str]) -> dict[str, Any]:
+    metadata: dict[str, Any] = {}
+    if resource:
+        metadata["resource"] = dict(resource)
+    if scope:
+        metadata["scope"] = dict(scope)
+    return metadata
 
 
 def map_resource_logs(resource_logs: Iterable[ResourceLogs], now_ms: int) -> Iterator[MappedRecord]:
@@ -189,11 +270,19 @@ def map_resource_logs(resource_logs: Iterable[ResourceLogs], now_ms: int) -> Ite
     for resource_log in resource_logs:
         resource = attribute_map(resource_log.resource.attributes)
         for scope_log in resource_log.scope_logs:
-            scope = {
-                key: value
-                for key, value in (("name", scope_log.scope.name), ("version", scope_log.scope.version))
-                if value
-            }
+            scope = _scope(scope_log.scope.name, scope_log.scope.version)
             for record in scope_log.log_records:
                 yield _map_record(record, resource, scope, f"record {index}", now_ms)
+                index += 1
+
+
+def map_resource_spans(resource_spans: Iterable[ResourceSpans], now_ms: int) -> Iterator[MappedRecord]:
+    """Yield every span of an export request as an event, in order; `now_ms` dates timeless ones."""
+    index = 0
+    for resource_span in resource_spans:
+        resource = attribute_map(resource_span.resource.attributes)
+        for scope_span in resource_span.scope_spans:
+            scope = _scope(scope_span.scope.name, scope_span.scope.version)
+            for span in scope_span.spans:
+                yield _map_span(span, resource, scope, f"span {index}", now_ms)
                 index += 1

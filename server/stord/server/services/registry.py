@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from stord.server.alerts.port import alert_state_store
 from stord.server.alerts.service import AlertServicer
 from stord.server.metrics import Metrics
-from stord.server.otlp.service import LOGS_SERVICE, OtlpLogsServicer
+from stord.server.otlp.service import LOGS_SERVICE, TRACE_SERVICE, OtlpLogsServicer, OtlpTraceServicer
 from stord.server.ports import Backend, Keyspace
 from stord.server.services.agents import agent_store_servicer
 from stord.server.services.documents import DocumentServicer
@@ -125,6 +126,14 @@ CONTRACTS: tuple[Contract, ...] = (
             backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
         ),
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server,
+    ),
+    Contract(
+        TRACE_SERVICE,  # OTLP ingest of spans, one event each
+        "database",
+        lambda backend, cache, metrics: OtlpTraceServicer(
+            backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
+        ),
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server,
     ),
 )
 
