@@ -99,3 +99,22 @@ def test_yaml_that_is_not_a_mapping_is_an_error(tmp_path: Path) -> None:
     config.write_text("- a\n- b\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_settings(config_file=config, environ={})
+
+
+def test_alert_settings_layer_and_keep_webhook_secrets_out_of_sight(tmp_path: Path) -> None:
+    config = tmp_path / "stord.yaml"
+    config.write_text(
+        "alert_interval: 30\nalerts:\n  webhook_secrets: {shop: '${SHOP_SECRET}', '*': fallback}\n"
+        "  delivery_deadline: 60\n"
+    )
+    environ = {"STORD_CONFIG": str(config), "SHOP_SECRET": "hush-hush"}
+    settings = load_settings(environ=environ)
+    assert settings.alert_interval == 30
+    assert settings.alerts.webhook_secrets["shop"].get_secret_value() == "hush-hush"
+    assert settings.alerts.delivery_deadline == 60
+    assert "hush-hush" not in repr(settings)
+    assert "hush-hush" not in settings.model_dump_json()
+    assert load_settings(environ={**environ, "STORD_ALERT_INTERVAL": "5"}).alert_interval == 5
+    assert load_settings(environ=environ, flags={"alert_interval": 0}).alert_interval == 0
+    with pytest.raises(ConfigError, match="alert_interval"):
+        load_settings(environ={"STORD_ALERT_INTERVAL": "-1"})

@@ -1,9 +1,10 @@
 """Every enabled rule of every namespace, evaluated once per interval across the daemons sharing a database.
 
-Intervals are numbered from the epoch by the store's clock (`slot = now // interval`). A daemon looks three
-times per interval and evaluates each rule whose current interval nobody has claimed (`claim_evaluation`);
-a claim holds for a third of an interval, so when its daemon dies mid-evaluation another one takes the
-interval over at its next look.
+Intervals are numbered from the epoch by the store's clock (`slot = now // interval`). A daemon looks four
+times per interval and evaluates each rule whose current interval nobody has claimed (`claim_evaluation`).
+So while another daemon lives, a rule's interval is claimed within its first quarter; a claim is a lease of
+a quarter interval, and when its daemon dies mid-evaluation a live one takes the rule over at its first look
+after the lease ran out, by three quarters into the interval: no interval goes unevaluated.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ __all__ = ["AlertScheduler", "PassOutcome", "alert_scheduler"]
 
 _log = structlog.get_logger("stord.alerts")
 
-LOOKS_PER_INTERVAL = 3
+LOOKS_PER_INTERVAL = 4
 _RULE_PAGE = 500
 
 
@@ -121,7 +122,7 @@ class AlertScheduler:
         return evaluated, notice
 
     async def run_forever(self) -> None:
-        """Run a pass every third of an interval until cancelled."""
+        """Run a pass every quarter of an interval until cancelled."""
         while True:
             try:
                 await self.run_once()
