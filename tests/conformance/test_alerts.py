@@ -7,11 +7,13 @@ schedule would run (`Daemon.evaluate_alerts`), so nothing waits for the schedule
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import hashlib
 import hmac
 import http.server
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -272,11 +274,12 @@ def test_triggered_alerts_reach_tail_events(tenant: Tenant) -> None:
 
 
 class _Receiver(http.server.ThreadingHTTPServer):
-    """A loopback webhook receiver that answers 503 to the first `failures` requests, then 204."""
+    """A loopback webhook receiver that answers `failure` to the first `failures` requests, then 204."""
 
-    def __init__(self, failures: int) -> None:
+    def __init__(self, failures: int, failure: int = 503) -> None:
         super().__init__(("127.0.0.1", 0), _Handler)
         self.failures = failures
+        self.failure = failure
         self.requests: list[tuple[dict[str, str], bytes]] = []
         self.accepted: list[tuple[dict[str, str], bytes]] = []
         self.got_accepted = threading.Condition()
@@ -298,21 +301,29 @@ class _Handler(http.server.BaseHTTPRequestHandler):
             if not fail:
                 self.server.accepted.append((headers, body))
                 self.server.got_accepted.notify_all()
-        self.send_response(503 if fail else 204)
+        self.send_response(self.server.failure if fail else 204)
         self.end_headers()
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
 
 
-@pytest.fixture
-def receiver() -> Iterator[_Receiver]:
-    server = _Receiver(failures=2)
+@contextlib.contextmanager
+def _receiving(failures: int, failure: int = 503) -> Iterator[_Receiver]:
+    server = _Receiver(failures, failure)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    with _receiving(failures=2) as server:
+        yield server
 
 
 def _wait_accepted(receiver: _Receiver, count: int) -> None:
@@ -364,6 +375,40 @@ def test_a_webhook_gets_each_notice_once_after_transient_failures(
     assert by_key[(alerts_pb2.DELIVERY_KIND_RESOLVED, receiver.url)].attempts == 1
     mail = by_key[(alerts_pb2.DELIVERY_KIND_TRIGGERED, "mailto:ops@example.com")]
     assert mail.status == alerts_pb2.DELIVERY_STATUS_UNSUPPORTED
+
+
+def test_a_webhook_that_refuses_fails_at_once_and_says_why(tenant: Tenant) -> None:
+    with _receiving(failures=100, failure=400) as refusing:
+        tenant.rule(pb.ALERT_CONDITION_NO_EVENTS_FOR, 0, channels=(refusing.url,))
+        daemon = tenant.daemon
+        daemon.next_interval()
+        [notice] = [each for each in daemon.evaluate().notices if each.namespace == tenant.namespace]
+        deliverer = daemon.thread.daemon.alerts.deliverer  # type: ignore[union-attr]
+        daemon.thread.run(deliverer.wait())  # type: ignore[union-attr]
+        assert len(refusing.requests) == 1  # a 400 is not worth repeating
+    [delivery] = daemon.deliveries(tenant.namespace, notice.alert_id)
+    assert delivery.status == alerts_pb2.DELIVERY_STATUS_FAILED
+    assert (delivery.attempts, delivery.last_error) == (1, "HTTP 400")
+    assert not delivery.HasField("delivered_time")
+
+
+def test_the_daemon_evaluates_on_its_own_schedule(tmp_path: Path) -> None:
+    # The real clock and a short interval: the background schedule, not an on-demand pass, raises the alert.
+    settings = _settings("memory://").model_copy(update={"alert_interval": 0.2})
+    thread = DaemonThread(settings).start()
+    try:
+        with Client(thread.target, namespace="scheduled") as client:
+            rule = client.events.create_alert_rule(
+                pb.AlertRule(
+                    name="quiet", enabled=True, condition=pb.ALERT_CONDITION_NO_EVENTS_FOR, window_minutes=1
+                )
+            )
+            deadline = time.monotonic() + 30
+            while not client.events.alert_history(rule_id=rule.id).entries:
+                assert time.monotonic() < deadline, "no evaluation within 30 s"
+                time.sleep(0.05)
+    finally:
+        thread.stop()
 
 
 # Several daemons on one PostgreSQL ------------------------------------------------------------------------
