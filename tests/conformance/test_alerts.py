@@ -392,7 +392,7 @@ def test_a_webhook_that_refuses_fails_at_once_and_says_why(tenant: Tenant) -> No
     assert not delivery.HasField("delivered_time")
 
 
-def test_the_daemon_evaluates_on_its_own_schedule(tmp_path: Path) -> None:
+def test_the_daemon_evaluates_on_its_own_schedule() -> None:
     # The real clock and a short interval: the background schedule, not an on-demand pass, raises the alert.
     settings = _settings("memory://").model_copy(update={"alert_interval": 0.2})
     thread = DaemonThread(settings).start()
