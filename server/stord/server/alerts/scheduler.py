@@ -27,6 +27,8 @@ __all__ = ["AlertScheduler", "PassOutcome", "alert_scheduler"]
 _log = structlog.get_logger("stord.alerts")
 
 LOOKS_PER_INTERVAL = 4
+CONCURRENT_RULES = 8
+"""Rules evaluated at once: their queries overlap on PostgreSQL and share SQLite's group commits."""
 _RULE_PAGE = 500
 
 
@@ -71,15 +73,22 @@ class AlertScheduler:
             slot = self._now() // self._interval_ms
             token = uuid.uuid4().hex
             outcome = PassOutcome()
-            for namespace in await self._states.rule_namespaces():
-                async for rule in self._enabled_rules(namespace):
+            running = asyncio.Semaphore(CONCURRENT_RULES)
+
+            async def evaluate(namespace: str, rule: AlertRule) -> None:
+                async with running:
                     evaluated, notice = await self._evaluate(namespace, rule, slot, token)
-                    if evaluated:
-                        outcome.evaluated.append((namespace, rule.id))
-                    if notice is not None:
-                        outcome.notices.append(notice)
-                        if self._deliverer is not None:
-                            self._deliverer.submit(notice)
+                if evaluated:
+                    outcome.evaluated.append((namespace, rule.id))
+                if notice is not None:
+                    outcome.notices.append(notice)
+                    if self._deliverer is not None:
+                        self._deliverer.submit(notice)
+
+            async with asyncio.TaskGroup() as rules:
+                for namespace in await self._states.rule_namespaces():
+                    async for rule in self._enabled_rules(namespace):
+                        rules.create_task(evaluate(namespace, rule))
             return outcome
 
     async def _enabled_rules(self, namespace: str) -> AsyncIterator[AlertRule]:
