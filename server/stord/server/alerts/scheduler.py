@@ -120,6 +120,9 @@ class AlertScheduler:
         except StoreError as error:  # the next look tries again once the claim's lease has run out
             _log.warning("alert_evaluation_failed", namespace=namespace, rule_id=rule.id, error=str(error))
             return False, None
+        except Exception:  # a bug with one rule must not stop the pass for the others
+            _log.exception("alert_evaluation_crashed", namespace=namespace, rule_id=rule.id)
+            return False, None
         if notice is not None:
             _log.info(
                 f"alert_{notice.kind.value}",
