@@ -9,6 +9,7 @@ import grpc
 
 from stord.client import _codec
 from stord.client._agents import AsyncAgents
+from stord.client._alerts import AsyncAlerts
 from stord.client._codec import TTL, Tls
 from stord.client._documents import AsyncDocuments
 from stord.client._events_async import AsyncEvents
@@ -249,6 +250,7 @@ class AsyncClient:
         self.cache = AsyncCache(self._channel, call)
         self.db = AsyncDatabase(self._channel, call)
         self.events = AsyncEvents(self._channel, call)
+        self.alerts = AsyncAlerts(self._channel, call)
         self.agents = AsyncAgents(self._channel, call)
         self.manifests = AsyncManifests(self._channel, call)
         self.documents = AsyncDocuments(self._channel, call)

@@ -9,6 +9,7 @@ import grpc
 
 from stord.client import _codec
 from stord.client._agents import Agents
+from stord.client._alerts import Alerts
 from stord.client._codec import TTL, Tls
 from stord.client._documents import Documents
 from stord.client._events import Events
@@ -243,6 +244,7 @@ class Client:
         self.cache = Cache(self._channel, call)
         self.db = Database(self._channel, call)
         self.events = Events(self._channel, call)
+        self.alerts = Alerts(self._channel, call)
         self.agents = Agents(self._channel, call)
         self.manifests = Manifests(self._channel, call)
         self.documents = Documents(self._channel, call)

@@ -214,7 +214,7 @@ class Daemon:
         ]
         self.alerts = alert_scheduler(database, settings, user_agent=f"stord/{stord_version()}")
         if self.alerts is not None:
-            self._background.append(asyncio.create_task(self.alerts.run_forever(), name="stord-alerts"))
+            self.alerts.start()
         _log.info(
             "serving",
             listen=settings.listen
@@ -322,7 +322,11 @@ class Daemon:
             for task in stuck:
                 _log.warning("background_task_did_not_stop", task=task.get_name())
         if self.alerts is not None:
-            await self.alerts.close()  # before the backends close: cut-short deliveries are saved as failed
+            try:  # before the backends close: cut-short deliveries are saved as failed
+                async with asyncio.timeout(_BACKGROUND_STOP_TIMEOUT):
+                    await self.alerts.close()
+            except TimeoutError:
+                _log.warning("background_task_did_not_stop", task="stord-alerts")
         for servicer in self._draining:
             await servicer.drain()
         if self._server is not None:

@@ -10,6 +10,7 @@ after the lease ran out, by three quarters into the interval: no interval goes u
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ class PassOutcome:
 
 
 class AlertScheduler:
-    """Runs evaluation passes: `run_forever` in the background, `run_once` on demand."""
+    """Runs evaluation passes: on the schedule once `start`ed, and `run_once` on demand."""
 
     def __init__(
         self,
@@ -56,6 +57,7 @@ class AlertScheduler:
         self._interval_ms = max(1, int(interval * 1000))
         self._lease_ms = max(1, self._interval_ms // LOOKS_PER_INTERVAL)
         self._deliverer = deliverer
+        self._schedule: asyncio.Task[None] | None = None
         self._pass = asyncio.Lock()
         """One pass at a time in this daemon: an on-demand pass waits for a background one to end."""
 
@@ -133,8 +135,20 @@ class AlertScheduler:
             )
         return evaluated, notice
 
-    async def run_forever(self) -> None:
-        """Run a pass every quarter of an interval until cancelled."""
+    def start(self) -> None:
+        """Run passes on the schedule, in the background, until `stop_schedule` or `close`."""
+        if self._schedule is None:
+            self._schedule = asyncio.create_task(self._run_forever(), name="stord-alerts")
+
+    async def stop_schedule(self) -> None:
+        """Stop the scheduled passes (a pass in progress is cancelled; its claims' leases run out)."""
+        schedule, self._schedule = self._schedule, None
+        if schedule is not None:
+            schedule.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await schedule
+
+    async def _run_forever(self) -> None:
         while True:
             try:
                 await self.run_once()
@@ -145,7 +159,8 @@ class AlertScheduler:
             await asyncio.sleep(self._interval_ms / 1000 / LOOKS_PER_INTERVAL)
 
     async def close(self) -> None:
-        """End the deliveries in progress and release the HTTP connections."""
+        """Stop the schedule, end the deliveries in progress and release the HTTP connections."""
+        await self.stop_schedule()
         if self._deliverer is not None:
             await self._deliverer.close()
 
