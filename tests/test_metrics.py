@@ -21,7 +21,7 @@ from stord.client import (
     make_event,
 )
 from stord.server.app import StartupError, stord_version
-from stord.server.auth import Role
+from stord.server.rpc.auth import Role
 from stord.server.config import ConfigError, ConnectOptions, Settings, load_settings
 from stord.server.metrics import UNKNOWN_METHOD, Metrics
 from tests.harness._system import free_port

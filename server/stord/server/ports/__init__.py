@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from stord.server.ports._agents_manifests import (
+from stord.server.agents.port import (
     AgentMatch,
     AgentStatus,
     AgentStore,
@@ -38,7 +38,7 @@ from stord.server.ports._base import (
     Unimplemented,
     system_clock,
 )
-from stord.server.ports._documents_jobs import (
+from stord.server.documents.port import (
     UNFINISHED_JOB_STATUSES,
     CreateDocument,
     DeleteDocument,
@@ -96,13 +96,13 @@ from stord.server.ports._events import (
     SessionUpdate,
     Severity,
 )
-from stord.server.ports._key_value import (
+from stord.server.kv.port import (
     Keyspace,
     KeyValueStore,
     SetCondition,
     ValueEntry,
 )
-from stord.server.ports._transfer import (
+from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
     AlertRuleRecord,

@@ -4,7 +4,7 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
-from stord.server.backends._agent_search import matches
+from stord.server.agents.search import matches
 from stord.server.ports import AgentMatch, AgentWrite, Clock, PermissionDenied, StoredAgent
 
 # Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.

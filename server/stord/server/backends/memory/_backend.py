@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.memory._agents import MemoryAgentStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
 from stord.server.backends.memory._events import MemoryEventStore

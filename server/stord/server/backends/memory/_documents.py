@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stord.server.backends._documents import (
+from stord.server.documents.rules import (
     already_exists,
     check_revision,
     matches,
@@ -10,7 +10,7 @@ from stord.server.backends._documents import (
     operation_context,
     sort_documents,
 )
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.memory._jobs import MemoryJobQueueStore, Undo
 from stord.server.ports import (
     Clock,

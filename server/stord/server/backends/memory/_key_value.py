@@ -4,7 +4,7 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from stord.server.backends._glob import glob_regex, literal_prefix
+from stord.server.kv.glob import glob_regex, literal_prefix
 from stord.server.ports import Clock, SetCondition, ValueEntry
 
 # Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.

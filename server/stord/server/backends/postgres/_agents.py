@@ -7,7 +7,7 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.search import configuration_text, fold
 from stord.server.backends.postgres._pool import Pool
 from stord.server.ports import (
     AgentMatch,

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.postgres._agents import PostgresAgentStore
 from stord.server.backends.postgres._documents import PostgresDocumentStore
 from stord.server.backends.postgres._events import PostgresEventStore

@@ -15,13 +15,13 @@ from typing import Any
 import orjson
 from psycopg import sql
 
-from stord.server.backends._documents import (
+from stord.server.documents.rules import (
     already_exists,
     check_revision,
     index_name,
     operation_context,
 )
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.postgres._jobs import at, insert_jobs
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.ports import (

@@ -20,7 +20,7 @@ import orjson
 import psycopg
 import structlog
 
-from stord.server.backends._jobs import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions

@@ -4,7 +4,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from stord.server.backends._glob import literal_prefix, prefix_successor
+from stord.server.kv.glob import literal_prefix, prefix_successor
 from stord.server.backends.postgres._pool import Pool
 from stord.server.ports import Clock, Keyspace, SetCondition, ValueEntry
 

@@ -20,7 +20,7 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.search import configuration_text, fold
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     NamespaceGate,

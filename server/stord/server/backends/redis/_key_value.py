@@ -6,7 +6,7 @@ from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 
-from stord.server.backends._glob import glob_regex, literal_prefix
+from stord.server.kv.glob import glob_regex, literal_prefix
 from stord.server.backends.redis import _layout
 from stord.server.backends.redis._errors import translate_errors
 from stord.server.ports import Keyspace, SetCondition, ValueEntry

@@ -7,7 +7,7 @@ import json
 import sqlite3
 from typing import Any
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.search import configuration_text, fold
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.ports import (
     AgentMatch,

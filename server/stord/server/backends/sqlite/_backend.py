@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.sqlite._agents import SqliteAgentStore
 from stord.server.backends.sqlite._documents import SqliteDocumentStore
 from stord.server.backends.sqlite._engine import SqliteEngine

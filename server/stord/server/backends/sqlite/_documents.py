@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from stord.server.backends._documents import (
+from stord.server.documents.rules import (
     FIELD_KEY,
     already_exists,
     check_revision,
@@ -24,7 +24,7 @@ from stord.server.backends._documents import (
     merge,
     operation_context,
 )
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._jobs import insert_jobs
 from stord.server.ports import (

@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from stord.server.backends._jobs import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.ports import Clock, EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from stord.server.backends._glob import glob_regex, literal_prefix, prefix_successor
+from stord.server.kv.glob import glob_regex, literal_prefix, prefix_successor
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.ports import Clock, Keyspace, SetCondition, ValueEntry
 

@@ -24,7 +24,7 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.search import configuration_text, fold
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     NamespaceGate,

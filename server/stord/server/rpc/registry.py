@@ -15,12 +15,12 @@ import grpc
 
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, Keyspace
-from stord.server.services.agents import agent_store_servicer
-from stord.server.services.documents import DocumentServicer
+from stord.server.agents.service import agent_store_servicer
+from stord.server.documents.service import DocumentServicer
 from stord.server.services.events import EventStoreServicer
-from stord.server.services.jobs import JobQueueServicer
-from stord.server.services.key_value import CacheServicer, DatabaseServicer
-from stord.server.services.manifests import manifest_store_servicer
+from stord.server.jobs.service import JobQueueServicer
+from stord.server.kv.service import CacheServicer, DatabaseServicer
+from stord.server.manifests.service import manifest_store_servicer
 from stord.v1 import (
     agents_pb2,
     agents_pb2_grpc,

@@ -16,7 +16,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from grpc import StatusCode
 
-from stord.server.auth import KeyRing, permits
+from stord.server.rpc.auth import KeyRing, permits
 from stord.server.calls import (
     NAMESPACE_METADATA,
     PRINCIPAL_METADATA,

@@ -15,7 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from stord.server.ports._agents_manifests import (
+from stord.server.agents.port import (
     DocumentKey,
     HandlerManifestRecord,
     ManifestDocumentKind,
@@ -23,9 +23,9 @@ from stord.server.ports._agents_manifests import (
     TransformerRecord,
 )
 from stord.server.ports._base import JsonObject
-from stord.server.ports._documents_jobs import Document, Job
+from stord.server.documents.port import Document, Job
 from stord.server.ports._events import AlertHistoryEntry, AlertRule, Event, EventAgent, Session
-from stord.server.ports._key_value import Keyspace
+from stord.server.kv.port import Keyspace
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,9 +25,9 @@ from stord.server.ports import (
     SortKey,
     UpdateDocument,
 )
-from stord.server.services import _fields as fields
+from stord.server.documents import fields as fields
 from stord.server.services import _validate as check
-from stord.server.services.jobs import new_job
+from stord.server.jobs.service import new_job
 from stord.v1 import documents_pb2 as pb
 from stord.v1 import documents_pb2_grpc, jobs_pb2
 

@@ -12,7 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
 from stord.server.ports import InvalidArgument, Job, JobLease, JobQueueStore, JobStatus, NewJob
-from stord.server.services import _fields as fields
+from stord.server.documents import fields as fields
 from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
 from stord.v1 import jobs_pb2_grpc

@@ -19,7 +19,7 @@ from stord.server.ports import (
     TransformerRecord,
 )
 from stord.server.read_cache import CachedManifestStore, read_cache_for
-from stord.server.services import _manifest_checks as checks
+from stord.server.manifests import checks as checks
 from stord.server.services import _message_json as message_json
 from stord.server.services import _validate as check
 from stord.v1 import manifests_pb2 as pb

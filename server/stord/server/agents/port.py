@@ -68,7 +68,7 @@ class AgentStore(Protocol):
     Ownership, the same for every operation: an agent may be written or deleted by the principal that owns
     it, or by anyone when its owner is ''. Search matches an agent when the query is empty, equals its uri,
     or is contained in `fold(name)` or `fold(configuration_text(configuration))` after folding the query too
-    (`stord.server.backends._agent_search`), so the rule is computed once, in Python, for every backend.
+    (`stord.server.agents.search`), so the rule is computed once, in Python, for every backend.
     """
 
     async def get(self, namespace: str, uri: str) -> StoredAgent | None:

@@ -1,0 +1,1 @@
+"""Admin: AdminService, the daemon's version, backends, their health and fallbacks."""

@@ -1,0 +1,1 @@
+"""Agents: the AgentStoreService contract: port, servicer, and the case-folding search rule."""

@@ -1,0 +1,1 @@
+"""Documents: the DocumentService contract: port, servicer, field paths and the typed comparison rules."""

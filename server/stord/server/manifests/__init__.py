@@ -1,0 +1,1 @@
+"""Manifests: the ManifestStoreService contract: port, servicer, and the checks made before storing."""
