@@ -17,16 +17,16 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
-from stord.server.rpc.auth import KeyRing, KeysFileError
+from stord.server.admin.service import AdminServicer, BackendStatus
 from stord.server.backends import create_backend
 from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
-from stord.server.rpc.interceptors import CallInterceptor
-from stord.server.rpc.listen import ListenError, check_port_free
 from stord.server.metrics import Metrics, MetricsServer
 from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
-from stord.server.admin.service import AdminServicer, BackendStatus
+from stord.server.rpc.auth import KeyRing, KeysFileError
+from stord.server.rpc.interceptors import CallInterceptor
+from stord.server.rpc.listen import ListenError, check_port_free
 from stord.server.rpc.registry import CONTRACTS, UnservedService
 from stord.v1 import admin_pb2, admin_pb2_grpc
 

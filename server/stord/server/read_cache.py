@@ -28,28 +28,25 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from stord.server.metrics import ReadCacheMeter
-from stord.server.ports import (
+from stord.server.agents.port import (
     AgentMatch,
     AgentStatus,
     AgentStore,
     AgentVisibility,
     AgentWrite,
-    Backend,
+    StoredAgent,
+)
+from stord.server.kv.port import Keyspace, KeyValueStore, SetCondition, ValueEntry
+from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
-    JsonObject,
-    Keyspace,
-    KeyValueStore,
     ManifestDocumentKind,
     ManifestStats,
     ManifestStore,
-    SetCondition,
-    StoredAgent,
     TransformerRecord,
-    Unavailable,
-    ValueEntry,
 )
+from stord.server.metrics import ReadCacheMeter
+from stord.server.ports import Backend, JsonObject, Unavailable
 
 __all__ = ["CachedAgentStore", "CachedManifestStore", "ReadThroughCache", "read_cache_for"]
 

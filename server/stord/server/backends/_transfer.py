@@ -17,21 +17,18 @@ from typing import Any
 import orjson
 
 from stord.server.event_model import payload_facts
-from stord.server.ports import (
+from stord.server.kv.port import Keyspace
+from stord.server.manifests.port import ManifestDocumentKind
+from stord.server.ports import Event, FailedPrecondition, InvalidArgument, JsonObject
+from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
     AlertRuleRecord,
     DocumentRecord,
-    Event,
     EventAgentRecord,
     EventRecord,
-    FailedPrecondition,
-    InvalidArgument,
     JobRecord,
-    JsonObject,
-    Keyspace,
     ListItemRecord,
-    ManifestDocumentKind,
     ManifestDocumentRecord,
     ManifestRecord,
     ManifestTransformerRecord,

@@ -7,7 +7,8 @@ from typing import Any
 import grpc
 
 from stord.server import calls
-from stord.server.ports import InvalidArgument, KeyValueStore, SetCondition, ValueEntry
+from stord.server.kv.port import KeyValueStore, SetCondition, ValueEntry
+from stord.server.ports import InvalidArgument
 from stord.server.services import _validate as check
 from stord.v1 import kv_pb2 as pb
 from stord.v1 import kv_pb2_grpc

@@ -1,1 +1,7 @@
-"""The front door: interceptors (auth -> namespace, log, metrics, errors), API keys, listen addresses, registry."""
+"""The front door: what every call passes through before a servicer, and what the server listens on.
+
+`interceptors` (auth -> namespace, structured log, metrics, error mapping), `auth` (API keys and roles),
+`listen` (TCP and Unix socket addresses), `registry` (every contract's service and the role serving it).
+"""
+
+__all__: list[str] = []

@@ -13,14 +13,15 @@ from typing import Any, Literal
 
 import grpc
 
-from stord.server.metrics import Metrics
-from stord.server.ports import Backend, Keyspace
 from stord.server.agents.service import agent_store_servicer
 from stord.server.documents.service import DocumentServicer
-from stord.server.services.events import EventStoreServicer
 from stord.server.jobs.service import JobQueueServicer
+from stord.server.kv.port import Keyspace
 from stord.server.kv.service import CacheServicer, DatabaseServicer
 from stord.server.manifests.service import manifest_store_servicer
+from stord.server.metrics import Metrics
+from stord.server.ports import Backend
+from stord.server.services.events import EventStoreServicer
 from stord.v1 import (
     agents_pb2,
     agents_pb2_grpc,

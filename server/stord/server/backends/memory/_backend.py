@@ -1,25 +1,19 @@
 from __future__ import annotations
 
-from stord.server.jobs.rules import QueueWakeups
+from stord.server.agents.port import AgentStore
 from stord.server.backends.memory._agents import MemoryAgentStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
 from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.memory._jobs import MemoryJobQueueStore
 from stord.server.backends.memory._key_value import MemoryKeyValueStore
 from stord.server.backends.memory._manifests import MemoryManifestStore
-from stord.server.ports import (
-    AgentStore,
-    Clock,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    Unimplemented,
-    system_clock,
-)
+from stord.server.documents.port import DocumentStore
+from stord.server.jobs.port import JobQueueStore
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.kv.port import Keyspace, KeyValueStore
+from stord.server.manifests.port import ManifestStore
+from stord.server.ports import Clock, EventStore, Unimplemented, system_clock
+from stord.server.transfer.port import TransferStore
 
 
 class MemoryBackend:

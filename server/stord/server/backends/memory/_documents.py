@@ -2,6 +2,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from stord.server.backends.memory._jobs import MemoryJobQueueStore, Undo
+from stord.server.documents.port import (
+    CreateDocument,
+    DeleteDocument,
+    Document,
+    DocumentOperation,
+    DocumentQuery,
+    FieldFilter,
+    FieldPath,
+    OperationResult,
+    UpdateDocument,
+)
 from stord.server.documents.rules import (
     already_exists,
     check_revision,
@@ -10,21 +22,9 @@ from stord.server.documents.rules import (
     operation_context,
     sort_documents,
 )
+from stord.server.jobs.port import NewJob
 from stord.server.jobs.rules import QueueWakeups
-from stord.server.backends.memory._jobs import MemoryJobQueueStore, Undo
-from stord.server.ports import (
-    Clock,
-    CreateDocument,
-    DeleteDocument,
-    Document,
-    DocumentOperation,
-    DocumentQuery,
-    FieldFilter,
-    FieldPath,
-    NewJob,
-    OperationResult,
-    UpdateDocument,
-)
+from stord.server.ports import Clock
 
 __all__ = ["MemoryDocumentStore"]
 

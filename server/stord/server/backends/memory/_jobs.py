@@ -6,18 +6,17 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
-from stord.server.ports import (
+from stord.server.jobs.port import (
     UNFINISHED_JOB_STATUSES,
-    Clock,
     EnqueuedJob,
     Job,
     JobLease,
     JobStatus,
-    JsonObject,
     NewJob,
     QueueStats,
 )
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.ports import Clock, JsonObject
 
 __all__ = ["MemoryJobQueueStore", "Undo"]
 

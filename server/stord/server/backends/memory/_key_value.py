@@ -5,7 +5,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from stord.server.kv.glob import glob_regex, literal_prefix
-from stord.server.ports import Clock, SetCondition, ValueEntry
+from stord.server.kv.port import SetCondition, ValueEntry
+from stord.server.ports import Clock
 
 # Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.
 

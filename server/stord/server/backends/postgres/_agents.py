@@ -7,17 +7,10 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from stord.server.agents.port import AgentMatch, AgentStatus, AgentVisibility, AgentWrite, StoredAgent
 from stord.server.agents.search import configuration_text, fold
 from stord.server.backends.postgres._pool import Pool
-from stord.server.ports import (
-    AgentMatch,
-    AgentStatus,
-    AgentVisibility,
-    AgentWrite,
-    Clock,
-    PermissionDenied,
-    StoredAgent,
-)
+from stord.server.ports import Clock, PermissionDenied
 
 __all__ = ["PostgresAgentStore"]
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from stord.server.jobs.rules import QueueWakeups
+from stord.server.agents.port import AgentStore
 from stord.server.backends.postgres._agents import PostgresAgentStore
 from stord.server.backends.postgres._documents import PostgresDocumentStore
 from stord.server.backends.postgres._events import PostgresEventStore
@@ -13,18 +13,13 @@ from stord.server.backends.postgres._migrate import migrate
 from stord.server.backends.postgres._pool import Pool
 from stord.server.backends.postgres._transfer import PostgresTransferStore
 from stord.server.config import PostgresOptions
-from stord.server.ports import (
-    AgentStore,
-    Clock,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    system_clock,
-)
+from stord.server.documents.port import DocumentStore
+from stord.server.jobs.port import JobQueueStore
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.kv.port import Keyspace, KeyValueStore
+from stord.server.manifests.port import ManifestStore
+from stord.server.ports import Clock, EventStore, system_clock
+from stord.server.transfer.port import TransferStore
 
 _SWEEP_BATCH = 1000
 

@@ -1,6 +1,6 @@
 """The document contract (DESIGN 4.2) over the documents table of migrations/postgres/0003_documents_jobs.sql.
 
-Filters and sorts follow the typing rules of backends/_documents.py with jsonb: `data #> path` reads a field
+Filters and sorts follow the typing rules of documents/rules.py with jsonb: `data #> path` reads a field
 (NULL when missing), jsonb_typeof() tells its type, and jsonb equality and ordering compare values of one type
 (numbers numerically). Strings compare as text with COLLATE "C", by code point, whatever the database's
 locale. Paths and values are bound parameters. Queries run unprepared, so PostgreSQL plans them with the
@@ -15,18 +15,9 @@ from typing import Any
 import orjson
 from psycopg import sql
 
-from stord.server.documents.rules import (
-    already_exists,
-    check_revision,
-    index_name,
-    operation_context,
-)
-from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.postgres._jobs import at, insert_jobs
 from stord.server.backends.postgres._pool import Connection, Pool
-from stord.server.ports import (
-    Clock,
-    Conflict,
+from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
     Document,
@@ -35,11 +26,19 @@ from stord.server.ports import (
     FieldFilter,
     FieldPath,
     FilterOperator,
-    NewJob,
     OperationResult,
     SortKey,
     UpdateDocument,
 )
+from stord.server.documents.rules import (
+    already_exists,
+    check_revision,
+    index_name,
+    operation_context,
+)
+from stord.server.jobs.port import NewJob
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.ports import Clock, Conflict
 
 __all__ = ["PostgresDocumentStore"]
 

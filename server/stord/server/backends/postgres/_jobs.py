@@ -20,11 +20,12 @@ import orjson
 import psycopg
 import structlog
 
-from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions
-from stord.server.ports import Clock, EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats, Unavailable
+from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.ports import Clock, Unavailable
 
 __all__ = ["JobNotifications", "PostgresJobQueueStore", "at", "insert_jobs"]
 

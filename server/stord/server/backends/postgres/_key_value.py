@@ -4,9 +4,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from stord.server.kv.glob import literal_prefix, prefix_successor
 from stord.server.backends.postgres._pool import Pool
-from stord.server.ports import Clock, Keyspace, SetCondition, ValueEntry
+from stord.server.kv.glob import literal_prefix, prefix_successor
+from stord.server.kv.port import Keyspace, SetCondition, ValueEntry
+from stord.server.ports import Clock
 
 # Every statement takes the time from the injected clock as `now`, never the server's now(): tests move time,
 # and several daemons agree on expiry as far as their clocks agree. A value is live while

@@ -11,15 +11,14 @@ from typing import Any
 from psycopg.types.json import Jsonb
 
 from stord.server.backends.postgres._pool import Pool
-from stord.server.ports import (
-    Clock,
+from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
-    JsonObject,
     ManifestDocumentKind,
     ManifestStats,
     TransformerRecord,
 )
+from stord.server.ports import Clock, JsonObject
 
 __all__ = ["PostgresManifestStore"]
 

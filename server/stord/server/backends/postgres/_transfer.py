@@ -1,4 +1,4 @@
-"""Dump and restore (ports/_transfer.py) over the PostgreSQL tables of every contract.
+"""Dump and restore (transfer/port.py) over the PostgreSQL tables of every contract.
 
 A dump is one REPEATABLE READ, READ ONLY transaction (one snapshot, while daemons keep writing) that reads
 each table through a server-side cursor, batch by batch. A restore is one transaction on one connection:
@@ -38,7 +38,7 @@ from stord.server.backends._transfer import (
 from stord.server.backends.postgres import _agents, _documents, _events, _jobs, _manifests
 from stord.server.backends.postgres._jobs import at
 from stord.server.backends.postgres._pool import Connection, Pool
-from stord.server.ports import (
+from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
     AlertRuleRecord,

@@ -4,22 +4,17 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from stord.server.agents.port import AgentStore
 from stord.server.backends.redis._errors import unavailable_on_connection_errors
 from stord.server.backends.redis._key_value import RedisKeyValueStore
 from stord.server.backends.redis._transfer import RedisTransferStore
 from stord.server.config import RedisOptions, redact_url
-from stord.server.ports import (
-    AgentStore,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    Unavailable,
-    Unimplemented,
-)
+from stord.server.documents.port import DocumentStore
+from stord.server.jobs.port import JobQueueStore
+from stord.server.kv.port import Keyspace, KeyValueStore
+from stord.server.manifests.port import ManifestStore
+from stord.server.ports import EventStore, Unavailable, Unimplemented
+from stord.server.transfer.port import TransferStore
 
 
 class RedisBackend:

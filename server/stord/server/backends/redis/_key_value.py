@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 
-from stord.server.kv.glob import glob_regex, literal_prefix
 from stord.server.backends.redis import _layout
 from stord.server.backends.redis._errors import translate_errors
-from stord.server.ports import Keyspace, SetCondition, ValueEntry
+from stord.server.kv.glob import glob_regex, literal_prefix
+from stord.server.kv.port import Keyspace, SetCondition, ValueEntry
 
 _SCAN_COUNT = 1000
 _UNLINK_BATCH = 500

@@ -7,17 +7,10 @@ import json
 import sqlite3
 from typing import Any
 
+from stord.server.agents.port import AgentMatch, AgentStatus, AgentVisibility, AgentWrite, StoredAgent
 from stord.server.agents.search import configuration_text, fold
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import (
-    AgentMatch,
-    AgentStatus,
-    AgentVisibility,
-    AgentWrite,
-    Clock,
-    PermissionDenied,
-    StoredAgent,
-)
+from stord.server.ports import Clock, PermissionDenied
 
 __all__ = ["SqliteAgentStore"]
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stord.server.jobs.rules import QueueWakeups
+from stord.server.agents.port import AgentStore
 from stord.server.backends.sqlite._agents import SqliteAgentStore
 from stord.server.backends.sqlite._documents import SqliteDocumentStore
 from stord.server.backends.sqlite._engine import SqliteEngine
@@ -12,18 +12,13 @@ from stord.server.backends.sqlite._key_value import SqliteKeyValueStore, delete_
 from stord.server.backends.sqlite._manifests import SqliteManifestStore
 from stord.server.backends.sqlite._transfer import SqliteTransferStore
 from stord.server.config import SqliteOptions
-from stord.server.ports import (
-    AgentStore,
-    Clock,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    system_clock,
-)
+from stord.server.documents.port import DocumentStore
+from stord.server.jobs.port import JobQueueStore
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.kv.port import Keyspace, KeyValueStore
+from stord.server.manifests.port import ManifestStore
+from stord.server.ports import Clock, EventStore, system_clock
+from stord.server.transfer.port import TransferStore
 
 
 class SqliteBackend:

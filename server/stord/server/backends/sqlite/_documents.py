@@ -1,6 +1,6 @@
 """The document contract (DESIGN 4.2) over the documents table of migrations/sqlite/0003_documents_jobs.sql.
 
-Filters and sorts follow the typing rules of backends/_documents.py with json_type(), which tells a field's
+Filters and sorts follow the typing rules of documents/rules.py with json_type(), which tells a field's
 JSON type ('null', 'true', 'false', 'integer', 'real', 'text', 'array', 'object', NULL when missing), and
 json_extract(), which reads its value. Values are always bound as parameters. A field's JSON path, however, is
 written into the SQL text as a quoted literal: SQLite uses an index on an expression (CreateIndex) only when
@@ -16,19 +16,9 @@ from typing import Any
 
 import orjson
 
-from stord.server.documents.rules import (
-    FIELD_KEY,
-    already_exists,
-    check_revision,
-    index_name,
-    merge,
-    operation_context,
-)
-from stord.server.jobs.rules import QueueWakeups
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._jobs import insert_jobs
-from stord.server.ports import (
-    Clock,
+from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
     Document,
@@ -38,11 +28,21 @@ from stord.server.ports import (
     FieldPath,
     FilterOperator,
     JsonScalar,
-    NewJob,
     OperationResult,
     SortKey,
     UpdateDocument,
 )
+from stord.server.documents.rules import (
+    FIELD_KEY,
+    already_exists,
+    check_revision,
+    index_name,
+    merge,
+    operation_context,
+)
+from stord.server.jobs.port import NewJob
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.ports import Clock
 
 __all__ = ["SqliteDocumentStore"]
 

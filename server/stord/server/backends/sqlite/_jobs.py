@@ -15,9 +15,10 @@ from typing import Any
 
 import orjson
 
-from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import Clock, EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
+from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.ports import Clock
 
 __all__ = ["SqliteJobQueueStore", "insert_jobs"]
 

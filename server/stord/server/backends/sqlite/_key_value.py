@@ -9,9 +9,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from stord.server.kv.glob import glob_regex, literal_prefix, prefix_successor
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import Clock, Keyspace, SetCondition, ValueEntry
+from stord.server.kv.glob import glob_regex, literal_prefix, prefix_successor
+from stord.server.kv.port import Keyspace, SetCondition, ValueEntry
+from stord.server.ports import Clock
 
 __all__ = ["SqliteKeyValueStore", "delete_expired"]
 

@@ -11,15 +11,14 @@ import sqlite3
 from typing import Any
 
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import (
-    Clock,
+from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
-    JsonObject,
     ManifestDocumentKind,
     ManifestStats,
     TransformerRecord,
 )
+from stord.server.ports import Clock, JsonObject
 
 __all__ = ["SqliteManifestStore"]
 

@@ -1,4 +1,4 @@
-"""Dump and restore (ports/_transfer.py) over the SQLite tables of every contract.
+"""Dump and restore (transfer/port.py) over the SQLite tables of every contract.
 
 A dump is one read transaction on a reader thread, so one snapshot, also while a daemon writes the file (WAL):
 the thread hands batches to the event loop through a small queue. A restore is one write on the engine's
@@ -41,7 +41,7 @@ from stord.server.backends._transfer import (
 )
 from stord.server.backends.sqlite import _agents, _documents, _events, _jobs, _manifests
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import (
+from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
     AlertRuleRecord,
