@@ -1,4 +1,4 @@
-"""Packages of `stord`: `stord.server*` from server/, and the top-level migrations/ as `stord.server.migrations`.
+"""Map `stord.server*` from server/, and the top-level migrations/ as `stord.server.migrations`.
 
 Everything else is in pyproject.toml; only this mapping needs code (package discovery plus one package
 elsewhere).
