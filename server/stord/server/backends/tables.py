@@ -10,9 +10,9 @@ time. Row mapping stays beside each dialect's store, since the dialects return d
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar
 
 __all__ = [
     "AGENTS",
@@ -28,6 +28,7 @@ __all__ = [
     "Column",
     "Dialect",
     "Index",
+    "Rows",
     "Table",
 ]
 
@@ -91,9 +92,16 @@ class Table:
             if column.name not in skip
         )
 
-    def count(self, *, skip: Collection[str] = ("namespace",)) -> int:
-        """Return how many columns `names(skip=...)` lists."""
-        return sum(column.name not in skip for column in self.columns)
+    def insert(self, placeholder: str, *, cast: Mapping[str, str] | None = None, clause: str = "") -> str:
+        """Return an INSERT of every column in record order, one positional `placeholder` each.
+
+        `cast` appends a cast to some values (`{"data": "::jsonb"}`); `clause` goes before VALUES
+        (`OVERRIDING SYSTEM VALUE`).
+        """
+        casts = cast or {}
+        values = ", ".join(f"{placeholder}{casts.get(column.name, '')}" for column in self.columns)
+        before_values = f" {clause}" if clause else ""
+        return f"INSERT INTO {self.name} ({self.names(skip=())}){before_values} VALUES ({values})"
 
     def column(self, name: str) -> Column:
         """Return the column called `name`; raise KeyError when the table has none."""
@@ -101,6 +109,17 @@ class Table:
             if column.name == name:
                 return column
         raise KeyError(f"{self.name} has no column {name!r}")
+
+
+_T_co = TypeVar("_T_co", covariant=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Rows(Generic[_T_co]):
+    """How one dialect's store reads a table: the select list, and the function making a row a value."""
+
+    columns: str
+    read: Callable[[Sequence[Any]], _T_co]
 
 
 def _text(name: str, *, nullable: bool = False, code_point: bool = True) -> Column:

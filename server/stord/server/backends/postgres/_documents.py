@@ -17,6 +17,7 @@ from psycopg import sql
 
 from stord.server.backends.postgres._jobs import at, insert_jobs
 from stord.server.backends.postgres._pool import Connection, Pool
+from stord.server.backends.tables import DOCUMENTS, Rows
 from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
@@ -42,7 +43,7 @@ from stord.server.ports import Clock, Conflict
 
 __all__ = ["PostgresDocumentStore"]
 
-_COLUMNS = "collection, id, revision, create_time, update_time, data::text"
+_COLUMNS = DOCUMENTS.names(cast={"data": "::text"})
 _KEY = "namespace = %(namespace)s AND collection = %(collection)s AND id = %(id)s"
 
 _INSERT = f"""
@@ -286,3 +287,7 @@ class PostgresDocumentStore:
         async with self._pool.connection() as connection:
             await connection.execute(values)
             await connection.execute(texts)
+
+
+DOCUMENT_ROWS = Rows(_COLUMNS, _document)
+"""How export reads the documents table (after its namespace column)."""

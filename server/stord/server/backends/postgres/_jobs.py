@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -22,6 +23,7 @@ import structlog
 
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
+from stord.server.backends.tables import JOBS, Rows
 from stord.server.config import PostgresOptions
 from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
 from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
@@ -38,9 +40,7 @@ _LISTEN = "LISTEN stord_jobs"
 _RELISTEN_DELAY = 1.0
 _DEDUPE_ATTEMPTS = 5
 
-_COLUMNS = """jobs.sequence, jobs.id, jobs.queue, jobs.status, jobs.priority, jobs.run_at, jobs.attempts,
-    jobs.max_attempts, jobs.dedupe_key, jobs.payload::text, jobs.last_error, jobs.lease_token,
-    jobs.lease_expires_at, jobs.create_time, jobs.update_time"""
+_COLUMNS = JOBS.names(prefix="jobs.", cast={"payload": "::text"})
 
 _NOTIFY = "SELECT pg_notify(%(channel)s, %(payload)s)"
 
@@ -436,3 +436,7 @@ class PostgresJobQueueStore:
     def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:
         self._notifications.start()
         return self._wakeups.watch(namespace, queue)
+
+
+JOB_ROWS = Rows(_COLUMNS, functools.partial(_job, with_token=True))
+"""How export reads the jobs table (after its namespace column), lease tokens included."""

@@ -6,11 +6,13 @@ Timestamp can hold orders exactly (timestamptz keeps only microseconds).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
 from stord.server.backends.postgres._pool import Pool
+from stord.server.backends.tables import HANDLER_MANIFESTS, MANIFEST_TRANSFORMERS, Rows
 from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
@@ -32,7 +34,7 @@ ON CONFLICT (namespace, handler_id, version) DO UPDATE SET
     document = excluded.document
 """
 
-_MANIFEST_COLUMNS = "handler_id, version, created_seconds, created_nanos, document"
+_MANIFEST_COLUMNS = HANDLER_MANIFESTS.names()
 _HANDLER = "namespace = %(namespace)s AND handler_id = %(handler_id)s"
 
 _GET_MANIFEST = f"""
@@ -66,7 +68,7 @@ ON CONFLICT (namespace, id) DO UPDATE SET
     to_version = excluded.to_version, document = excluded.document
 """
 
-_TRANSFORMER_COLUMNS = "id, handler_id, from_version, to_version, document"
+_TRANSFORMER_COLUMNS = MANIFEST_TRANSFORMERS.names()
 
 _GET_TRANSFORMER = f"""
 SELECT {_TRANSFORMER_COLUMNS} FROM manifest_transformers WHERE namespace = %(namespace)s AND id = %(id)s
@@ -115,12 +117,12 @@ SELECT
 """
 
 
-def _manifest(row: tuple[Any, ...]) -> HandlerManifestRecord:
+def _manifest(row: Sequence[Any]) -> HandlerManifestRecord:
     handler_id, version, seconds, nanos, document = row
     return HandlerManifestRecord(handler_id, version, seconds * _NANOS + nanos, document)
 
 
-def _transformer(row: tuple[Any, ...]) -> TransformerRecord:
+def _transformer(row: Sequence[Any]) -> TransformerRecord:
     transformer_id, handler_id, from_version, to_version, document = row
     return TransformerRecord(transformer_id, handler_id, from_version, to_version, document)
 
@@ -262,3 +264,10 @@ def _object(document: Any) -> JsonObject:
     """Type a jsonb column that holds an object, as psycopg decodes it."""
     value: JsonObject = document
     return value
+
+
+MANIFEST_ROWS = Rows(_MANIFEST_COLUMNS, _manifest)
+"""How export reads the handler_manifests table (after its namespace column)."""
+
+TRANSFORMER_ROWS = Rows(_TRANSFORMER_COLUMNS, _transformer)
+"""How export reads the manifest_transformers table (after its namespace column)."""

@@ -18,6 +18,7 @@ import orjson
 
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._jobs import insert_jobs
+from stord.server.backends.tables import DOCUMENTS, Rows
 from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
@@ -46,7 +47,7 @@ from stord.server.ports import Clock
 
 __all__ = ["SqliteDocumentStore"]
 
-_COLUMNS = "collection, id, revision, create_time, update_time, data"
+_COLUMNS = DOCUMENTS.names()
 _KEY = "namespace = :namespace AND collection = :collection AND id = :id"
 
 _INSERT = """
@@ -279,3 +280,7 @@ class SqliteDocumentStore:
             connection.execute("ANALYZE documents")
 
         await self._engine.write(run)
+
+
+DOCUMENT_ROWS = Rows(_COLUMNS, _document)
+"""How export reads the documents table (after its namespace column)."""

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
 from stord.server.backends.sqlite._engine import SqliteEngine
+from stord.server.backends.tables import HANDLER_MANIFESTS, MANIFEST_TRANSFORMERS, Rows
 from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
@@ -32,7 +34,7 @@ ON CONFLICT (namespace, handler_id, version) DO UPDATE SET
     document = excluded.document
 """
 
-_MANIFEST_COLUMNS = "handler_id, version, created_seconds, created_nanos, document"
+_MANIFEST_COLUMNS = HANDLER_MANIFESTS.names()
 _HANDLER = "namespace = :namespace AND handler_id = :handler_id"
 
 _GET_MANIFEST = f"SELECT {_MANIFEST_COLUMNS} FROM handler_manifests WHERE {_HANDLER} AND version = :version"
@@ -64,7 +66,7 @@ ON CONFLICT (namespace, id) DO UPDATE SET
     to_version = excluded.to_version, document = excluded.document
 """
 
-_TRANSFORMER_COLUMNS = "id, handler_id, from_version, to_version, document"
+_TRANSFORMER_COLUMNS = MANIFEST_TRANSFORMERS.names()
 
 _GET_TRANSFORMER = f"""
 SELECT {_TRANSFORMER_COLUMNS} FROM manifest_transformers WHERE namespace = :namespace AND id = :id
@@ -112,12 +114,12 @@ def _dump(document: JsonObject) -> str:
     return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
 
 
-def _manifest(row: tuple[Any, ...]) -> HandlerManifestRecord:
+def _manifest(row: Sequence[Any]) -> HandlerManifestRecord:
     handler_id, version, seconds, nanos, document = row
     return HandlerManifestRecord(handler_id, version, seconds * _NANOS + nanos, json.loads(document))
 
 
-def _transformer(row: tuple[Any, ...]) -> TransformerRecord:
+def _transformer(row: Sequence[Any]) -> TransformerRecord:
     transformer_id, handler_id, from_version, to_version, document = row
     return TransformerRecord(transformer_id, handler_id, from_version, to_version, json.loads(document))
 
@@ -286,3 +288,10 @@ class SqliteManifestStore:
 def _load(text: str) -> JsonObject:
     document: JsonObject = json.loads(text)
     return document
+
+
+MANIFEST_ROWS = Rows(_MANIFEST_COLUMNS, _manifest)
+"""How export reads the handler_manifests table (after its namespace column)."""
+
+TRANSFORMER_ROWS = Rows(_TRANSFORMER_COLUMNS, _transformer)
+"""How export reads the manifest_transformers table (after its namespace column)."""
