@@ -12,21 +12,34 @@ from pathlib import Path
 import pytest
 
 from stord.client import Client
+from stord.server.backends import KINDS, declared_capabilities
 from stord.server.config import Settings
 from stord.server.logs import configure_logging
+from stord.server.ports import Capability
 from tests.harness.clock import ManualClock
 from tests.harness.daemon import DaemonThread
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.redis import RedisServer, start_redis
 
-KV_BACKENDS = ["memory", "sqlite", "postgres", "redis"]
+
+def backends_with(capability: Capability) -> list[str]:
+    """Return the backends that declare `capability`, in `KINDS` order: tests read the declarations."""
+    return [kind for kind in KINDS if capability in declared_capabilities(kind)]
+
+
+KV_BACKENDS = backends_with(Capability.KEY_VALUE)
 """Backends that serve the key-value contract, each run through the same conformance suite."""
 
-DATABASE_BACKENDS = ["memory", "sqlite", "postgres"]
+DATABASE_BACKENDS = backends_with(Capability.DOCUMENTS)
 """Backends that serve every contract but the cache and key-value ones alone (Redis does not)."""
 
-CLOCKED = {"memory", "sqlite", "postgres"}
+CLOCKED = set(backends_with(Capability.INJECTABLE_CLOCK))
 """Backends whose expiry follows the daemon's injectable clock; Redis expires keys by its own clock."""
+
+SHARED_DATABASES = [
+    kind for kind in DATABASE_BACKENDS if kind in backends_with(Capability.SHARED_BY_PROCESSES)
+]
+"""Databases that several daemon processes can serve at once (and that outlive a daemon)."""
 
 _database_names = itertools.count()
 

@@ -26,6 +26,7 @@ from stord.server.ports._base import (
     Unimplemented,
     system_clock,
 )
+from stord.server.ports._capabilities import CONTRACT_CAPABILITIES, Capability
 from stord.server.ports._events import (
     ALERT_RULE_FIELDS,
     FEED_KEEP_SECONDS,
@@ -72,6 +73,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ALERT_RULE_FIELDS",
+    "CONTRACT_CAPABILITIES",
     "FEED_KEEP_SECONDS",
     "AlertCondition",
     "AlertHistoryEntry",
@@ -82,6 +84,7 @@ __all__ = [
     "AnalyticsFigures",
     "AnalyticsQuery",
     "Backend",
+    "Capability",
     "ChainVerification",
     "Clock",
     "CommitListener",
@@ -127,6 +130,11 @@ class Backend(Protocol):
     @property
     def kind(self) -> str:
         """Name the engine: `memory`, `sqlite`, `postgres` or `redis`."""
+        ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """Name what the engine serves and supports (also `CAPABILITIES` on its class, before it opens)."""
         ...
 
     async def open(self) -> None:

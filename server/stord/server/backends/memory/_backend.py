@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from stord.server.agents.port import AgentStore
 from stord.server.backends.memory._agents import MemoryAgentStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
@@ -12,7 +14,7 @@ from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.kv.port import Keyspace, KeyValueStore
 from stord.server.manifests.port import ManifestStore
-from stord.server.ports import Clock, EventStore, Unimplemented, system_clock
+from stord.server.ports import Capability, Clock, EventStore, Unimplemented, system_clock
 from stord.server.transfer.port import TransferStore
 
 
@@ -28,9 +30,25 @@ class MemoryBackend:
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
 
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.KEY_VALUE,
+            Capability.DOCUMENTS,
+            Capability.JOBS,
+            Capability.EVENTS,
+            Capability.AGENTS,
+            Capability.MANIFESTS,
+            Capability.INJECTABLE_CLOCK,
+        }
+    )
+
     @property
     def kind(self) -> str:
         return "memory"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.CAPABILITIES
 
     async def open(self) -> None:
         pass

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -13,7 +15,7 @@ from stord.server.documents.port import DocumentStore
 from stord.server.jobs.port import JobQueueStore
 from stord.server.kv.port import Keyspace, KeyValueStore
 from stord.server.manifests.port import ManifestStore
-from stord.server.ports import EventStore, Unavailable, Unimplemented
+from stord.server.ports import Capability, EventStore, Unavailable, Unimplemented
 from stord.server.transfer.port import TransferStore
 
 
@@ -27,9 +29,21 @@ class RedisBackend:
         self._key_value = {keyspace: RedisKeyValueStore(self._client, keyspace) for keyspace in Keyspace}
         self._transfer = RedisTransferStore(self._client)
 
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.KEY_VALUE,
+            Capability.TRANSFER,
+            Capability.SHARED_BY_PROCESSES,
+        }
+    )
+
     @property
     def kind(self) -> str:
         return "redis"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.CAPABILITIES
 
     def _client(self) -> Redis:
         if self._redis is None:

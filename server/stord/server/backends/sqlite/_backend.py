@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 from stord.server.agents.port import AgentStore
 from stord.server.backends.sqlite._agents import SqliteAgentStore
@@ -17,7 +18,7 @@ from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.kv.port import Keyspace, KeyValueStore
 from stord.server.manifests.port import ManifestStore
-from stord.server.ports import Clock, EventStore, system_clock
+from stord.server.ports import Capability, Clock, EventStore, system_clock
 from stord.server.transfer.port import TransferStore
 
 
@@ -38,9 +39,28 @@ class SqliteBackend:
         self._jobs = SqliteJobQueueStore(self._engine, clock, wakeups)
         self._transfer = SqliteTransferStore(self._engine)
 
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
+        {
+            Capability.KEY_VALUE,
+            Capability.DOCUMENTS,
+            Capability.JOBS,
+            Capability.EVENTS,
+            Capability.AGENTS,
+            Capability.MANIFESTS,
+            Capability.TRANSFER,
+            Capability.INJECTABLE_CLOCK,
+            Capability.INDEXES,
+            Capability.SHARED_BY_PROCESSES,
+        }
+    )
+
     @property
     def kind(self) -> str:
         return "sqlite"
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        return self.CAPABILITIES
 
     @property
     def engine(self) -> SqliteEngine:
