@@ -41,6 +41,9 @@ SHARED_DATABASES = [
 ]
 """Databases that several daemon processes can serve at once (and that outlive a daemon)."""
 
+NO_RECHECK = 3600.0
+"""A long poll's recheck interval longer than any wait (60 s at most): only wake-ups end a wait early."""
+
 _database_names = itertools.count()
 
 
@@ -98,7 +101,15 @@ class Daemons:
         if kind not in self._running:
             url = make_backend_url(self._request, kind, self._tmp_path_factory.mktemp(kind))
             clock = ManualClock()
-            settings = Settings(listen="127.0.0.1:0", database=url, cache=url, log_level="warning")
+            settings = Settings(
+                listen="127.0.0.1:0",
+                database=url,
+                cache=url,
+                log_level="warning",
+                # Time moves only by the manual clock here: no job falls due on its own, so a long poll
+                # has nothing to recheck for, and whatever answers a waiting Dequeue early is a wake-up.
+                long_poll_recheck_interval=NO_RECHECK,
+            )
             thread = DaemonThread(settings, clock=clock).start()
             self._running[kind] = Served(kind, thread.target, clock, thread)
         return self._running[kind]

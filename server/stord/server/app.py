@@ -175,7 +175,7 @@ class Daemon:
         for contract in CONTRACTS:
             backend = backends[contract.role]
             try:
-                servicer = contract.servicer(backend, cache, metrics)
+                servicer = contract.servicer(backend, cache, metrics, settings)
                 contract.add_to_server(servicer, server)
                 if isinstance(servicer, _Draining):
                     self._draining.append(servicer)
