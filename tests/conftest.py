@@ -77,7 +77,7 @@ def make_backend_url(request: pytest.FixtureRequest, kind: str, directory: Path)
 
 
 @dataclass
-class Served:
+class SharedDaemon:
     """A running daemon over one backend, shared by the tests of a session."""
 
     kind: str
@@ -95,9 +95,9 @@ class Daemons:
     def __init__(self, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
         self._request = request
         self._tmp_path_factory = tmp_path_factory
-        self._running: dict[str, Served] = {}
+        self._running: dict[str, SharedDaemon] = {}
 
-    def get(self, kind: str) -> Served:
+    def get(self, kind: str) -> SharedDaemon:
         if kind not in self._running:
             url = make_backend_url(self._request, kind, self._tmp_path_factory.mktemp(kind))
             clock = ManualClock()
@@ -111,7 +111,7 @@ class Daemons:
                 long_poll_recheck_interval=NO_RECHECK,
             )
             thread = DaemonThread(settings, clock=clock).start()
-            self._running[kind] = Served(kind, thread.target, clock, thread)
+            self._running[kind] = SharedDaemon(kind, thread.target, clock, thread)
         return self._running[kind]
 
     def stop(self) -> None:
@@ -127,32 +127,32 @@ def daemons(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(params=KV_BACKENDS)
-def served(request: pytest.FixtureRequest, daemons: Daemons) -> Served:
+def served(request: pytest.FixtureRequest, daemons: Daemons) -> SharedDaemon:
     """A daemon whose database and cache are both the parametrized key-value backend."""
     return daemons.get(request.param)
 
 
 @pytest.fixture(params=DATABASE_BACKENDS)
-def database_served(request: pytest.FixtureRequest, daemons: Daemons) -> Served:
+def database_served(request: pytest.FixtureRequest, daemons: Daemons) -> SharedDaemon:
     """A daemon on each backend that serves the database-only contracts (documents, jobs, events, ...)."""
     return daemons.get(request.param)
 
 
 @pytest.fixture
-def database_client(database_served: Served) -> Iterator[Client]:
+def database_client(database_served: SharedDaemon) -> Iterator[Client]:
     """A client in a namespace of its own on a daemon that serves the database-only contracts."""
     with database_served.client() as client:
         yield client
 
 
 @pytest.fixture
-def redis_served(daemons: Daemons) -> Served:
+def redis_served(daemons: Daemons) -> SharedDaemon:
     """A daemon on Redis, to check that it answers UNIMPLEMENTED for the contracts it does not serve."""
     return daemons.get("redis")
 
 
 @pytest.fixture
-def client(served: Served) -> Iterator[Client]:
+def client(served: SharedDaemon) -> Iterator[Client]:
     """A client in a namespace of its own, so tests share a daemon without seeing each other."""
     with served.client() as client:
         yield client
