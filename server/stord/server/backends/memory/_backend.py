@@ -14,7 +14,14 @@ from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.kv.port import Keyspace, KeyValueStore
 from stord.server.manifests.port import ManifestStore
-from stord.server.ports import Capability, Clock, EventStore, Unimplemented, system_clock
+from stord.server.ports import (
+    CONTRACT_CAPABILITIES,
+    Capability,
+    Clock,
+    EventStore,
+    Unimplemented,
+    system_clock,
+)
 from stord.server.transfer.port import TransferStore
 
 
@@ -30,17 +37,9 @@ class MemoryBackend:
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
 
-    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.KEY_VALUE,
-            Capability.DOCUMENTS,
-            Capability.JOBS,
-            Capability.EVENTS,
-            Capability.AGENTS,
-            Capability.MANIFESTS,
-            Capability.INJECTABLE_CLOCK,
-        }
-    )
+    CAPABILITIES: ClassVar[frozenset[Capability]] = (CONTRACT_CAPABILITIES - {Capability.TRANSFER}) | {
+        Capability.INJECTABLE_CLOCK  # nothing outlives the process, so there is nothing to export
+    }
 
     @property
     def kind(self) -> str:

@@ -19,7 +19,7 @@ from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.kv.port import Keyspace, KeyValueStore
 from stord.server.manifests.port import ManifestStore
-from stord.server.ports import Capability, Clock, EventStore, system_clock
+from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, EventStore, system_clock
 from stord.server.transfer.port import TransferStore
 
 _SWEEP_BATCH = 1000
@@ -60,21 +60,12 @@ class PostgresBackend:
         self._jobs = PostgresJobQueueStore(self._pool, clock, wakeups, self._job_notifications)
         self._transfer = PostgresTransferStore(self._pool)
 
-    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.KEY_VALUE,
-            Capability.DOCUMENTS,
-            Capability.JOBS,
-            Capability.EVENTS,
-            Capability.AGENTS,
-            Capability.MANIFESTS,
-            Capability.TRANSFER,
-            Capability.INJECTABLE_CLOCK,
-            Capability.INDEXES,
-            Capability.SHARED_BY_PROCESSES,
-            Capability.CROSS_PROCESS_WAKEUPS,
-        }
-    )
+    CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
+        Capability.INJECTABLE_CLOCK,
+        Capability.INDEXES,
+        Capability.SHARED_BY_PROCESSES,
+        Capability.CROSS_PROCESS_WAKEUPS,  # LISTEN/NOTIFY
+    }
 
     @property
     def kind(self) -> str:

@@ -30,11 +30,7 @@ class RedisBackend:
         self._transfer = RedisTransferStore(self._client)
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.KEY_VALUE,
-            Capability.TRANSFER,
-            Capability.SHARED_BY_PROCESSES,
-        }
+        {Capability.KEY_VALUE, Capability.TRANSFER, Capability.SHARED_BY_PROCESSES}
     )
 
     @property

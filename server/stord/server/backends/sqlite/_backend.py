@@ -18,7 +18,7 @@ from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.kv.port import Keyspace, KeyValueStore
 from stord.server.manifests.port import ManifestStore
-from stord.server.ports import Capability, Clock, EventStore, system_clock
+from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, EventStore, system_clock
 from stord.server.transfer.port import TransferStore
 
 
@@ -39,20 +39,11 @@ class SqliteBackend:
         self._jobs = SqliteJobQueueStore(self._engine, clock, wakeups)
         self._transfer = SqliteTransferStore(self._engine)
 
-    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
-        {
-            Capability.KEY_VALUE,
-            Capability.DOCUMENTS,
-            Capability.JOBS,
-            Capability.EVENTS,
-            Capability.AGENTS,
-            Capability.MANIFESTS,
-            Capability.TRANSFER,
-            Capability.INJECTABLE_CLOCK,
-            Capability.INDEXES,
-            Capability.SHARED_BY_PROCESSES,
-        }
-    )
+    CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
+        Capability.INJECTABLE_CLOCK,
+        Capability.INDEXES,
+        Capability.SHARED_BY_PROCESSES,  # its wake-ups across processes are polls (PRAGMA data_version)
+    }
 
     @property
     def kind(self) -> str:
