@@ -37,8 +37,9 @@ class MemoryBackend:
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
 
+    # No TRANSFER: nothing outlives the process, so there is nothing to export or import into.
     CAPABILITIES: ClassVar[frozenset[Capability]] = (CONTRACT_CAPABILITIES - {Capability.TRANSFER}) | {
-        Capability.INJECTABLE_CLOCK  # nothing outlives the process, so there is nothing to export
+        Capability.INJECTABLE_CLOCK
     }
 
     @property
