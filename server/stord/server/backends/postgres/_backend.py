@@ -4,14 +4,15 @@ from datetime import UTC, datetime
 from typing import ClassVar
 
 from stord.server.agents.port import AgentStore
+from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.postgres._agents import PostgresAgentStore
 from stord.server.backends.postgres._documents import PostgresDocumentStore
 from stord.server.backends.postgres._events import PostgresEventStore
 from stord.server.backends.postgres._jobs import JobNotifications, PostgresJobQueueStore
 from stord.server.backends.postgres._key_value import PostgresKeyValueStore
-from stord.server.backends.postgres._manifests import PostgresManifestStore
 from stord.server.backends.postgres._migrate import migrate
 from stord.server.backends.postgres._pool import Pool
+from stord.server.backends.postgres._runner import POSTGRES, PostgresRunner
 from stord.server.backends.postgres._transfer import PostgresTransferStore
 from stord.server.config import PostgresOptions
 from stord.server.documents.port import DocumentStore
@@ -53,7 +54,7 @@ class PostgresBackend:
         }
         self._agents = PostgresAgentStore(self._pool, clock)
         self._events = PostgresEventStore(self._pool, clock, url=url, options=options)
-        self._manifests = PostgresManifestStore(self._pool, clock)
+        self._manifests = SqlManifestStore(PostgresRunner(self._pool), POSTGRES, clock)
         wakeups = QueueWakeups()
         self._job_notifications = JobNotifications(url, options, wakeups)
         self._documents = PostgresDocumentStore(self._pool, clock, wakeups)

@@ -21,6 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     DumpSources,
@@ -36,9 +37,10 @@ from stord.server.backends._transfer import (
     occupied,
     repeated_record,
 )
-from stord.server.backends.postgres import _agents, _documents, _events, _jobs, _manifests
+from stord.server.backends.postgres import _agents, _documents, _events, _jobs
 from stord.server.backends.postgres._jobs import at
 from stord.server.backends.postgres._pool import Connection, Pool
+from stord.server.backends.postgres._runner import POSTGRES
 from stord.server.backends.tables import (
     AGENTS,
     DOCUMENTS,
@@ -123,8 +125,8 @@ _SOURCES = DumpSources(
     alert_rule=Rows(_events._RULE_COLUMNS, _events._rule),
     alert_entry=Rows(_events._HISTORY_COLUMNS, _events._entry),
     agent=_agents.AGENT_ROWS,
-    manifest=_manifests.MANIFEST_ROWS,
-    transformer=_manifests.TRANSFORMER_ROWS,
+    manifest=manifest_rows(POSTGRES),
+    transformer=transformer_rows(POSTGRES),
 )
 
 # Move an identity generator past the greatest number in its column (never back).

@@ -4,13 +4,14 @@ from pathlib import Path
 from typing import ClassVar
 
 from stord.server.agents.port import AgentStore
+from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.sqlite._agents import SqliteAgentStore
 from stord.server.backends.sqlite._documents import SqliteDocumentStore
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._events import SqliteEventStore
 from stord.server.backends.sqlite._jobs import SqliteJobQueueStore
 from stord.server.backends.sqlite._key_value import SqliteKeyValueStore, delete_expired
-from stord.server.backends.sqlite._manifests import SqliteManifestStore
+from stord.server.backends.sqlite._runner import SQLITE, SqliteRunner
 from stord.server.backends.sqlite._transfer import SqliteTransferStore
 from stord.server.config import SqliteOptions
 from stord.server.documents.port import DocumentStore
@@ -33,7 +34,7 @@ class SqliteBackend:
         }
         self._agents = SqliteAgentStore(self._engine, clock)
         self._events = SqliteEventStore(self._engine, clock)
-        self._manifests = SqliteManifestStore(self._engine, clock)
+        self._manifests = SqlManifestStore(SqliteRunner(self._engine), SQLITE, clock)
         wakeups = QueueWakeups()
         self._documents = SqliteDocumentStore(self._engine, clock, wakeups)
         self._jobs = SqliteJobQueueStore(self._engine, clock, wakeups)

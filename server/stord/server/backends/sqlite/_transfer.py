@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     DumpSources,
@@ -40,8 +41,9 @@ from stord.server.backends._transfer import (
     occupied,
     repeated_record,
 )
-from stord.server.backends.sqlite import _agents, _documents, _events, _jobs, _manifests
+from stord.server.backends.sqlite import _agents, _documents, _events, _jobs
 from stord.server.backends.sqlite._engine import SqliteEngine
+from stord.server.backends.sqlite._runner import SQLITE
 from stord.server.backends.tables import (
     AGENTS,
     DOCUMENTS,
@@ -122,8 +124,8 @@ _SOURCES = DumpSources(
     alert_rule=Rows(_events._RULE_COLUMNS, _events._rule),
     alert_entry=Rows(_events._HISTORY_COLUMNS, _events._entry),
     agent=_agents.AGENT_ROWS,
-    manifest=_manifests.MANIFEST_ROWS,
-    transformer=_manifests.TRANSFORMER_ROWS,
+    manifest=manifest_rows(SQLITE),
+    transformer=transformer_rows(SQLITE),
 )
 
 
@@ -309,15 +311,15 @@ class _Restore:
             m = record.manifest
             seconds, nanos = divmod(m.created_at, _NANOS)
             return _INSERT_MANIFEST, (
-                namespace, m.handler_id, m.version, seconds, nanos, _manifests._dump(m.document)
+                namespace, m.handler_id, m.version, seconds, nanos, SQLITE.dump_json(m.document)
             )  # fmt: skip
         if isinstance(record, ManifestTransformerRecord):
             t = record.transformer
             return _INSERT_TRANSFORMER, (
-                namespace, t.id, t.handler_id, t.from_version, t.to_version, _manifests._dump(t.document)
+                namespace, t.id, t.handler_id, t.from_version, t.to_version, SQLITE.dump_json(t.document)
             )  # fmt: skip
         key_id, version = record.key
-        document = _manifests._dump(record.document)
+        document = SQLITE.dump_json(record.document)
         return _INSERT_MANIFEST_DOCUMENT, (namespace, record.kind.value, key_id, version, document)
 
 
