@@ -1,31 +1,26 @@
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import ClassVar
 
-from stord.server.agents.port import AgentStore
+from stord.server.backends._contracts import ContractStores, DeclaredContracts
 from stord.server.backends.memory._agents import MemoryAgentStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
 from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.memory._jobs import MemoryJobQueueStore
 from stord.server.backends.memory._key_value import MemoryKeyValueStore
 from stord.server.backends.memory._manifests import MemoryManifestStore
-from stord.server.documents.port import DocumentStore
-from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
-from stord.server.kv.port import Keyspace, KeyValueStore
-from stord.server.manifests.port import ManifestStore
+from stord.server.kv.port import Keyspace
 from stord.server.ports import (
     CONTRACT_CAPABILITIES,
     Capability,
     Clock,
-    EventStore,
-    Unimplemented,
     system_clock,
 )
-from stord.server.transfer.port import TransferStore
 
 
-class MemoryBackend:
+class MemoryBackend(DeclaredContracts):
     """Keeps everything in process memory; healthy as long as the process runs."""
 
     def __init__(self, *, clock: Clock = system_clock) -> None:
@@ -36,19 +31,26 @@ class MemoryBackend:
         wakeups = QueueWakeups()
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
+        self._stores = ContractStores(
+            self._key_value,
+            documents=self._documents,
+            jobs=self._jobs,
+            events=self._events,
+            agents=self._agents,
+            manifests=self._manifests,
+        )
 
-    # No TRANSFER: nothing outlives the process, so there is nothing to export or import into.
     CAPABILITIES: ClassVar[frozenset[Capability]] = (CONTRACT_CAPABILITIES - {Capability.TRANSFER}) | {
         Capability.INJECTABLE_CLOCK
+    }
+    UNSERVED: ClassVar[Mapping[Capability, str]] = {
+        Capability.TRANSFER: "the memory backend lives only inside the process that serves it: there is"
+        " nothing to export from or import into; use sqlite or postgres"
     }
 
     @property
     def kind(self) -> str:
         return "memory"
-
-    @property
-    def capabilities(self) -> frozenset[Capability]:
-        return self.CAPABILITIES
 
     async def open(self) -> None:
         pass
@@ -61,27 +63,3 @@ class MemoryBackend:
 
     async def sweep(self) -> int:
         return sum(store.delete_expired() for store in self._key_value.values())
-
-    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._key_value[keyspace]
-
-    def agents(self) -> AgentStore:
-        return self._agents
-
-    def events(self) -> EventStore:
-        return self._events
-
-    def manifests(self) -> ManifestStore:
-        return self._manifests
-
-    def documents(self) -> DocumentStore:
-        return self._documents
-
-    def jobs(self) -> JobQueueStore:
-        return self._jobs
-
-    def transfer(self) -> TransferStore:
-        raise Unimplemented(
-            "the memory backend lives only inside the process that serves it: there is nothing to export"
-            " from or import into; use sqlite or postgres"
-        )

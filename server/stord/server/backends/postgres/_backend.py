@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from stord.server.agents.port import AgentStore
+from stord.server.backends._contracts import ContractStores, DeclaredContracts
 from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.postgres._agents import PostgresAgentStore
 from stord.server.backends.postgres._documents import PostgresDocumentStore
@@ -15,13 +15,9 @@ from stord.server.backends.postgres._pool import Pool
 from stord.server.backends.postgres._runner import POSTGRES, PostgresRunner
 from stord.server.backends.postgres._transfer import PostgresTransferStore
 from stord.server.config import PostgresOptions
-from stord.server.documents.port import DocumentStore
-from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
-from stord.server.kv.port import Keyspace, KeyValueStore
-from stord.server.manifests.port import ManifestStore
-from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, EventStore, system_clock
-from stord.server.transfer.port import TransferStore
+from stord.server.kv.port import Keyspace
+from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, system_clock
 
 _SWEEP_BATCH = 1000
 
@@ -41,7 +37,7 @@ WHERE value.keyspace = expired.keyspace AND value.namespace = expired.namespace 
 _CHECK = "SELECT 1"
 
 
-class PostgresBackend:
+class PostgresBackend(DeclaredContracts):
     """Serves every contract from one PostgreSQL database; the key-value roles apart by a keyspace column."""
 
     def __init__(self, url: str, *, options: PostgresOptions, clock: Clock = system_clock) -> None:
@@ -60,6 +56,15 @@ class PostgresBackend:
         self._documents = PostgresDocumentStore(self._pool, clock, wakeups)
         self._jobs = PostgresJobQueueStore(self._pool, clock, wakeups, self._job_notifications)
         self._transfer = PostgresTransferStore(self._pool)
+        self._stores = ContractStores(
+            self._key_value,
+            documents=self._documents,
+            jobs=self._jobs,
+            events=self._events,
+            agents=self._agents,
+            manifests=self._manifests,
+            transfer=self._transfer,
+        )
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
         Capability.INJECTABLE_CLOCK,
@@ -71,10 +76,6 @@ class PostgresBackend:
     @property
     def kind(self) -> str:
         return "postgres"
-
-    @property
-    def capabilities(self) -> frozenset[Capability]:
-        return self.CAPABILITIES
 
     @property
     def pool(self) -> Pool:
@@ -96,27 +97,6 @@ class PostgresBackend:
     async def check(self) -> None:
         async with self._pool.connection() as connection:
             await connection.execute(_CHECK)
-
-    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._key_value[keyspace]
-
-    def events(self) -> EventStore:
-        return self._events
-
-    def agents(self) -> AgentStore:
-        return self._agents
-
-    def manifests(self) -> ManifestStore:
-        return self._manifests
-
-    def documents(self) -> DocumentStore:
-        return self._documents
-
-    def jobs(self) -> JobQueueStore:
-        return self._jobs
-
-    def transfer(self) -> TransferStore:
-        return self._transfer
 
     async def sweep(self) -> int:
         """Delete the values expired by now, in bounded batches, each its own transaction; return how many."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from stord.server.agents.port import AgentStore
+from stord.server.backends._contracts import ContractStores, DeclaredContracts
 from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.sqlite._agents import SqliteAgentStore
 from stord.server.backends.sqlite._documents import SqliteDocumentStore
@@ -14,16 +14,12 @@ from stord.server.backends.sqlite._key_value import SqliteKeyValueStore, delete_
 from stord.server.backends.sqlite._runner import SQLITE, SqliteRunner
 from stord.server.backends.sqlite._transfer import SqliteTransferStore
 from stord.server.config import SqliteOptions
-from stord.server.documents.port import DocumentStore
-from stord.server.jobs.port import JobQueueStore
 from stord.server.jobs.rules import QueueWakeups
-from stord.server.kv.port import Keyspace, KeyValueStore
-from stord.server.manifests.port import ManifestStore
-from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, EventStore, system_clock
-from stord.server.transfer.port import TransferStore
+from stord.server.kv.port import Keyspace
+from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, system_clock
 
 
-class SqliteBackend:
+class SqliteBackend(DeclaredContracts):
     """The embedded default database (DESIGN 3): one SQLite file in WAL mode, one writer, pooled readers."""
 
     def __init__(self, path: Path, *, options: SqliteOptions, clock: Clock = system_clock) -> None:
@@ -39,6 +35,15 @@ class SqliteBackend:
         self._documents = SqliteDocumentStore(self._engine, clock, wakeups)
         self._jobs = SqliteJobQueueStore(self._engine, clock, wakeups)
         self._transfer = SqliteTransferStore(self._engine)
+        self._stores = ContractStores(
+            self._key_value,
+            documents=self._documents,
+            jobs=self._jobs,
+            events=self._events,
+            agents=self._agents,
+            manifests=self._manifests,
+            transfer=self._transfer,
+        )
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
         Capability.INJECTABLE_CLOCK,
@@ -49,10 +54,6 @@ class SqliteBackend:
     @property
     def kind(self) -> str:
         return "sqlite"
-
-    @property
-    def capabilities(self) -> frozenset[Capability]:
-        return self.CAPABILITIES
 
     @property
     def engine(self) -> SqliteEngine:
@@ -71,24 +72,3 @@ class SqliteBackend:
     async def sweep(self) -> int:
         """Delete the values expired by now, in bounded batches; return how many."""
         return await delete_expired(self._engine, now=self._clock())
-
-    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._key_value[keyspace]
-
-    def events(self) -> EventStore:
-        return self._events
-
-    def agents(self) -> AgentStore:
-        return self._agents
-
-    def manifests(self) -> ManifestStore:
-        return self._manifests
-
-    def documents(self) -> DocumentStore:
-        return self._documents
-
-    def jobs(self) -> JobQueueStore:
-        return self._jobs
-
-    def transfer(self) -> TransferStore:
-        return self._transfer
