@@ -1,14 +1,13 @@
 """A backend's contract accessors, decided by what it declares: its store, or Unimplemented with the reason.
 
-Every backend builds its stores in `__init__` and hands them over as `ContractStores`; `DeclaredContracts`
-gives each out only when the backend's `CAPABILITIES` name the contract, so the declaration the tests read
-is the one the daemon acts on.
+Every backend builds its stores in `__init__` (`self._documents`, ...); `DeclaredContracts` gives each out
+only when the backend's `CAPABILITIES` name the contract, so the declaration the tests read is the one the
+daemon acts on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
 from stord.server.agents.port import AgentStore
@@ -19,7 +18,7 @@ from stord.server.manifests.port import ManifestStore
 from stord.server.ports import Capability, EventStore, Unimplemented
 from stord.server.transfer.port import TransferStore
 
-__all__ = ["ContractStores", "DeclaredContracts"]
+__all__ = ["DeclaredContracts"]
 
 _Store = TypeVar("_Store")
 
@@ -34,27 +33,21 @@ _WHAT = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class ContractStores:
-    """The stores a backend built, one per contract it serves (None for the others)."""
-
-    key_value: Mapping[Keyspace, KeyValueStore]
-    documents: DocumentStore | None = None
-    jobs: JobQueueStore | None = None
-    events: EventStore | None = None
-    agents: AgentStore | None = None
-    manifests: ManifestStore | None = None
-    transfer: TransferStore | None = None
-
-
 class DeclaredContracts:
-    """The accessors of the Backend protocol, over `_stores` and the subclass's `CAPABILITIES`."""
+    """The accessors of the Backend protocol, over the stores the subclass built and its `CAPABILITIES`."""
 
     CAPABILITIES: ClassVar[frozenset[Capability]]
     UNSERVED: ClassVar[Mapping[Capability, str]] = {}
     """A reason of its own for a contract the backend does not serve (else: which backends do)."""
 
-    _stores: ContractStores
+    # The stores the subclass built in its __init__; a contract it does not serve keeps None.
+    _key_value: Mapping[Keyspace, KeyValueStore]
+    _documents: DocumentStore | None = None
+    _jobs: JobQueueStore | None = None
+    _events: EventStore | None = None
+    _agents: AgentStore | None = None
+    _manifests: ManifestStore | None = None
+    _transfer: TransferStore | None = None
 
     @property
     def kind(self) -> str:
@@ -65,25 +58,25 @@ class DeclaredContracts:
         return self.CAPABILITIES
 
     def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._served(Capability.KEY_VALUE, self._stores.key_value[keyspace])
+        return self._served(Capability.KEY_VALUE, self._key_value[keyspace])
 
     def documents(self) -> DocumentStore:
-        return self._served(Capability.DOCUMENTS, self._stores.documents)
+        return self._served(Capability.DOCUMENTS, self._documents)
 
     def jobs(self) -> JobQueueStore:
-        return self._served(Capability.JOBS, self._stores.jobs)
+        return self._served(Capability.JOBS, self._jobs)
 
     def events(self) -> EventStore:
-        return self._served(Capability.EVENTS, self._stores.events)
+        return self._served(Capability.EVENTS, self._events)
 
     def agents(self) -> AgentStore:
-        return self._served(Capability.AGENTS, self._stores.agents)
+        return self._served(Capability.AGENTS, self._agents)
 
     def manifests(self) -> ManifestStore:
-        return self._served(Capability.MANIFESTS, self._stores.manifests)
+        return self._served(Capability.MANIFESTS, self._manifests)
 
     def transfer(self) -> TransferStore:
-        return self._served(Capability.TRANSFER, self._stores.transfer)
+        return self._served(Capability.TRANSFER, self._transfer)
 
     def _served(self, capability: Capability, store: _Store | None) -> _Store:
         if store is None or capability not in self.CAPABILITIES:

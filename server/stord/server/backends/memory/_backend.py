@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import ClassVar
 
-from stord.server.backends._contracts import ContractStores, DeclaredContracts
+from stord.server.backends._contracts import DeclaredContracts
 from stord.server.backends.memory._agents import MemoryAgentStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
 from stord.server.backends.memory._events import MemoryEventStore
@@ -24,21 +24,15 @@ class MemoryBackend(DeclaredContracts):
     """Keeps everything in process memory; healthy as long as the process runs."""
 
     def __init__(self, *, clock: Clock = system_clock) -> None:
-        self._key_value = {keyspace: MemoryKeyValueStore(clock) for keyspace in Keyspace}
+        self._key_value: dict[Keyspace, MemoryKeyValueStore] = {
+            keyspace: MemoryKeyValueStore(clock) for keyspace in Keyspace
+        }
         self._agents = MemoryAgentStore(clock)
         self._events = MemoryEventStore(clock)
         self._manifests = MemoryManifestStore(clock)
         wakeups = QueueWakeups()
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
-        self._stores = ContractStores(
-            self._key_value,
-            documents=self._documents,
-            jobs=self._jobs,
-            events=self._events,
-            agents=self._agents,
-            manifests=self._manifests,
-        )
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = (CONTRACT_CAPABILITIES - {Capability.TRANSFER}) | {
         Capability.INJECTABLE_CLOCK

@@ -3,7 +3,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import ClassVar
 
-from stord.server.backends._contracts import ContractStores, DeclaredContracts
+from stord.server.backends._contracts import DeclaredContracts
 from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.postgres._agents import PostgresAgentStore
 from stord.server.backends.postgres._documents import PostgresDocumentStore
@@ -56,15 +56,6 @@ class PostgresBackend(DeclaredContracts):
         self._documents = PostgresDocumentStore(self._pool, clock, wakeups)
         self._jobs = PostgresJobQueueStore(self._pool, clock, wakeups, self._job_notifications)
         self._transfer = PostgresTransferStore(self._pool)
-        self._stores = ContractStores(
-            self._key_value,
-            documents=self._documents,
-            jobs=self._jobs,
-            events=self._events,
-            agents=self._agents,
-            manifests=self._manifests,
-            transfer=self._transfer,
-        )
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
         Capability.INJECTABLE_CLOCK,

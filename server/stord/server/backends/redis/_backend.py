@@ -6,7 +6,7 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from stord.server.backends._contracts import ContractStores, DeclaredContracts
+from stord.server.backends._contracts import DeclaredContracts
 from stord.server.backends.redis._errors import unavailable_on_connection_errors
 from stord.server.backends.redis._key_value import RedisKeyValueStore
 from stord.server.backends.redis._transfer import RedisTransferStore
@@ -24,7 +24,6 @@ class RedisBackend(DeclaredContracts):
         self._redis: Redis | None = None
         self._key_value = {keyspace: RedisKeyValueStore(self._client, keyspace) for keyspace in Keyspace}
         self._transfer = RedisTransferStore(self._client)
-        self._stores = ContractStores(self._key_value, transfer=self._transfer)
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
         {Capability.KEY_VALUE, Capability.TRANSFER, Capability.SHARED_BY_PROCESSES}

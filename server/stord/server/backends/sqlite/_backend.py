@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from stord.server.backends._contracts import ContractStores, DeclaredContracts
+from stord.server.backends._contracts import DeclaredContracts
 from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.sqlite._agents import SqliteAgentStore
 from stord.server.backends.sqlite._documents import SqliteDocumentStore
@@ -35,15 +35,6 @@ class SqliteBackend(DeclaredContracts):
         self._documents = SqliteDocumentStore(self._engine, clock, wakeups)
         self._jobs = SqliteJobQueueStore(self._engine, clock, wakeups)
         self._transfer = SqliteTransferStore(self._engine)
-        self._stores = ContractStores(
-            self._key_value,
-            documents=self._documents,
-            jobs=self._jobs,
-            events=self._events,
-            agents=self._agents,
-            manifests=self._manifests,
-            transfer=self._transfer,
-        )
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
         Capability.INJECTABLE_CLOCK,
