@@ -3,20 +3,4 @@
 `port` is the store Protocol, `service` the servicer, `search` the case-folding search rule.
 """
 
-from stord.server.agents.port import (
-    AgentMatch,
-    AgentStatus,
-    AgentStore,
-    AgentVisibility,
-    AgentWrite,
-    StoredAgent,
-)
-
-__all__ = [
-    "AgentMatch",
-    "AgentStatus",
-    "AgentStore",
-    "AgentVisibility",
-    "AgentWrite",
-    "StoredAgent",
-]
+__all__: list[str] = []

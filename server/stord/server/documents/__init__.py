@@ -4,34 +4,4 @@
 the typed comparison, sort order and merge every backend follows.
 """
 
-from stord.server.documents.port import (
-    CreateDocument,
-    DeleteDocument,
-    Document,
-    DocumentOperation,
-    DocumentQuery,
-    DocumentStore,
-    FieldFilter,
-    FieldPath,
-    FilterOperator,
-    JsonScalar,
-    OperationResult,
-    SortKey,
-    UpdateDocument,
-)
-
-__all__ = [
-    "CreateDocument",
-    "DeleteDocument",
-    "Document",
-    "DocumentOperation",
-    "DocumentQuery",
-    "DocumentStore",
-    "FieldFilter",
-    "FieldPath",
-    "FilterOperator",
-    "JsonScalar",
-    "OperationResult",
-    "SortKey",
-    "UpdateDocument",
-]
+__all__: list[str] = []

@@ -9,7 +9,7 @@ from typing import Any
 import grpc
 
 from stord.server import calls
-from stord.server.documents import fields as fields
+from stord.server.documents import fields
 from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,

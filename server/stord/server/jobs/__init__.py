@@ -4,24 +4,4 @@
 wake-ups every backend shares.
 """
 
-from stord.server.jobs.port import (
-    UNFINISHED_JOB_STATUSES,
-    EnqueuedJob,
-    Job,
-    JobLease,
-    JobQueueStore,
-    JobStatus,
-    NewJob,
-    QueueStats,
-)
-
-__all__ = [
-    "UNFINISHED_JOB_STATUSES",
-    "EnqueuedJob",
-    "Job",
-    "JobLease",
-    "JobQueueStore",
-    "JobStatus",
-    "NewJob",
-    "QueueStats",
-]
+__all__: list[str] = []

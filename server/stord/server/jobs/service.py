@@ -11,7 +11,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
-from stord.server.documents import fields as fields
+from stord.server.documents import fields
 from stord.server.jobs.port import Job, JobLease, JobQueueStore, JobStatus, NewJob
 from stord.server.ports import InvalidArgument
 from stord.server.services import _validate as check

@@ -3,16 +3,4 @@
 `port` is the store Protocol every backend implements, `service` the servicers, `glob` the key pattern rule.
 """
 
-from stord.server.kv.port import (
-    Keyspace,
-    KeyValueStore,
-    SetCondition,
-    ValueEntry,
-)
-
-__all__ = [
-    "KeyValueStore",
-    "Keyspace",
-    "SetCondition",
-    "ValueEntry",
-]
+__all__: list[str] = []

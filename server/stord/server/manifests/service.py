@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 
 from stord.server import calls
-from stord.server.manifests import checks as checks
+from stord.server.manifests import checks
 from stord.server.manifests.port import (
     HandlerManifestRecord,
     ManifestDocumentKind,

@@ -83,15 +83,8 @@ class MemoryKeyValueStore:
             results.append(None if value is None else value.data)
         return results
 
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         space, now = self._space(namespace), self._clock()
         if condition is not SetCondition.ALWAYS:
             present = self._live(space, key, now) is not None

@@ -194,15 +194,8 @@ class PostgresKeyValueStore:
         found: dict[str, bytes] = dict(rows)
         return [found.get(key) for key in keys]
 
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         now = self._clock()
         params = self._params(
             namespace, key=key, value=value, expires_at=self._expiry(ttl, now), now=_timestamp(now)

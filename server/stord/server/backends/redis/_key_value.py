@@ -79,15 +79,8 @@ class RedisKeyValueStore:
         return [_as_bytes(reply) for reply in replies]
 
     @translate_errors
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         # SET without KEEPTTL replaces any earlier expiry, as the contract asks.
         written = await self._client().set(
             _layout.value_key(self._prefix(namespace), key),

@@ -140,15 +140,8 @@ class SqliteKeyValueStore:
 
         return await self._engine.lookup(run)
 
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         now = self._clock()
         parameters = {
             **self._key(namespace, key),
