@@ -1,4 +1,4 @@
-"""Backends by URL scheme. Each subpackage implements the ports it supports (DESIGN 3)."""
+"""Backends by URL scheme, and what each declares it serves (DESIGN 3); one subpackage per engine."""
 
 from __future__ import annotations
 
