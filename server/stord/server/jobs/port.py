@@ -78,6 +78,16 @@ class JobLease:
 
 
 @dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs ListJobs wants: a queue's, of some statuses (empty: all), after a sequence, how many."""
+
+    queue: str
+    statuses: frozenset[JobStatus]
+    after: int | None
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Jobs of one queue by status."""
 
@@ -123,19 +133,8 @@ class JobQueueStore(Protocol):
         """Return the job (without lease token), or None."""
         ...
 
-    async def find(
-        self,
-        namespace: str,
-        queue: str,
-        *,
-        statuses: frozenset[JobStatus],
-        after: int | None,
-        limit: int,
-    ) -> list[Job]:
-        """Return up to `limit` jobs of the queue with a sequence above `after`, in sequence order.
-
-        An empty `statuses` keeps every status.
-        """
+    async def find(self, namespace: str, query: JobQuery) -> list[Job]:
+        """Return up to `query.limit` jobs of the queue with a sequence above `query.after`, in order."""
         ...
 
     async def stats(self, namespace: str, queue: str) -> QueueStats:

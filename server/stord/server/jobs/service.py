@@ -12,7 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
 from stord.server.documents import fields
-from stord.server.jobs.port import Job, JobLease, JobQueueStore, JobStatus, NewJob
+from stord.server.jobs.port import Job, JobLease, JobQuery, JobQueueStore, JobStatus, NewJob
 from stord.server.ports import InvalidArgument
 from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
@@ -247,9 +247,7 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         limit = check.page_size(request.page_size)
         after = _sequence_after(request.page_token)
         # One extra job tells whether another page follows.
-        jobs = await self._store.find(
-            calls.namespace(), queue, statuses=statuses, after=after, limit=limit + 1
-        )
+        jobs = await self._store.find(calls.namespace(), JobQuery(queue, statuses, after, limit + 1))
         token = ""
         if len(jobs) > limit:
             jobs = jobs[:limit]

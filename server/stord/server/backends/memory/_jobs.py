@@ -11,6 +11,7 @@ from stord.server.jobs.port import (
     EnqueuedJob,
     Job,
     JobLease,
+    JobQuery,
     JobStatus,
     NewJob,
     QueueStats,
@@ -270,15 +271,8 @@ class MemoryJobQueueStore:
         job = self._view(namespace).jobs.get(job_id)
         return None if job is None else job.snapshot()
 
-    async def find(
-        self,
-        namespace: str,
-        queue: str,
-        *,
-        statuses: frozenset[JobStatus],
-        after: int | None,
-        limit: int,
-    ) -> list[Job]:
+    async def find(self, namespace: str, query: JobQuery) -> list[Job]:
+        queue, statuses, after, limit = query.queue, query.statuses, query.after, query.limit
         found: list[Job] = []
         for job in self._view(namespace).jobs.values():
             if job.queue != queue or (statuses and job.status not in statuses):

@@ -25,7 +25,7 @@ from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.backends.tables import JOBS, Rows
 from stord.server.config import PostgresOptions
-from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
+from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobQuery, JobStatus, NewJob, QueueStats
 from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.ports import Clock, Unavailable
 
@@ -405,15 +405,8 @@ class PostgresJobQueueStore:
             row = await (await connection.execute(_GET, {"namespace": namespace, "id": job_id})).fetchone()
         return None if row is None else _job(row)
 
-    async def find(
-        self,
-        namespace: str,
-        queue: str,
-        *,
-        statuses: frozenset[JobStatus],
-        after: int | None,
-        limit: int,
-    ) -> list[Job]:
+    async def find(self, namespace: str, query: JobQuery) -> list[Job]:
+        queue, statuses, after, limit = query.queue, query.statuses, query.after, query.limit
         parameters = {
             "namespace": namespace,
             "queue": queue,

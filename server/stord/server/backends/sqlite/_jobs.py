@@ -18,7 +18,7 @@ import orjson
 
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.tables import JOBS, Rows
-from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
+from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobQuery, JobStatus, NewJob, QueueStats
 from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.ports import Clock
 
@@ -262,15 +262,8 @@ class SqliteJobQueueStore:
 
         return await self._engine.lookup(run)
 
-    async def find(
-        self,
-        namespace: str,
-        queue: str,
-        *,
-        statuses: frozenset[JobStatus],
-        after: int | None,
-        limit: int,
-    ) -> list[Job]:
+    async def find(self, namespace: str, query: JobQuery) -> list[Job]:
+        queue, statuses, after, limit = query.queue, query.statuses, query.after, query.limit
         parameters: dict[str, object] = {
             "namespace": namespace,
             "queue": queue,
