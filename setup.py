@@ -7,6 +7,9 @@ elsewhere).
 from setuptools import find_namespace_packages, setup
 
 setup(
-    packages=[*find_namespace_packages("server", include=["stord.server*"]), "stord.server.migrations"],
+    packages=[
+        *find_namespace_packages("server", include=["stord.server*"]),
+        *(f"stord.server.migrations{dialect}" for dialect in ("", ".sqlite", ".postgres")),
+    ],
     package_dir={"": "server", "stord.server.migrations": "migrations"},
 )
