@@ -10,7 +10,8 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY client/ client/
 COPY server/ server/
-COPY pyproject.toml README.md ./
+COPY migrations/ migrations/
+COPY pyproject.toml setup.py README.md ./
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ./client .
 
 FROM python:3.11-slim

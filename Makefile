@@ -8,7 +8,7 @@ BUF := .tools/node_modules/.bin/buf
 
 .PHONY: venv run test lint proto proto-image bench soak docker clean
 
-$(INSTALLED): pyproject.toml client/pyproject.toml
+$(INSTALLED): pyproject.toml setup.py client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e ./client -e '.[dev]'

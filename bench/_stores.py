@@ -13,6 +13,7 @@ import redis.asyncio
 from psycopg_pool import AsyncConnectionPool
 
 from stord.client import AsyncClient
+from stord.server.backends.tables import KV_VALUES
 
 __all__ = ["StordStore", "Store", "open_raw_store", "raw_concurrency"]
 
@@ -50,8 +51,8 @@ class SqliteStore:
     """sqlite3 on one connection in the event loop's thread: WAL, synchronous=NORMAL, a commit per write."""
 
     _GET = "SELECT value FROM kv_values WHERE keyspace = ? AND namespace = ? AND key = ?"
-    _SET = """
-        INSERT INTO kv_values (keyspace, namespace, key, value, expires_at) VALUES (?, ?, ?, ?, NULL)
+    _SET = f"""
+        {KV_VALUES.insert("?")}
         ON CONFLICT (keyspace, namespace, key) DO UPDATE SET value = excluded.value, expires_at = NULL
     """
 
@@ -66,7 +67,7 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     async def set(self, key: str, value: bytes) -> None:
-        self._connection.execute(self._SET, (KEYSPACE, NAMESPACE, key, value))
+        self._connection.execute(self._SET, (KEYSPACE, NAMESPACE, key, value, None))
 
     async def close(self) -> None:
         self._connection.close()
@@ -76,8 +77,8 @@ class PostgresStore:
     """psycopg on a pool of autocommit connections, one per concurrent caller."""
 
     _GET = "SELECT value FROM kv_values WHERE keyspace = %s AND namespace = %s AND key = %s"
-    _SET = """
-        INSERT INTO kv_values (keyspace, namespace, key, value, expires_at) VALUES (%s, %s, %s, %s, NULL)
+    _SET = f"""
+        {KV_VALUES.insert("%s")}
         ON CONFLICT (keyspace, namespace, key) DO UPDATE SET value = excluded.value, expires_at = NULL
     """
 
@@ -98,7 +99,7 @@ class PostgresStore:
 
     async def set(self, key: str, value: bytes) -> None:
         async with self._pool.connection() as connection:
-            await connection.execute(self._SET, (KEYSPACE, NAMESPACE, key, value))
+            await connection.execute(self._SET, (KEYSPACE, NAMESPACE, key, value, None))
 
     async def close(self) -> None:
         await self._pool.close()

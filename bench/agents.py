@@ -34,6 +34,7 @@ from psycopg_pool import AsyncConnectionPool
 from bench._deploy import STORD, DaemonError, create_schema
 from bench._load import Percentiles, closed_loop, run
 from stord.client import AsyncClient, Client, StordError
+from stord.server.backends import tables
 from tests.harness._system import free_port
 from tests.harness.postgres import start_postgres
 from tests.harness.redis import start_redis
@@ -174,22 +175,25 @@ def _stord_calls(client: AsyncClient) -> dict[str, Call]:
 
 # The raw side: the same queries on the same rows -----------------------------------------------------------
 
-_SQLITE_GET = """
-SELECT uri, name, version, status, visibility, owner, configuration, update_time FROM agents
+# What the daemon reads of an agent (tables.AGENTS): every column but the namespace, the order and the folds.
+_AGENT = tables.AGENTS.names(skip=("namespace", "position", "name_folded", "configuration_folded"))
+
+_SQLITE_GET = f"""
+SELECT {_AGENT} FROM agents
 WHERE namespace = ? AND uri = ?
 """
-_SQLITE_SEARCH = """
-SELECT uri, name, version, status, visibility, owner, configuration, update_time FROM agents
+_SQLITE_SEARCH = f"""
+SELECT {_AGENT} FROM agents
 WHERE namespace = ? AND (visibility = 'public' OR owner = '')
   AND (uri = ? OR instr(name_folded, ?) > 0 OR instr(configuration_folded, ?) > 0)
 ORDER BY position LIMIT 101
 """
-_POSTGRES_GET = """
-SELECT uri, name, version, status, visibility, owner, configuration, update_time FROM agents
+_POSTGRES_GET = f"""
+SELECT {_AGENT} FROM agents
 WHERE namespace = %s AND uri = %s
 """
-_POSTGRES_SEARCH = """
-SELECT uri, name, version, status, visibility, owner, configuration, update_time FROM agents
+_POSTGRES_SEARCH = f"""
+SELECT {_AGENT} FROM agents
 WHERE namespace = %s AND (visibility = 'public' OR owner = '')
   AND (uri = %s OR strpos(name_folded, %s) > 0 OR strpos(configuration_folded, %s) > 0)
 ORDER BY position LIMIT 101

@@ -12,21 +12,37 @@ from pathlib import Path
 import pytest
 
 from stord.client import Client
+from stord.server.backends import KINDS, declared_capabilities
 from stord.server.config import Settings
 from stord.server.logs import configure_logging
+from stord.server.ports import Capability
 from tests.harness.clock import ManualClock
 from tests.harness.daemon import DaemonThread
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.redis import RedisServer, start_redis
 
-KV_BACKENDS = ["memory", "sqlite", "postgres", "redis"]
+
+def backends_with(capability: Capability) -> list[str]:
+    """Return the backends that declare `capability`, in `KINDS` order: tests read the declarations."""
+    return [kind for kind in KINDS if capability in declared_capabilities(kind)]
+
+
+KV_BACKENDS = backends_with(Capability.KEY_VALUE)
 """Backends that serve the key-value contract, each run through the same conformance suite."""
 
-DATABASE_BACKENDS = ["memory", "sqlite", "postgres"]
+DATABASE_BACKENDS = backends_with(Capability.DOCUMENTS)
 """Backends that serve every contract but the cache and key-value ones alone (Redis does not)."""
 
-CLOCKED = {"memory", "sqlite", "postgres"}
+CLOCKED = set(backends_with(Capability.INJECTABLE_CLOCK))
 """Backends whose expiry follows the daemon's injectable clock; Redis expires keys by its own clock."""
+
+SHARED_DATABASES = [
+    kind for kind in DATABASE_BACKENDS if kind in backends_with(Capability.SHARED_BY_PROCESSES)
+]
+"""Databases that several daemon processes can serve at once (and that outlive a daemon)."""
+
+NO_RECHECK = 3600.0
+"""A long poll's recheck interval longer than any wait (60 s at most): only wake-ups end a wait early."""
 
 _database_names = itertools.count()
 
@@ -61,7 +77,7 @@ def make_backend_url(request: pytest.FixtureRequest, kind: str, directory: Path)
 
 
 @dataclass
-class Served:
+class SharedDaemon:
     """A running daemon over one backend, shared by the tests of a session."""
 
     kind: str
@@ -79,19 +95,26 @@ class Daemons:
     def __init__(self, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> None:
         self._request = request
         self._tmp_path_factory = tmp_path_factory
-        self._running: dict[str, Served] = {}
+        self._running: dict[str, SharedDaemon] = {}
 
-    def get(self, kind: str) -> Served:
+    def get(self, kind: str) -> SharedDaemon:
         if kind not in self._running:
             url = make_backend_url(self._request, kind, self._tmp_path_factory.mktemp(kind))
             clock = ManualClock()
             # Alert evaluation off: its alert events would land in the namespaces of the events suite's rules
             # (tests/conformance/test_alerts.py runs daemons of its own with it on).
             settings = Settings(
-                listen="127.0.0.1:0", database=url, cache=url, log_level="warning", alert_interval=0
+                listen="127.0.0.1:0",
+                database=url,
+                cache=url,
+                log_level="warning",
+                # Time moves only by the manual clock here: no job falls due on its own, so a long poll
+                # has nothing to recheck for, and whatever answers a waiting Dequeue early is a wake-up.
+                long_poll_recheck_interval=NO_RECHECK,
+                alert_interval=0,
             )
             thread = DaemonThread(settings, clock=clock).start()
-            self._running[kind] = Served(kind, thread.target, clock, thread)
+            self._running[kind] = SharedDaemon(kind, thread.target, clock, thread)
         return self._running[kind]
 
     def stop(self) -> None:
@@ -107,32 +130,32 @@ def daemons(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
 
 
 @pytest.fixture(params=KV_BACKENDS)
-def served(request: pytest.FixtureRequest, daemons: Daemons) -> Served:
+def served(request: pytest.FixtureRequest, daemons: Daemons) -> SharedDaemon:
     """A daemon whose database and cache are both the parametrized key-value backend."""
     return daemons.get(request.param)
 
 
 @pytest.fixture(params=DATABASE_BACKENDS)
-def database_served(request: pytest.FixtureRequest, daemons: Daemons) -> Served:
+def database_served(request: pytest.FixtureRequest, daemons: Daemons) -> SharedDaemon:
     """A daemon on each backend that serves the database-only contracts (documents, jobs, events, ...)."""
     return daemons.get(request.param)
 
 
 @pytest.fixture
-def database_client(database_served: Served) -> Iterator[Client]:
+def database_client(database_served: SharedDaemon) -> Iterator[Client]:
     """A client in a namespace of its own on a daemon that serves the database-only contracts."""
     with database_served.client() as client:
         yield client
 
 
 @pytest.fixture
-def redis_served(daemons: Daemons) -> Served:
+def redis_served(daemons: Daemons) -> SharedDaemon:
     """A daemon on Redis, to check that it answers UNIMPLEMENTED for the contracts it does not serve."""
     return daemons.get("redis")
 
 
 @pytest.fixture
-def client(served: Served) -> Iterator[Client]:
+def client(served: SharedDaemon) -> Iterator[Client]:
     """A client in a namespace of its own, so tests share a daemon without seeing each other."""
     with served.client() as client:
         yield client

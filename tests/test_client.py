@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import datetime
 import inspect
 
 import grpc
 import pytest
 
 from stord import client as stord_client
-from stord.client import errors
+from stord.client import _convert, _events_codec, errors
 
 
 @pytest.mark.parametrize(
@@ -76,3 +77,30 @@ def test_status_codes_map_to_exceptions(code: grpc.StatusCode, cls: type[errors.
 def test_metadata_that_grpc_cannot_carry_is_refused_up_front(namespace: str, principal: str | None) -> None:
     with pytest.raises(ValueError, match="must be printable ASCII"):
         stord_client.Client("127.0.0.1:1", namespace=namespace, principal=principal)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        datetime.datetime(2024, 5, 6, 7, 8, 9, 123456, tzinfo=datetime.UTC),
+        datetime.datetime(2024, 5, 6, 9, 8, 9, tzinfo=datetime.timezone(datetime.timedelta(hours=2))),
+        1_714_979_289.5,
+    ],
+)
+def test_every_contract_converts_times_alike(value: datetime.datetime | float) -> None:
+    assert _convert.timestamp(value) == _events_codec.timestamp(value)
+    expected = (
+        value
+        if isinstance(value, datetime.datetime)
+        else datetime.datetime.fromtimestamp(value, datetime.UTC)
+    )
+    assert _convert.moment(_convert.timestamp(value)) == expected
+
+
+def test_naive_datetimes_are_refused_by_every_contract() -> None:
+    naive = datetime.datetime(2024, 5, 6, 7, 8, 9)
+    for convert in (_convert.timestamp, _events_codec.timestamp):
+        with pytest.raises(ValueError, match="naive datetimes are ambiguous"):
+            convert(naive)
+    with stord_client.Client("127.0.0.1:1") as client, pytest.raises(ValueError, match="naive"):
+        client.jobs.enqueue("q", run_at=naive)  # refused before any call is made

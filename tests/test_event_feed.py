@@ -19,7 +19,7 @@ from psycopg import sql
 
 from stord.client import Client, Unavailable, make_event
 from stord.server.config import Settings
-from tests.conftest import make_backend_url
+from tests.conftest import SHARED_DATABASES, make_backend_url
 from tests.harness.daemon import DaemonThread
 from tests.harness.postgres import PostgresServer, start_postgres
 from tests.harness.tails import assert_chains_in_order, receive
@@ -30,7 +30,7 @@ BATCH_SIZE = 25
 SESSIONS = 4
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=SHARED_DATABASES)
 def two_daemons(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[str, str, str]]:
     """Two daemons on one fresh database: their targets and the database URL."""
     url = make_backend_url(request, request.param, tmp_path)

@@ -10,7 +10,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
 from stord.server.backends.memory import MemoryBackend
-from stord.server.services.jobs import JobQueueServicer
+from stord.server.jobs.service import JobQueueServicer
 from stord.v1 import jobs_pb2 as pb
 
 NO_CONTEXT = cast(Any, None)

@@ -21,9 +21,9 @@ from stord.client import (
     make_event,
 )
 from stord.server.app import StartupError, stord_version
-from stord.server.auth import Role
 from stord.server.config import ConfigError, ConnectOptions, Settings, load_settings
 from stord.server.metrics import UNKNOWN_METHOD, Metrics
+from stord.server.rpc.auth import Role
 from tests.harness._system import free_port
 from tests.harness.auth import Tenant, write_keys
 from tests.harness.daemon import DaemonThread

@@ -12,7 +12,7 @@ import pytest
 
 from stord.server.backends.postgres import PostgresBackend
 from stord.server.backends.sqlite import SqliteBackend
-from stord.server.backends.sqlite._engine import connect
+from stord.server.backends.sqlite._connect import connect
 from stord.server.config import PostgresOptions, SqliteOptions
 from stord.server.schema import load_migrations
 from tests.harness.postgres import PostgresServer

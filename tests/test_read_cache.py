@@ -19,7 +19,8 @@ from stord.client import Client
 from stord.server.backends.memory import MemoryBackend
 from stord.server.backends.memory._key_value import MemoryKeyValueStore
 from stord.server.config import Settings
-from stord.server.ports import Unavailable, ValueEntry, system_clock
+from stord.server.kv.port import ValueEntry
+from stord.server.ports import Unavailable, system_clock
 from stord.server.read_cache import NAMESPACE, ReadThroughCache, read_cache_for
 from stord.v1 import manifests_pb2
 from tests.harness.daemon import DaemonThread

@@ -7,7 +7,7 @@ import asyncio
 import grpc
 import pytest
 
-from stord.server.services.registry import UnservedService
+from stord.server.rpc.registry import UnservedService
 from stord.v1 import kv_pb2, kv_pb2_grpc
 
 

@@ -8,10 +8,11 @@ from typing import Any
 
 import pytest
 
-from stord.server.ports import EventRecord, JobRecord, JobStatus
+from stord.server.jobs.port import JobStatus
 from stord.server.transfer import FORMAT, VERSION, FormatError
 from stord.server.transfer._format import RECORD_KINDS, decode_record, encode_record
 from stord.server.transfer._run import _Reader
+from stord.server.transfer.port import EventRecord, JobRecord
 
 HASH = "ab" * 32
 

@@ -11,14 +11,14 @@ import pytest
 from stord.client import Client, InvalidArgument, PermissionDenied, Unimplemented, agent_configuration
 from stord.client.errors import from_rpc_error
 from stord.v1 import agents_pb2, agents_pb2_grpc
-from tests.conftest import Served
+from tests.conftest import SharedDaemon
 
 Caller = Callable[[str | None], Client]
 """Opens a client in the test's namespace as a principal (None: anonymous)."""
 
 
 @pytest.fixture
-def caller(database_served: Served) -> Iterator[Caller]:
+def caller(database_served: SharedDaemon) -> Iterator[Caller]:
     namespace = f"t-{uuid.uuid4().hex[:12]}"
     clients: list[Client] = []
 
@@ -50,7 +50,7 @@ def raw_set(client: Client, agent: agents_pb2.StoredAgent) -> agents_pb2.AgentSt
 
 
 def test_set_creates_then_replaces_and_get_returns_every_field(
-    database_served: Served, caller: Caller
+    database_served: SharedDaemon, caller: Caller
 ) -> None:
     alice = caller("alice")
     configuration = {"model": "gpt", "tools": ["search", {"name": "calc"}], "temperature": 0.5, "x": None}
@@ -101,7 +101,7 @@ def test_get_and_delete_of_a_missing_agent(caller: Caller) -> None:
     assert uris(client) == []
 
 
-def test_namespaces_do_not_see_each_other(database_served: Served) -> None:
+def test_namespaces_do_not_see_each_other(database_served: SharedDaemon) -> None:
     with database_served.client() as first, database_served.client() as second:
         first.agents.set("shared-uri", name="first")
         assert second.agents.get("shared-uri") is None
@@ -276,7 +276,7 @@ def test_bad_search_requests_name_the_field(caller: Caller) -> None:
         assert "page_token" in (failure.value.details() or "")
 
 
-def test_a_malformed_principal_is_rejected(database_served: Served) -> None:
+def test_a_malformed_principal_is_rejected(database_served: SharedDaemon) -> None:
     with (
         Client(database_served.target, principal=" padded ") as client,
         pytest.raises(InvalidArgument, match="stord-principal"),
@@ -287,6 +287,6 @@ def test_a_malformed_principal_is_rejected(database_served: Served) -> None:
 # Backends that do not serve the contract -------------------------------------------------------------------
 
 
-def test_redis_answers_unimplemented(redis_served: Served) -> None:
+def test_redis_answers_unimplemented(redis_served: SharedDaemon) -> None:
     with redis_served.client() as client, pytest.raises(Unimplemented, match="AgentStoreService"):
         client.agents.get("any")

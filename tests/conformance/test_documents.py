@@ -28,7 +28,7 @@ from stord.client import (
     UpdateDocument,
 )
 from stord.v1 import documents_pb2, documents_pb2_grpc
-from tests.conftest import Served
+from tests.conftest import SharedDaemon
 
 
 def ids(documents: list[Document]) -> list[str]:
@@ -78,7 +78,7 @@ def test_an_id_that_exists_is_already_exists(database_client: Client) -> None:
 
 
 def test_update_merges_top_level_fields_and_bumps_the_revision(
-    database_served: Served, database_client: Client
+    database_served: SharedDaemon, database_client: Client
 ) -> None:
     created = database_client.documents.create(
         "plans", {"a": 1, "nested": {"x": 1, "y": 2}, "keep": "k"}, id="p"
@@ -113,7 +113,7 @@ def test_update_and_delete_of_a_missing_document_are_not_found(database_client: 
     assert database_client.documents.get("plans", "missing") is None
 
 
-def test_namespaces_do_not_see_each_others_documents(database_served: Served) -> None:
+def test_namespaces_do_not_see_each_others_documents(database_served: SharedDaemon) -> None:
     with database_served.client() as first, database_served.client() as second:
         first.documents.create("plans", {"owner": "first"}, id="p")
         assert second.documents.get("plans", "p") is None
@@ -478,6 +478,6 @@ def test_unspecified_operator_and_unset_value_are_invalid(database_client: Clien
         assert (failure.value.details() or "").startswith(f"{field}:")
 
 
-def test_redis_does_not_serve_documents(redis_served: Served) -> None:
+def test_redis_does_not_serve_documents(redis_served: SharedDaemon) -> None:
     with redis_served.client() as client, pytest.raises(Unimplemented, match=r"stord\.v1\.DocumentService"):
         client.documents.get("plans", "p")

@@ -37,7 +37,7 @@ from stord.server.backends.postgres import PostgresBackend
 from stord.server.backends.sqlite import SqliteBackend
 from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
-from tests.conftest import Served
+from tests.conftest import SharedDaemon
 
 UTC = datetime.UTC
 MONDAY = datetime.datetime(2025, 1, 6, tzinfo=UTC)
@@ -48,7 +48,7 @@ MONDAY = datetime.datetime(2025, 1, 6, tzinfo=UTC)
 class Store:
     """A client in a namespace of its own on a daemon of the backend under test."""
 
-    served: Served
+    served: SharedDaemon
     namespace: str
     client: Client
 
@@ -58,7 +58,7 @@ class Store:
 
 
 @pytest.fixture
-def store(database_served: Served) -> Iterator[Store]:
+def store(database_served: SharedDaemon) -> Iterator[Store]:
     namespace = f"ev-{uuid.uuid4().hex[:12]}"
     with database_served.client(namespace) as client:
         yield Store(database_served, namespace, client)
@@ -856,7 +856,7 @@ def test_the_async_client_does_the_same(store: Store) -> None:
 # Backends that do not serve events -----------------------------------------------------------------------
 
 
-def test_redis_answers_unimplemented(redis_served: Served) -> None:
+def test_redis_answers_unimplemented(redis_served: SharedDaemon) -> None:
     with redis_served.client() as client:
         with pytest.raises(Unimplemented, match=r"redis backend does not serve stord\.v1\.EventStoreService"):
             client.events.stats()

@@ -15,7 +15,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from stord.client import AsyncClient, Cache, Client, Database, InvalidArgument
 from stord.v1 import kv_pb2, kv_pb2_grpc
-from tests.conftest import CLOCKED, Served
+from tests.conftest import CLOCKED, SharedDaemon
 
 KeyValue = Cache | Database
 
@@ -26,7 +26,7 @@ def kv(request: pytest.FixtureRequest, client: Client) -> KeyValue:
     return service
 
 
-def expire(served: Served, seconds: float) -> None:
+def expire(served: SharedDaemon, seconds: float) -> None:
     """Let `seconds` pass for the backend: move the injected clock, or wait where the backend keeps time."""
     if served.kind in CLOCKED:
         served.clock.advance(seconds)
@@ -137,7 +137,7 @@ def test_keys_page_tokens(client: Client) -> None:
     assert second.next_page_token == ""
 
 
-def test_namespaces_are_isolated_and_clear_stays_in_its_own(served: Served) -> None:
+def test_namespaces_are_isolated_and_clear_stays_in_its_own(served: SharedDaemon) -> None:
     with served.client("tenant-a") as a, served.client("tenant-b") as b:
         for service in ("cache", "db"):
             getattr(a, service).set("shared-name", b"from a")
@@ -159,7 +159,7 @@ def test_cache_and_database_keys_are_separate(client: Client) -> None:
     assert client.db.get("k") == b"stored"
 
 
-def test_default_namespace_is_used_without_metadata(served: Served) -> None:
+def test_default_namespace_is_used_without_metadata(served: SharedDaemon) -> None:
     with Client(served.target) as anonymous, served.client("default") as named:
         anonymous.db.set("default-ns-key", b"v")
         assert named.db.get("default-ns-key") == b"v"
@@ -169,7 +169,7 @@ def test_default_namespace_is_used_without_metadata(served: Served) -> None:
 # Expiry ----------------------------------------------------------------------------------------------------
 
 
-def test_expired_key_is_invisible_to_every_read(served: Served, client: Client) -> None:
+def test_expired_key_is_invisible_to_every_read(served: SharedDaemon, client: Client) -> None:
     cache = client.cache
     cache.set("short", b"v", ttl=0.5)
     cache.set("forever", b"v")
@@ -184,7 +184,7 @@ def test_expired_key_is_invisible_to_every_read(served: Served, client: Client) 
     assert cache.get("zero-ttl") == b"v"
 
 
-def test_an_expired_key_counts_as_absent_for_conditional_sets(served: Served, client: Client) -> None:
+def test_an_expired_key_counts_as_absent_for_conditional_sets(served: SharedDaemon, client: Client) -> None:
     cache = client.cache
     cache.set("lock", b"holder-1", ttl=0.5)
     assert cache.set("lock", b"holder-2", if_absent=True) is False
@@ -194,14 +194,14 @@ def test_an_expired_key_counts_as_absent_for_conditional_sets(served: Served, cl
     assert cache.get("lock") == b"holder-2"
 
 
-def test_set_replaces_the_expiry(served: Served, client: Client) -> None:
+def test_set_replaces_the_expiry(served: SharedDaemon, client: Client) -> None:
     client.cache.set("k", b"v", ttl=0.5)
     client.cache.set("k", b"v2")
     expire(served, 1.2)
     assert client.cache.get("k") == b"v2"
 
 
-def test_mset_gives_each_entry_its_own_ttl(served: Served, client: Client) -> None:
+def test_mset_gives_each_entry_its_own_ttl(served: SharedDaemon, client: Client) -> None:
     stub = kv_pb2_grpc.CacheServiceStub(client._channel)
     entries = [
         kv_pb2.CacheEntry(key="short", value=b"1", ttl=Duration(nanos=500_000_000)),
@@ -213,7 +213,7 @@ def test_mset_gives_each_entry_its_own_ttl(served: Served, client: Client) -> No
     assert client.cache.get_many(["short", "long", "none"]) == [None, b"2", b"3"]
 
 
-def test_sweeping_reclaims_expired_values_and_keeps_live_ones(served: Served, client: Client) -> None:
+def test_sweeping_reclaims_expired_values_and_keeps_live_ones(served: SharedDaemon, client: Client) -> None:
     client.cache.set_many({f"old-{index}": b"v" for index in range(5)}, ttl=0.5)
     client.cache.set("live", b"v", ttl=3600)
     expire(served, 1.2)
@@ -282,7 +282,7 @@ def test_clear_removes_lists(letters: Database) -> None:
     assert list(letters.keys()) == []
 
 
-def test_concurrent_appends_each_get_their_own_position(served: Served) -> None:
+def test_concurrent_appends_each_get_their_own_position(served: SharedDaemon) -> None:
     async def append_all() -> list[int]:
         async with AsyncClient(served.target, namespace="concurrent-appends") as client:
             await client.db.clear()
@@ -366,7 +366,7 @@ def test_value_over_8_mib_is_invalid(kv: KeyValue) -> None:
 
 
 @pytest.mark.parametrize("namespace", ["", "has space", "-leading-dash", "x" * 65])
-def test_bad_namespace_is_invalid(served: Served, namespace: str) -> None:
+def test_bad_namespace_is_invalid(served: SharedDaemon, namespace: str) -> None:
     with (
         Client(served.target, namespace=namespace) as client,
         pytest.raises(InvalidArgument, match="namespace"),
@@ -377,7 +377,7 @@ def test_bad_namespace_is_invalid(served: Served, namespace: str) -> None:
 @pytest.mark.parametrize(
     ("payload", "reason"), [(b"\x0a\x02\xff\xfe", "bad UTF-8"), (b"\xff\xff\xff", "corrupt")]
 )
-def test_malformed_messages_are_invalid_arguments(served: Served, payload: bytes, reason: str) -> None:
+def test_malformed_messages_are_invalid_arguments(served: SharedDaemon, payload: bytes, reason: str) -> None:
     with grpc.insecure_channel(served.target) as channel:
         get: grpc.UnaryUnaryMultiCallable[bytes, bytes] = channel.unary_unary(
             "/stord.v1.CacheService/Get"  # raw bytes, no serializer

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from stord.client import Client, InvalidArgument, Unimplemented
 from stord.v1 import manifests_pb2 as pb
-from tests.conftest import Served
+from tests.conftest import SharedDaemon
 
 
 def at(seconds: int, nanos: int = 0) -> Timestamp:
@@ -87,7 +87,9 @@ def test_storing_a_version_again_replaces_it_and_may_change_the_latest(database_
     assert manifests.get_stats().manifest_count == 2
 
 
-def test_an_unset_create_time_is_the_daemon_clock(database_served: Served, database_client: Client) -> None:
+def test_an_unset_create_time_is_the_daemon_clock(
+    database_served: SharedDaemon, database_client: Client
+) -> None:
     create_time = database_client.manifests.store_manifest(manifest("h", "1"))
     assert create_time.ToNanoseconds() == round(database_served.clock() * 1e9)
     stored = database_client.manifests.get_manifest("h", "1")
@@ -262,7 +264,9 @@ def test_version_graphs_and_timescape_metadata(database_client: Client) -> None:
     assert (stats.version_graph_count, stats.timescape_metadata_count) == (1, 1)
 
 
-def test_clear_empties_the_namespace_only_and_stats_count_every_version(database_served: Served) -> None:
+def test_clear_empties_the_namespace_only_and_stats_count_every_version(
+    database_served: SharedDaemon,
+) -> None:
     with database_served.client() as mine, database_served.client() as theirs:
         for client in (mine, theirs):
             for version in ("1", "2", "3"):
@@ -409,6 +413,6 @@ def test_bad_input_is_rejected_by_field_and_stores_nothing(
 # Backends that do not serve the contract -------------------------------------------------------------------
 
 
-def test_redis_answers_unimplemented(redis_served: Served) -> None:
+def test_redis_answers_unimplemented(redis_served: SharedDaemon) -> None:
     with redis_served.client() as client, pytest.raises(Unimplemented, match="ManifestStoreService"):
         client.manifests.get_stats()

@@ -27,10 +27,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import Status, StatusCode
 
 from stord.client import Client
-from stord.server.auth import Role
 from stord.server.config import Settings
+from stord.server.rpc.auth import Role
 from stord.v1 import events_pb2 as pb
-from tests.conftest import Served
+from tests.conftest import SharedDaemon
 from tests.harness.auth import Tenant, write_keys
 from tests.harness.daemon import DaemonThread
 
@@ -49,12 +49,12 @@ def namespace() -> str:
 
 
 @pytest.fixture
-def client(database_served: Served, namespace: str) -> Iterator[Client]:
+def client(database_served: SharedDaemon, namespace: str) -> Iterator[Client]:
     with database_served.client(namespace) as client:
         yield client
 
 
-def test_sdk_logs_arrive_as_events(database_served: Served, namespace: str, client: Client) -> None:
+def test_sdk_logs_arrive_as_events(database_served: SharedDaemon, namespace: str, client: Client) -> None:
     provider = _provider(database_served.target, (("stord-namespace", namespace),))
     logger = provider.get_logger("checkout")
     logger.emit(
@@ -119,7 +119,7 @@ def _export(target: str, records: list[LogRecord], **call: Any) -> logs_service_
 
 
 def test_records_that_cannot_be_events_are_rejected_and_the_rest_stored(
-    database_served: Served, namespace: str, client: Client
+    database_served: SharedDaemon, namespace: str, client: Client
 ) -> None:
     good = LogRecord(
         attributes=[_string("stord.session_id", "s"), _string("stord.agent_id", "a")],
@@ -164,7 +164,7 @@ def test_otlp_ingest_needs_a_writer_key_and_lands_in_its_namespace(tmp_path: Pat
         thread.stop()
 
 
-def test_redis_answers_otlp_with_unimplemented(redis_served: Served) -> None:
+def test_redis_answers_otlp_with_unimplemented(redis_served: SharedDaemon) -> None:
     record = LogRecord(attributes=[_string("session.id", "s"), _string("stord.agent_id", "a")])
     with pytest.raises(grpc.RpcError) as raised:
         _export(redis_served.target, [record])
@@ -172,7 +172,7 @@ def test_redis_answers_otlp_with_unimplemented(redis_served: Served) -> None:
 
 
 def test_sdk_spans_arrive_as_events_once_each(
-    database_served: Served, namespace: str, client: Client
+    database_served: SharedDaemon, namespace: str, client: Client
 ) -> None:
     provider = TracerProvider(resource=Resource.create({"service.name": "checkout-agent"}))
     exporter = OTLPSpanExporter(

@@ -17,7 +17,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from stord.client import Client, StordError
-from stord.server.services.registry import CONTRACTS
+from stord.server.rpc.registry import CONTRACTS
 
 __all__ = [
     "DATABASE_SERVICES",

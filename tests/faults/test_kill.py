@@ -20,6 +20,7 @@ import grpc
 import pytest
 
 from stord.client import Client
+from tests.conftest import SHARED_DATABASES
 from tests.faults._traffic import Events, JobLedger, JobProducer, JobWorker, KeyValue, Transfers, Workload
 from tests.harness.postgres import PostgresServer
 from tests.harness.served import Served
@@ -38,7 +39,7 @@ AFTER_KILL = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED}
 _databases = itertools.count()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=SHARED_DATABASES)
 def daemon_arguments(request: pytest.FixtureRequest) -> list[str]:
     """`stord serve` arguments for a fresh database of the parametrized backend (SQLite: the data dir's)."""
     if request.param == "sqlite":

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stord.server.auth import ApiKey, Role, hash_key, new_key, write_keys_file
+from stord.server.rpc.auth import ApiKey, Role, hash_key, new_key, write_keys_file
 
 __all__ = ["Tenant", "write_keys"]
 

@@ -29,7 +29,7 @@ from stord.client import (
 )
 from stord.client._retry import RETRIED_BY_METHOD, service_config
 from stord.server.app import ADMIN_SERVICE
-from stord.server.services.registry import CONTRACTS
+from stord.server.rpc.registry import CONTRACTS
 from tests.harness._system import free_port
 from tests.harness.served import Served
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from stord.client import Client, Unauthenticated
-from stord.server.auth import Role
+from stord.server.rpc.auth import Role
 from tests.harness._system import free_port
 from tests.harness.auth import Tenant, write_keys
 from tests.harness.served import STORD, Served

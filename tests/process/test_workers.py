@@ -15,7 +15,7 @@ from typing import cast
 import pytest
 
 from stord.client import Client
-from tests.conftest import make_backend_url
+from tests.conftest import SHARED_DATABASES, make_backend_url
 from tests.harness._system import free_port
 from tests.harness.served import STORD, Served
 
@@ -78,7 +78,7 @@ def _started(request: pytest.FixtureRequest, kind: str, tmp_path: Path) -> Itera
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
+@pytest.fixture(params=SHARED_DATABASES)
 def workers(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Workers]:
     """Workers on each database that can be shared between processes."""
     yield from _started(request, request.param, tmp_path)

@@ -14,10 +14,10 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 from stord.client import Client, PermissionDenied, Unauthenticated
 from stord.server.app import ADMIN_SERVICE, Daemon, StartupError
-from stord.server.auth import ACCESS_BY_METHOD, Role, load_keys_file
-from stord.server.cli import main
+from stord.server.cli.main import main
 from stord.server.config import Settings, load_settings
-from stord.server.services.registry import CONTRACTS
+from stord.server.rpc.auth import ACCESS_BY_METHOD, Role, load_keys_file
+from stord.server.rpc.registry import CONTRACTS
 from stord.v1 import kv_pb2
 from tests.harness.auth import Tenant, write_keys
 from tests.harness.daemon import DaemonThread

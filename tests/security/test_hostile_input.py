@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 
 from stord.client import Client, ResourceExhausted
 from stord.server.app import ADMIN_SERVICE
-from stord.server.services.registry import CONTRACTS
+from stord.server.rpc.registry import CONTRACTS
 from tests.conftest import Daemons
 
 EXAMPLES_PER_BACKEND = 1000

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 import pytest
 
 from stord.client import Client, NotFound, PermissionDenied, make_event
-from stord.server.auth import Role
 from stord.server.config import Settings
+from stord.server.rpc.auth import Role
 from stord.v1 import events_pb2, manifests_pb2
 from tests.conftest import make_backend_url
 from tests.harness.auth import Tenant, write_keys

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from stord.client import Client, EventIngestor, Tls, Unavailable, make_event
-from stord.server.auth import Role
 from stord.server.config import Settings
+from stord.server.rpc.auth import Role
 from tests.harness.auth import Tenant, write_keys
 from tests.harness.certs import Certificates, make_certificates
 from tests.harness.daemon import DaemonThread

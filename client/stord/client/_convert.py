@@ -1,4 +1,9 @@
-"""Conversions between the document and job messages and the values of `_models`, for both clients."""
+"""Conversions between messages and Python values for both clients: times, JSON, documents and jobs.
+
+Times go out as aware datetimes or seconds since the epoch (`timestamp`; naive datetimes are refused) and
+come back as aware datetimes in UTC (`moment`). The events modules keep a copy of `timestamp` with the same
+rule until they move onto this one.
+"""
 
 from __future__ import annotations
 
@@ -98,12 +103,19 @@ def from_struct(message: Struct) -> dict[str, Any]:
     return {key: _plain(item) for key, item in message.fields.items()}
 
 
-def timestamp(moment: datetime.datetime) -> Timestamp:
-    """Return an aware datetime (or a naive one in UTC) as a Timestamp."""
+def timestamp(value: datetime.datetime | float) -> Timestamp:
+    """Return an aware datetime, or seconds since the epoch, as a Timestamp.
+
+    A naive datetime raises ValueError: whether it means UTC or local time is a guess the client does not
+    make (every contract alike; `datetime.datetime.now(datetime.UTC)` is the usual fix).
+    """
     message = Timestamp()
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.UTC)
-    message.FromDatetime(moment)
+    if isinstance(value, datetime.datetime):
+        if value.tzinfo is None:
+            raise ValueError("naive datetimes are ambiguous: give a timezone, e.g. datetime.UTC")
+        message.FromDatetime(value)
+    else:
+        message.FromNanoseconds(round(value * 1e9))
     return message
 
 

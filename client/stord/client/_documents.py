@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -12,25 +12,14 @@ from stord.client._models import Document, EnqueuedJob, Filter, TransactStep
 from stord.v1 import documents_pb2 as pb
 from stord.v1 import documents_pb2_grpc
 
+if TYPE_CHECKING:
+    from stord.client import _async, _sync
+
 __all__ = ["AsyncDocuments", "Documents"]
 
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
 
 StepResult = Document | EnqueuedJob | bool
 """What a transaction step returns: the created or updated Document, the EnqueuedJob, True for a delete."""
-
-
-class _Call(Protocol):
-    def __call__(
-        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
-    ) -> _Response: ...
-
-
-class _AsyncCall(Protocol):
-    async def __call__(
-        self, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
-    ) -> _Response: ...
 
 
 def _list_request(
@@ -62,7 +51,7 @@ class Documents:
     Filters are (field, operator, value) tuples, ANDed; sort keys are field paths, `-field` for descending.
     """
 
-    def __init__(self, channel: grpc.Channel, call: _Call) -> None:
+    def __init__(self, channel: grpc.Channel, call: _sync._Caller) -> None:
         self._stub = documents_pb2_grpc.DocumentServiceStub(channel)
         self._call = call
 
@@ -154,7 +143,7 @@ class AsyncDocuments:
     Filters are (field, operator, value) tuples, ANDed; sort keys are field paths, `-field` for descending.
     """
 
-    def __init__(self, channel: grpc.aio.Channel, call: _AsyncCall) -> None:
+    def __init__(self, channel: grpc.aio.Channel, call: _async._Caller) -> None:
         self._stub = documents_pb2_grpc.DocumentServiceStub(channel)
         self._call = call
 

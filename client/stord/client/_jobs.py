@@ -4,45 +4,20 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
 from stord.client import _codec, _convert
 from stord.client._codec import TTL
 from stord.client._models import EnqueuedJob, EnqueueJob, Job, JobStatus, QueueStats
-from stord.client.errors import StordError
 from stord.v1 import jobs_pb2 as pb
 from stord.v1 import jobs_pb2_grpc
 
+if TYPE_CHECKING:
+    from stord.client import _async, _sync
+
 __all__ = ["AsyncJobs", "Jobs"]
-
-_Request = TypeVar("_Request")
-_Response = TypeVar("_Response")
-
-
-class _Call(Protocol):
-    timeout: float | None
-    metadata: tuple[tuple[str, str], ...]
-    wait_for_ready: bool
-
-    def failure(self, error: grpc.RpcError) -> StordError: ...
-
-    def __call__(
-        self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
-    ) -> _Response: ...
-
-
-class _AsyncCall(Protocol):
-    timeout: float | None
-    metadata: tuple[tuple[str, str], ...]
-    wait_for_ready: bool
-
-    def failure(self, error: grpc.RpcError) -> StordError: ...
-
-    async def __call__(
-        self, method: grpc.aio.UnaryUnaryMultiCallable[_Request, _Response], request: _Request
-    ) -> _Response: ...
 
 
 def _enqueue_request(
@@ -69,7 +44,7 @@ def _dequeue_request(
     return request, 0.0 if wait_for is None else wait_for.ToNanoseconds() / 1e9
 
 
-def _deadline(call: _Call | _AsyncCall, wait: float) -> float | None:
+def _deadline(call: _sync._Caller | _async._Caller, wait: float) -> float | None:
     """A long poll's deadline: the usual one, counted from when the server stops waiting."""
     return None if call.timeout is None else call.timeout + wait
 
@@ -82,7 +57,7 @@ def _fail_request(job: Job, error: str, retry: bool) -> pb.FailRequest:
 class Jobs:
     """JobQueueService: durable job queues with leases. Reached as `Client.jobs`."""
 
-    def __init__(self, channel: grpc.Channel, call: _Call) -> None:
+    def __init__(self, channel: grpc.Channel, call: _sync._Caller) -> None:
         self._stub = jobs_pb2_grpc.JobQueueServiceStub(channel)
         self._call = call
 
@@ -161,7 +136,7 @@ class Jobs:
 class AsyncJobs:
     """JobQueueService: durable job queues with leases. Reached as `AsyncClient.jobs`."""
 
-    def __init__(self, channel: grpc.aio.Channel, call: _AsyncCall) -> None:
+    def __init__(self, channel: grpc.aio.Channel, call: _async._Caller) -> None:
         self._stub = jobs_pb2_grpc.JobQueueServiceStub(channel)
         self._call = call
 

@@ -1,1 +1,1 @@
-"""The stord daemon. `stord.server.cli:main` is the `stord` command; `app.Daemon` is the server itself."""
+"""The stord daemon: `cli.main:main` is the `stord` command; `app.Daemon` is the server itself."""

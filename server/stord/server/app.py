@@ -17,18 +17,18 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from stord.server.admin.service import AdminServicer, BackendStatus
 from stord.server.alerts.scheduler import AlertScheduler, PassOutcome, alert_scheduler
-from stord.server.auth import KeyRing, KeysFileError
 from stord.server.backends import create_backend
 from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
-from stord.server.interceptors import CallInterceptor
-from stord.server.listen import ListenError, check_port_free
 from stord.server.metrics import Metrics, MetricsServer
 from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
-from stord.server.services.admin import AdminServicer, BackendStatus
-from stord.server.services.registry import CONTRACTS, UnservedService
+from stord.server.rpc.auth import KeyRing, KeysFileError
+from stord.server.rpc.interceptors import CallInterceptor
+from stord.server.rpc.listen import ListenError, check_port_free
+from stord.server.rpc.registry import CONTRACTS, UnservedService
 from stord.v1 import admin_pb2, admin_pb2_grpc
 
 __all__ = ["Daemon", "StartupError", "open_with_retry", "stord_version"]
@@ -178,7 +178,7 @@ class Daemon:
         for contract in CONTRACTS:
             backend = backends[contract.role]
             try:
-                servicer = contract.servicer(backend, cache, metrics)
+                servicer = contract.servicer(backend, cache, metrics, settings)
                 contract.add_to_server(servicer, server)
                 if isinstance(servicer, _Draining):
                     self._draining.append(servicer)

@@ -137,6 +137,9 @@ class Settings(BaseModel):
     """Seconds that in-flight RPCs get to finish after SIGTERM."""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)
     health_check_interval: float = Field(default=5.0, gt=0)
+    long_poll_recheck_interval: float = Field(default=1.0, gt=0)
+    """Seconds a long-polling Dequeue waits at most between looks, for jobs that fall due with time (an
+    enqueue wakes it at once)."""
     expiry_sweep_interval: float = Field(default=60.0, gt=0)
     """Seconds between passes that delete expired cache values (invisible from the moment they expire)."""
     sqlite: SqliteOptions = SqliteOptions()

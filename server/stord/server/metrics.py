@@ -34,8 +34,8 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from stord.server.ports import JobQueueStore, QueueStats
-from stord.server.services.admin import BackendStatus
+from stord.server.admin.service import BackendStatus
+from stord.server.jobs.port import JobQueueStore, QueueStats
 
 __all__ = ["LATENCY_BUCKETS", "MAX_TRACKED_QUEUES", "Metrics", "MetricsServer", "ReadCacheMeter", "RpcMeter"]
 

@@ -28,28 +28,25 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from stord.server.metrics import ReadCacheMeter
-from stord.server.ports import (
+from stord.server.agents.port import (
     AgentMatch,
     AgentStatus,
     AgentStore,
     AgentVisibility,
     AgentWrite,
-    Backend,
+    StoredAgent,
+)
+from stord.server.kv.port import Keyspace, KeyValueStore, SetCondition, ValueEntry
+from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
-    JsonObject,
-    Keyspace,
-    KeyValueStore,
     ManifestDocumentKind,
     ManifestStats,
     ManifestStore,
-    SetCondition,
-    StoredAgent,
     TransformerRecord,
-    Unavailable,
-    ValueEntry,
 )
+from stord.server.metrics import ReadCacheMeter
+from stord.server.ports import Backend, JsonObject, Unavailable
 
 __all__ = ["CachedAgentStore", "CachedManifestStore", "ReadThroughCache", "read_cache_for"]
 
@@ -133,15 +130,14 @@ class ReadThroughCache:
         try:
             for scope in scopes:
                 token = secrets.token_bytes(TOKEN_BYTES)
-                await self._store.set(
-                    NAMESPACE, scope, token, ttl=GENERATION_TTL, condition=SetCondition.IF_ABSENT
-                )
+                generation = ValueEntry(scope, token, GENERATION_TTL)
+                await self._store.set(NAMESPACE, generation, condition=SetCondition.IF_ABSENT)
         except Unavailable as error:
             _log.warning("read_cache_unavailable", error=str(error))
 
     async def _fill(self, key: str, entry: bytes) -> None:
         try:
-            await self._store.set(NAMESPACE, key, entry, ttl=ENTRY_TTL)
+            await self._store.set(NAMESPACE, ValueEntry(key, entry, ENTRY_TTL), condition=SetCondition.ALWAYS)
         except Unavailable as error:
             _log.warning("read_cache_unavailable", error=str(error))
 

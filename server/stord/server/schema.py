@@ -1,4 +1,4 @@
-"""Numbered SQL migrations, one folder per dialect, shipped inside the package.
+"""Load the numbered SQL migrations (top-level `migrations/`, installed as `stord.server.migrations`).
 
 `migrations/<dialect>/NNNN_<what>.sql` are applied in order and recorded in `schema_migrations`; each backend
 applies them in its own way (SQLite in its writer thread, PostgreSQL under an advisory lock).
@@ -26,7 +26,7 @@ class Migration:
 
 def load_migrations(dialect: str) -> list[Migration]:
     """Return the dialect's migrations in the order they apply; fail on a misnamed or doubled number."""
-    folder = resources.files("stord.server").joinpath("migrations", dialect)
+    folder = resources.files("stord.server.migrations").joinpath(dialect)
     migrations: list[Migration] = []
     for entry in folder.iterdir():
         if not entry.name.endswith(".sql"):

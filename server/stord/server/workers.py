@@ -37,8 +37,8 @@ from types import FrameType
 import structlog
 
 from stord.server.config import Settings, redact_url
-from stord.server.listen import ListenError, check_port_free, join_address
 from stord.server.logs import configure_logging
+from stord.server.rpc.listen import ListenError, check_port_free, join_address
 
 __all__ = ["serve_workers"]
 

@@ -1,4 +1,4 @@
-"""Backends by URL scheme. Each subpackage implements the ports it supports (DESIGN 3)."""
+"""Backends by URL scheme, and what each declares it serves (DESIGN 3); one subpackage per engine."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from stord.server.config import Settings, redact_url
-from stord.server.ports import Backend, Clock, InvalidArgument, system_clock
+from stord.server.ports import Backend, Capability, Clock, InvalidArgument, system_clock
 
-__all__ = ["create_backend", "sqlite_path"]
+__all__ = ["KINDS", "create_backend", "declared_capabilities", "sqlite_path"]
+
+KINDS = ("memory", "sqlite", "postgres", "redis")
+"""Every backend, by the name it reports as `kind`."""
 
 
 def sqlite_path(url: str) -> Path:
@@ -38,3 +41,24 @@ def create_backend(url: str, settings: Settings, *, clock: Clock = system_clock)
 
         return RedisBackend(url, options=settings.redis)
     raise InvalidArgument("database", f"no backend serves {redact_url(url)!r}")
+
+
+def declared_capabilities(kind: str) -> frozenset[Capability]:
+    """Return what the backend `kind` declares it serves and supports, without building one."""
+    if kind == "memory":
+        from stord.server.backends.memory import MemoryBackend
+
+        return MemoryBackend.CAPABILITIES
+    if kind == "sqlite":
+        from stord.server.backends.sqlite import SqliteBackend
+
+        return SqliteBackend.CAPABILITIES
+    if kind == "postgres":
+        from stord.server.backends.postgres import PostgresBackend
+
+        return PostgresBackend.CAPABILITIES
+    if kind == "redis":
+        from stord.server.backends.redis import RedisBackend
+
+        return RedisBackend.CAPABILITIES
+    raise ValueError(f"no backend is called {kind!r}; there are {', '.join(KINDS)}")

@@ -1,7 +1,7 @@
 """What the SQL backends' dump and restore share: the statements, derived columns, numbering, error texts.
 
 Both dialects keep every contract's rows in the same tables with a `namespace` column (the key-value ones
-also keyed by `keyspace`), and their store modules name their column lists and row mappers alike, so one
+also keyed by `keyspace`), and each store module exports how it reads its table (`tables.Rows`), so one
 builder writes the dump's statements for both. A restore checks or empties a namespace table by table, and
 computes again what a backend derives when it writes (an event's analytics facts): the export format
 carries only what is stored.
@@ -11,27 +11,36 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from types import ModuleType
 from typing import Any
 
 import orjson
 
+from stord.server.agents.port import StoredAgent
+from stord.server.backends.tables import Rows
+from stord.server.documents.port import Document
 from stord.server.event_model import payload_facts
+from stord.server.jobs.port import Job
+from stord.server.kv.port import Keyspace
+from stord.server.manifests.port import HandlerManifestRecord, ManifestDocumentKind, TransformerRecord
 from stord.server.ports import (
+    AlertHistoryEntry,
+    AlertRule,
+    Event,
+    EventAgent,
+    FailedPrecondition,
+    InvalidArgument,
+    JsonObject,
+    Session,
+)
+from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
     AlertRuleRecord,
     DocumentRecord,
-    Event,
     EventAgentRecord,
     EventRecord,
-    FailedPrecondition,
-    InvalidArgument,
     JobRecord,
-    JsonObject,
-    Keyspace,
     ListItemRecord,
-    ManifestDocumentKind,
     ManifestDocumentRecord,
     ManifestRecord,
     ManifestTransformerRecord,
@@ -46,6 +55,7 @@ __all__ = [
     "KEYSPACES",
     "NAMESPACE_TABLES",
     "Dump",
+    "DumpSources",
     "NamespaceGate",
     "TransferDialect",
     "count_statements",
@@ -105,20 +115,26 @@ class TransferDialect:
     """What makes an ORDER BY term on text without a collation of its own compare by code point."""
 
 
-def dump_statements(
-    dialect: TransferDialect,
-    namespace: str | None,
-    documents: ModuleType,
-    jobs: ModuleType,
-    events: ModuleType,
-    agents: ModuleType,
-    manifests: ModuleType,
-) -> list[Dump]:
+@dataclass(frozen=True, slots=True)
+class DumpSources:
+    """How one SQL backend reads each table a dump selects (after its namespace column)."""
+
+    document: Rows[Document]
+    job: Rows[Job]
+    event: Rows[Event]
+    session: Rows[Session]
+    event_agent: Rows[EventAgent]
+    alert_rule: Rows[AlertRule]
+    alert_entry: Rows[AlertHistoryEntry]
+    agent: Rows[StoredAgent]
+    manifest: Rows[HandlerManifestRecord]
+    transformer: Rows[TransformerRecord]
+
+
+def dump_statements(dialect: TransferDialect, namespace: str | None, sources: DumpSources) -> list[Dump]:
     """Return what a dump selects, table by table, in key order, and how each row becomes a record.
 
-    The modules are the backend's store modules (`_documents`, `_jobs`, ...), whose column lists and row
-    mappers, named alike in both dialects, read the rows. The statements take the parameters `now` and
-    `namespace`.
+    The statements take the parameters `now` and `namespace`.
     """
     where = "" if namespace is None else f"WHERE namespace = {dialect.parameter('namespace')}"
     live = f"(expires_at IS NULL OR expires_at > {dialect.parameter('now')})"
@@ -134,49 +150,51 @@ def dump_statements(
             lambda row: ListItemRecord(row[0], Keyspace(row[1]), row[2], row[3], bytes(row[4])),
         ),
         (
-            f"SELECT namespace, {documents._COLUMNS} FROM documents {where}"
+            f"SELECT namespace, {sources.document.columns} FROM documents {where}"
             " ORDER BY namespace, collection, id",
-            lambda row: DocumentRecord(row[0], documents._document(row[1:])),
+            lambda row: DocumentRecord(row[0], sources.document.read(row[1:])),
         ),
         (
-            f"SELECT jobs.namespace, {jobs._COLUMNS} FROM jobs {where} ORDER BY namespace, sequence",
-            lambda row: JobRecord(row[0], jobs._job(row[1:], with_token=True)),
+            f"SELECT jobs.namespace, {sources.job.columns} FROM jobs {where} ORDER BY namespace, sequence",
+            lambda row: JobRecord(row[0], sources.job.read(row[1:])),
         ),
         (
-            f"SELECT namespace, {events._EVENT_COLUMNS} FROM events {where} ORDER BY namespace, id",
-            lambda row: EventRecord(row[0], events._event(row[1:])),
+            f"SELECT namespace, {sources.event.columns} FROM events {where} ORDER BY namespace, id",
+            lambda row: EventRecord(row[0], sources.event.read(row[1:])),
         ),
         (
-            f"SELECT namespace, {events._SESSION_COLUMNS}, chain_length, last_hash"
+            f"SELECT namespace, {sources.session.columns}, chain_length, last_hash"
             f" FROM event_sessions {where} ORDER BY namespace, id",
-            lambda row: SessionRecord(row[0], events._session(row[1:12]), row[12], row[13]),
+            lambda row: SessionRecord(row[0], sources.session.read(row[1:-2]), row[-2], row[-1]),
         ),
         (
-            f"SELECT namespace, {events._AGENT_COLUMNS} FROM event_agents {where} ORDER BY namespace, id",
-            lambda row: EventAgentRecord(row[0], events._agent(row[1:])),
-        ),
-        (
-            f"SELECT namespace, {events._RULE_COLUMNS} FROM event_alert_rules {where} ORDER BY namespace, id",
-            lambda row: AlertRuleRecord(row[0], events._rule(row[1:])),
-        ),
-        (
-            f"SELECT namespace, {events._HISTORY_COLUMNS} FROM event_alert_history {where}"
+            f"SELECT namespace, {sources.event_agent.columns} FROM event_agents {where}"
             " ORDER BY namespace, id",
-            lambda row: AlertHistoryRecord(row[0], events._entry(row[1:])),
+            lambda row: EventAgentRecord(row[0], sources.event_agent.read(row[1:])),
         ),
         (
-            f"SELECT namespace, {agents._COLUMNS} FROM agents {where} ORDER BY namespace, position",
-            lambda row: AgentRecord(row[0], agents._agent(tuple(row[1:])), row[1]),
+            f"SELECT namespace, {sources.alert_rule.columns} FROM event_alert_rules {where}"
+            " ORDER BY namespace, id",
+            lambda row: AlertRuleRecord(row[0], sources.alert_rule.read(row[1:])),
         ),
         (
-            f"SELECT namespace, {manifests._MANIFEST_COLUMNS} FROM handler_manifests {where}"
+            f"SELECT namespace, {sources.alert_entry.columns} FROM event_alert_history {where}"
+            " ORDER BY namespace, id",
+            lambda row: AlertHistoryRecord(row[0], sources.alert_entry.read(row[1:])),
+        ),
+        (
+            f"SELECT namespace, {sources.agent.columns} FROM agents {where} ORDER BY namespace, position",
+            lambda row: AgentRecord(row[0], sources.agent.read(row[1:]), row[1]),
+        ),
+        (
+            f"SELECT namespace, {sources.manifest.columns} FROM handler_manifests {where}"
             " ORDER BY namespace, handler_id, version",
-            lambda row: ManifestRecord(row[0], manifests._manifest(tuple(row[1:]))),
+            lambda row: ManifestRecord(row[0], sources.manifest.read(row[1:])),
         ),
         (
-            f"SELECT namespace, {manifests._TRANSFORMER_COLUMNS} FROM manifest_transformers {where}"
+            f"SELECT namespace, {sources.transformer.columns} FROM manifest_transformers {where}"
             " ORDER BY namespace, id",
-            lambda row: ManifestTransformerRecord(row[0], manifests._transformer(tuple(row[1:]))),
+            lambda row: ManifestTransformerRecord(row[0], sources.transformer.read(row[1:])),
         ),
         (
             f"SELECT namespace, kind, id, version, document FROM manifest_documents {where}"

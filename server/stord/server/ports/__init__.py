@@ -1,28 +1,16 @@
-"""The storage contracts every backend implements, and the domain errors they raise.
+"""What every contract shares: the domain errors, the clock, the Backend protocol; and the event port.
 
-Servicers depend on these Protocols only; backends never see protobuf or gRPC. A backend signals failure by
-raising one of the `StoreError` subclasses, which the server maps to a gRPC status in one place. One module
-per contract; everything is imported from here.
+Each contract's own port lives in its package (`kv.port`, `documents.port`, `jobs.port`, `agents.port`,
+`manifests.port`, `transfer.port`); servicers depend on those Protocols only, and backends never see protobuf
+or gRPC. A backend signals failure by raising one of the `StoreError` subclasses (`ports._base`), which the
+server maps to a gRPC status in one place. The event port (`ports._events`) is re-exported here until the
+events package takes it over.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from stord.server.ports._agents_manifests import (
-    AgentMatch,
-    AgentStatus,
-    AgentStore,
-    AgentVisibility,
-    AgentWrite,
-    DocumentKey,
-    HandlerManifestRecord,
-    ManifestDocumentKind,
-    ManifestStats,
-    ManifestStore,
-    StoredAgent,
-    TransformerRecord,
-)
 from stord.server.ports._base import (
     AlreadyExists,
     Clock,
@@ -38,29 +26,7 @@ from stord.server.ports._base import (
     Unimplemented,
     system_clock,
 )
-from stord.server.ports._documents_jobs import (
-    UNFINISHED_JOB_STATUSES,
-    CreateDocument,
-    DeleteDocument,
-    Document,
-    DocumentOperation,
-    DocumentQuery,
-    DocumentStore,
-    EnqueuedJob,
-    FieldFilter,
-    FieldPath,
-    FilterOperator,
-    Job,
-    JobLease,
-    JobQueueStore,
-    JobStatus,
-    JsonScalar,
-    NewJob,
-    OperationResult,
-    QueueStats,
-    SortKey,
-    UpdateDocument,
-)
+from stord.server.ports._capabilities import CONTRACT_CAPABILITIES, Capability
 from stord.server.ports._events import (
     ALERT_RULE_FIELDS,
     FEED_KEEP_SECONDS,
@@ -96,131 +62,64 @@ from stord.server.ports._events import (
     SessionUpdate,
     Severity,
 )
-from stord.server.ports._key_value import (
-    Keyspace,
-    KeyValueStore,
-    SetCondition,
-    ValueEntry,
-)
-from stord.server.ports._transfer import (
-    AgentRecord,
-    AlertHistoryRecord,
-    AlertRuleRecord,
-    DocumentRecord,
-    EventAgentRecord,
-    EventRecord,
-    JobRecord,
-    ListItemRecord,
-    ManifestDocumentRecord,
-    ManifestRecord,
-    ManifestTransformerRecord,
-    RecordSink,
-    SessionRecord,
-    TransferRecord,
-    TransferStore,
-    ValueRecord,
-)
+
+if TYPE_CHECKING:
+    from stord.server.agents.port import AgentStore
+    from stord.server.documents.port import DocumentStore
+    from stord.server.jobs.port import JobQueueStore
+    from stord.server.kv.port import Keyspace, KeyValueStore
+    from stord.server.manifests.port import ManifestStore
+    from stord.server.transfer.port import TransferStore
 
 __all__ = [
     "ALERT_RULE_FIELDS",
+    "CONTRACT_CAPABILITIES",
     "FEED_KEEP_SECONDS",
-    "UNFINISHED_JOB_STATUSES",
-    "AgentMatch",
-    "AgentRecord",
-    "AgentStatus",
-    "AgentStore",
-    "AgentVisibility",
-    "AgentWrite",
     "AlertCondition",
     "AlertHistoryEntry",
     "AlertHistoryPage",
-    "AlertHistoryRecord",
     "AlertRule",
-    "AlertRuleRecord",
     "AlreadyExists",
     "Analytics",
     "AnalyticsFigures",
     "AnalyticsQuery",
     "Backend",
+    "Capability",
     "ChainVerification",
     "Clock",
     "CommitListener",
     "Conflict",
-    "CreateDocument",
-    "DeleteDocument",
-    "Document",
-    "DocumentKey",
-    "DocumentOperation",
-    "DocumentQuery",
-    "DocumentRecord",
-    "DocumentStore",
-    "EnqueuedJob",
     "Event",
     "EventAgent",
-    "EventAgentRecord",
     "EventAgentUpdate",
     "EventFilter",
     "EventInput",
     "EventPage",
     "EventPosition",
     "EventQuery",
-    "EventRecord",
     "EventStats",
     "EventStore",
     "EventType",
     "FailedPrecondition",
     "FeedBatch",
     "FeedPage",
-    "FieldFilter",
-    "FieldPath",
-    "FilterOperator",
     "Granularity",
-    "HandlerManifestRecord",
     "InsertOutcome",
     "InvalidArgument",
-    "Job",
-    "JobLease",
-    "JobQueueStore",
-    "JobRecord",
-    "JobStatus",
     "JsonObject",
-    "JsonScalar",
-    "KeyValueStore",
-    "Keyspace",
-    "ListItemRecord",
-    "ManifestDocumentKind",
-    "ManifestDocumentRecord",
-    "ManifestRecord",
-    "ManifestStats",
-    "ManifestStore",
-    "ManifestTransformerRecord",
-    "NewJob",
     "NotFound",
-    "OperationResult",
     "PermissionDenied",
-    "QueueStats",
-    "RecordSink",
     "ResourceExhausted",
     "RetentionOutcome",
     "Session",
     "SessionPage",
     "SessionQuery",
-    "SessionRecord",
     "SessionStatus",
     "SessionUpdate",
-    "SetCondition",
     "Severity",
-    "SortKey",
     "StoreError",
-    "StoredAgent",
-    "TransferRecord",
-    "TransferStore",
-    "TransformerRecord",
     "Unavailable",
     "Unimplemented",
-    "UpdateDocument",
-    "ValueEntry",
-    "ValueRecord",
     "system_clock",
 ]
 
@@ -231,6 +130,11 @@ class Backend(Protocol):
     @property
     def kind(self) -> str:
         """Name the engine: `memory`, `sqlite`, `postgres` or `redis`."""
+        ...
+
+    @property
+    def capabilities(self) -> frozenset[Capability]:
+        """Name what the engine serves and supports (also `CAPABILITIES` on its class, before it opens)."""
         ...
 
     async def open(self) -> None:

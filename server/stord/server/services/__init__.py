@@ -1,1 +1,5 @@
-"""One servicer per proto service: validate the request, call a port, translate the result."""
+"""What the servicers of every contract share: request checks (`_validate`), messages as JSON documents
+(`_message_json`); and the event servicer, until the events package takes it over.
+
+Each contract's own servicer lives in its package (`kv.service`, `documents.service`, ...).
+"""

@@ -25,42 +25,39 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from stord.server.agents.port import AgentStatus, AgentVisibility, StoredAgent
 from stord.server.calls import resolve_namespace
+from stord.server.documents.port import Document
+from stord.server.jobs.port import Job, JobStatus
+from stord.server.kv.port import Keyspace
+from stord.server.manifests.port import HandlerManifestRecord, ManifestDocumentKind, TransformerRecord
 from stord.server.ports import (
-    AgentRecord,
-    AgentStatus,
-    AgentVisibility,
     AlertCondition,
     AlertHistoryEntry,
-    AlertHistoryRecord,
     AlertRule,
-    AlertRuleRecord,
-    Document,
-    DocumentRecord,
     Event,
     EventAgent,
+    EventType,
+    InvalidArgument,
+    JsonObject,
+    Session,
+    SessionStatus,
+    Severity,
+)
+from stord.server.transfer.port import (
+    AgentRecord,
+    AlertHistoryRecord,
+    AlertRuleRecord,
+    DocumentRecord,
     EventAgentRecord,
     EventRecord,
-    EventType,
-    HandlerManifestRecord,
-    InvalidArgument,
-    Job,
     JobRecord,
-    JobStatus,
-    JsonObject,
-    Keyspace,
     ListItemRecord,
-    ManifestDocumentKind,
     ManifestDocumentRecord,
     ManifestRecord,
     ManifestTransformerRecord,
-    Session,
     SessionRecord,
-    SessionStatus,
-    Severity,
-    StoredAgent,
     TransferRecord,
-    TransformerRecord,
     ValueRecord,
 )
 

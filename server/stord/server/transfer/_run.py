@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import orjson
 
-from stord.server.ports import StoreError, TransferRecord, TransferStore
+from stord.server.ports import StoreError
 from stord.server.transfer._format import (
     FOOTER,
     RECORD_KINDS,
@@ -27,6 +27,7 @@ from stord.server.transfer._format import (
     record_kind,
 )
 from stord.server.transfer._progress import Progress
+from stord.server.transfer.port import TransferRecord, TransferStore
 
 __all__ = ["Summary", "TransferError", "export_records", "import_records"]
 

@@ -4,8 +4,9 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
-from stord.server.backends._agent_search import matches
-from stord.server.ports import AgentMatch, AgentWrite, Clock, PermissionDenied, StoredAgent
+from stord.server.agents.port import AgentMatch, AgentWrite, StoredAgent
+from stord.server.agents.search import matches
+from stord.server.ports import Clock, PermissionDenied
 
 # Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.
 

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
-from stord.server.alerts.port import AlertStateStore
-from stord.server.backends._jobs import QueueWakeups
+from collections.abc import Mapping
+from typing import ClassVar
+
+from stord.server.backends._contracts import DeclaredContracts
 from stord.server.backends.memory._agents import MemoryAgentStore
 from stord.server.backends.memory._alerts import MemoryAlertStateStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
@@ -9,26 +11,23 @@ from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.memory._jobs import MemoryJobQueueStore
 from stord.server.backends.memory._key_value import MemoryKeyValueStore
 from stord.server.backends.memory._manifests import MemoryManifestStore
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.kv.port import Keyspace
 from stord.server.ports import (
-    AgentStore,
+    CONTRACT_CAPABILITIES,
+    Capability,
     Clock,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    Unimplemented,
     system_clock,
 )
 
 
-class MemoryBackend:
+class MemoryBackend(DeclaredContracts):
     """Keeps everything in process memory; healthy as long as the process runs."""
 
     def __init__(self, *, clock: Clock = system_clock) -> None:
-        self._key_value = {keyspace: MemoryKeyValueStore(clock) for keyspace in Keyspace}
+        self._key_value: dict[Keyspace, MemoryKeyValueStore] = {
+            keyspace: MemoryKeyValueStore(clock) for keyspace in Keyspace
+        }
         self._agents = MemoryAgentStore(clock)
         self._events = MemoryEventStore(clock)
         self._alerts = MemoryAlertStateStore(self._events)
@@ -36,6 +35,14 @@ class MemoryBackend:
         wakeups = QueueWakeups()
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
+
+    CAPABILITIES: ClassVar[frozenset[Capability]] = (CONTRACT_CAPABILITIES - {Capability.TRANSFER}) | {
+        Capability.INJECTABLE_CLOCK
+    }
+    UNSERVED: ClassVar[Mapping[Capability, str]] = {
+        Capability.TRANSFER: "the memory backend lives only inside the process that serves it: there is"
+        " nothing to export from or import into; use sqlite or postgres"
+    }
 
     @property
     def kind(self) -> str:
@@ -52,30 +59,3 @@ class MemoryBackend:
 
     async def sweep(self) -> int:
         return sum(store.delete_expired() for store in self._key_value.values())
-
-    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._key_value[keyspace]
-
-    def agents(self) -> AgentStore:
-        return self._agents
-
-    def events(self) -> EventStore:
-        return self._events
-
-    def alerts(self) -> AlertStateStore:
-        return self._alerts
-
-    def manifests(self) -> ManifestStore:
-        return self._manifests
-
-    def documents(self) -> DocumentStore:
-        return self._documents
-
-    def jobs(self) -> JobQueueStore:
-        return self._jobs
-
-    def transfer(self) -> TransferStore:
-        raise Unimplemented(
-            "the memory backend lives only inside the process that serves it: there is nothing to export"
-            " from or import into; use sqlite or postgres"
-        )

@@ -2,18 +2,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from stord.server.backends._documents import (
-    already_exists,
-    check_revision,
-    matches,
-    merge,
-    operation_context,
-    sort_documents,
-)
-from stord.server.backends._jobs import QueueWakeups
 from stord.server.backends.memory._jobs import MemoryJobQueueStore, Undo
-from stord.server.ports import (
-    Clock,
+from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
     Document,
@@ -21,10 +11,20 @@ from stord.server.ports import (
     DocumentQuery,
     FieldFilter,
     FieldPath,
-    NewJob,
     OperationResult,
     UpdateDocument,
 )
+from stord.server.documents.rules import (
+    already_exists,
+    check_revision,
+    matches,
+    merge,
+    operation_context,
+    sort_documents,
+)
+from stord.server.jobs.port import NewJob
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.ports import Clock
 
 __all__ = ["MemoryDocumentStore"]
 

@@ -6,18 +6,18 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 
-from stord.server.backends._jobs import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
-from stord.server.ports import (
+from stord.server.jobs.port import (
     UNFINISHED_JOB_STATUSES,
-    Clock,
     EnqueuedJob,
     Job,
     JobLease,
+    JobQuery,
     JobStatus,
-    JsonObject,
     NewJob,
     QueueStats,
 )
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.ports import Clock, JsonObject
 
 __all__ = ["MemoryJobQueueStore", "Undo"]
 
@@ -271,15 +271,8 @@ class MemoryJobQueueStore:
         job = self._view(namespace).jobs.get(job_id)
         return None if job is None else job.snapshot()
 
-    async def find(
-        self,
-        namespace: str,
-        queue: str,
-        *,
-        statuses: frozenset[JobStatus],
-        after: int | None,
-        limit: int,
-    ) -> list[Job]:
+    async def find(self, namespace: str, query: JobQuery) -> list[Job]:
+        queue, statuses, after, limit = query.queue, query.statuses, query.after, query.limit
         found: list[Job] = []
         for job in self._view(namespace).jobs.values():
             if job.queue != queue or (statuses and job.status not in statuses):

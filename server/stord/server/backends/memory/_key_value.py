@@ -4,8 +4,9 @@ import bisect
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from stord.server.backends._glob import glob_regex, literal_prefix
-from stord.server.ports import Clock, SetCondition, ValueEntry
+from stord.server.kv.glob import glob_regex, literal_prefix
+from stord.server.kv.port import SetCondition, ValueEntry
+from stord.server.ports import Clock
 
 # Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.
 
@@ -82,15 +83,8 @@ class MemoryKeyValueStore:
             results.append(None if value is None else value.data)
         return results
 
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         space, now = self._space(namespace), self._clock()
         if condition is not SetCondition.ALWAYS:
             present = self._live(space, key, now) is not None

@@ -2,15 +2,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from stord.server.ports import (
-    Clock,
+from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
-    JsonObject,
     ManifestDocumentKind,
     ManifestStats,
     TransformerRecord,
 )
+from stord.server.ports import Clock, JsonObject
 
 # Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.
 

@@ -3,25 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.port import AgentMatch, AgentStatus, AgentVisibility, AgentWrite, StoredAgent
+from stord.server.agents.search import configuration_text, fold
 from stord.server.backends.postgres._pool import Pool
-from stord.server.ports import (
-    AgentMatch,
-    AgentStatus,
-    AgentVisibility,
-    AgentWrite,
-    Clock,
-    PermissionDenied,
-    StoredAgent,
-)
+from stord.server.backends.tables import AGENTS, Rows
+from stord.server.ports import Clock, PermissionDenied
 
 __all__ = ["PostgresAgentStore"]
 
-_COLUMNS = "position, uri, name, version, status, visibility, owner, configuration, update_time"
+_COLUMNS = AGENTS.names(skip=("namespace", "name_folded", "configuration_folded"))
 
 _GET = f"SELECT {_COLUMNS} FROM agents WHERE namespace = %(namespace)s AND uri = %(uri)s"
 
@@ -64,7 +59,7 @@ LIMIT %(limit)s
 """
 
 
-def _agent(row: tuple[Any, ...]) -> StoredAgent:
+def _agent(row: Sequence[Any]) -> StoredAgent:
     _, uri, name, version, status, visibility, owner, configuration, update_time = row
     return StoredAgent(
         uri=uri,
@@ -142,3 +137,7 @@ class PostgresAgentStore:
         async with self._pool.connection() as connection:
             rows = await (await connection.execute(_SEARCH, params)).fetchall()
         return [AgentMatch(row[0], _agent(row)) for row in rows]
+
+
+AGENT_ROWS = Rows(_COLUMNS, _agent)
+"""How export reads the agents table (after its namespace column)."""

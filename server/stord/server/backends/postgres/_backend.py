@@ -1,32 +1,24 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import ClassVar
 
-from stord.server.alerts.port import AlertStateStore
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.backends._contracts import DeclaredContracts
+from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.postgres._agents import PostgresAgentStore
 from stord.server.backends.postgres._alerts import PostgresAlertStateStore
 from stord.server.backends.postgres._documents import PostgresDocumentStore
 from stord.server.backends.postgres._events import PostgresEventStore
 from stord.server.backends.postgres._jobs import JobNotifications, PostgresJobQueueStore
 from stord.server.backends.postgres._key_value import PostgresKeyValueStore
-from stord.server.backends.postgres._manifests import PostgresManifestStore
 from stord.server.backends.postgres._migrate import migrate
 from stord.server.backends.postgres._pool import Pool
+from stord.server.backends.postgres._runner import POSTGRES, PostgresRunner
 from stord.server.backends.postgres._transfer import PostgresTransferStore
 from stord.server.config import PostgresOptions
-from stord.server.ports import (
-    AgentStore,
-    Clock,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    system_clock,
-)
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.kv.port import Keyspace
+from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, system_clock
 
 _SWEEP_BATCH = 1000
 
@@ -46,7 +38,7 @@ WHERE value.keyspace = expired.keyspace AND value.namespace = expired.namespace 
 _CHECK = "SELECT 1"
 
 
-class PostgresBackend:
+class PostgresBackend(DeclaredContracts):
     """Serves every contract from one PostgreSQL database; the key-value roles apart by a keyspace column."""
 
     def __init__(self, url: str, *, options: PostgresOptions, clock: Clock = system_clock) -> None:
@@ -60,12 +52,19 @@ class PostgresBackend:
         self._agents = PostgresAgentStore(self._pool, clock)
         self._events = PostgresEventStore(self._pool, clock, url=url, options=options)
         self._alerts = PostgresAlertStateStore(self._pool)
-        self._manifests = PostgresManifestStore(self._pool, clock)
+        self._manifests = SqlManifestStore(PostgresRunner(self._pool), POSTGRES, clock)
         wakeups = QueueWakeups()
         self._job_notifications = JobNotifications(url, options, wakeups)
         self._documents = PostgresDocumentStore(self._pool, clock, wakeups)
         self._jobs = PostgresJobQueueStore(self._pool, clock, wakeups, self._job_notifications)
         self._transfer = PostgresTransferStore(self._pool)
+
+    CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
+        Capability.INJECTABLE_CLOCK,
+        Capability.INDEXES,
+        Capability.SHARED_BY_PROCESSES,
+        Capability.CROSS_PROCESS_WAKEUPS,  # LISTEN/NOTIFY
+    }
 
     @property
     def kind(self) -> str:
@@ -91,30 +90,6 @@ class PostgresBackend:
     async def check(self) -> None:
         async with self._pool.connection() as connection:
             await connection.execute(_CHECK)
-
-    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._key_value[keyspace]
-
-    def events(self) -> EventStore:
-        return self._events
-
-    def alerts(self) -> AlertStateStore:
-        return self._alerts
-
-    def agents(self) -> AgentStore:
-        return self._agents
-
-    def manifests(self) -> ManifestStore:
-        return self._manifests
-
-    def documents(self) -> DocumentStore:
-        return self._documents
-
-    def jobs(self) -> JobQueueStore:
-        return self._jobs
-
-    def transfer(self) -> TransferStore:
-        return self._transfer
 
     async def sweep(self) -> int:
         """Delete the values expired by now, in bounded batches, each its own transaction; return how many."""

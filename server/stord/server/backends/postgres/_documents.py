@@ -1,6 +1,6 @@
 """The document contract (DESIGN 4.2) over the documents table of migrations/postgres/0003_documents_jobs.sql.
 
-Filters and sorts follow the typing rules of backends/_documents.py with jsonb: `data #> path` reads a field
+Filters and sorts follow the typing rules of documents/rules.py with jsonb: `data #> path` reads a field
 (NULL when missing), jsonb_typeof() tells its type, and jsonb equality and ordering compare values of one type
 (numbers numerically). Strings compare as text with COLLATE "C", by code point, whatever the database's
 locale. Paths and values are bound parameters. Queries run unprepared, so PostgreSQL plans them with the
@@ -15,18 +15,10 @@ from typing import Any
 import orjson
 from psycopg import sql
 
-from stord.server.backends._documents import (
-    already_exists,
-    check_revision,
-    index_name,
-    operation_context,
-)
-from stord.server.backends._jobs import QueueWakeups
 from stord.server.backends.postgres._jobs import at, insert_jobs
 from stord.server.backends.postgres._pool import Connection, Pool
-from stord.server.ports import (
-    Clock,
-    Conflict,
+from stord.server.backends.tables import DOCUMENTS, Rows
+from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
     Document,
@@ -35,15 +27,23 @@ from stord.server.ports import (
     FieldFilter,
     FieldPath,
     FilterOperator,
-    NewJob,
     OperationResult,
     SortKey,
     UpdateDocument,
 )
+from stord.server.documents.rules import (
+    already_exists,
+    check_revision,
+    index_name,
+    operation_context,
+)
+from stord.server.jobs.port import NewJob
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.ports import Clock, Conflict
 
 __all__ = ["PostgresDocumentStore"]
 
-_COLUMNS = "collection, id, revision, create_time, update_time, data::text"
+_COLUMNS = DOCUMENTS.names(cast={"data": "::text"})
 _KEY = "namespace = %(namespace)s AND collection = %(collection)s AND id = %(id)s"
 
 _INSERT = f"""
@@ -287,3 +287,7 @@ class PostgresDocumentStore:
         async with self._pool.connection() as connection:
             await connection.execute(values)
             await connection.execute(texts)
+
+
+DOCUMENT_ROWS = Rows(_COLUMNS, _document)
+"""How export reads the documents table (after its namespace column)."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import replace
@@ -20,11 +21,13 @@ import orjson
 import psycopg
 import structlog
 
-from stord.server.backends._jobs import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
+from stord.server.backends.tables import JOBS, Rows
 from stord.server.config import PostgresOptions
-from stord.server.ports import Clock, EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats, Unavailable
+from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobQuery, JobStatus, NewJob, QueueStats
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.ports import Clock, Unavailable
 
 __all__ = ["JobNotifications", "PostgresJobQueueStore", "at", "insert_jobs"]
 
@@ -37,9 +40,7 @@ _LISTEN = "LISTEN stord_jobs"
 _RELISTEN_DELAY = 1.0
 _DEDUPE_ATTEMPTS = 5
 
-_COLUMNS = """jobs.sequence, jobs.id, jobs.queue, jobs.status, jobs.priority, jobs.run_at, jobs.attempts,
-    jobs.max_attempts, jobs.dedupe_key, jobs.payload::text, jobs.last_error, jobs.lease_token,
-    jobs.lease_expires_at, jobs.create_time, jobs.update_time"""
+_COLUMNS = JOBS.names(prefix="jobs.", cast={"payload": "::text"})
 
 _NOTIFY = "SELECT pg_notify(%(channel)s, %(payload)s)"
 
@@ -404,15 +405,8 @@ class PostgresJobQueueStore:
             row = await (await connection.execute(_GET, {"namespace": namespace, "id": job_id})).fetchone()
         return None if row is None else _job(row)
 
-    async def find(
-        self,
-        namespace: str,
-        queue: str,
-        *,
-        statuses: frozenset[JobStatus],
-        after: int | None,
-        limit: int,
-    ) -> list[Job]:
+    async def find(self, namespace: str, query: JobQuery) -> list[Job]:
+        queue, statuses, after, limit = query.queue, query.statuses, query.after, query.limit
         parameters = {
             "namespace": namespace,
             "queue": queue,
@@ -435,3 +429,7 @@ class PostgresJobQueueStore:
     def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:
         self._notifications.start()
         return self._wakeups.watch(namespace, queue)
+
+
+JOB_ROWS = Rows(_COLUMNS, functools.partial(_job, with_token=True))
+"""How export reads the jobs table (after its namespace column), lease tokens included."""

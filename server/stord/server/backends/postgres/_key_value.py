@@ -4,9 +4,10 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from stord.server.backends._glob import literal_prefix, prefix_successor
 from stord.server.backends.postgres._pool import Pool
-from stord.server.ports import Clock, Keyspace, SetCondition, ValueEntry
+from stord.server.kv.glob import literal_prefix, prefix_successor
+from stord.server.kv.port import Keyspace, SetCondition, ValueEntry
+from stord.server.ports import Clock
 
 # Every statement takes the time from the injected clock as `now`, never the server's now(): tests move time,
 # and several daemons agree on expiry as far as their clocks agree. A value is live while
@@ -193,15 +194,8 @@ class PostgresKeyValueStore:
         found: dict[str, bytes] = dict(rows)
         return [found.get(key) for key in keys]
 
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         now = self._clock()
         params = self._params(
             namespace, key=key, value=value, expires_at=self._expiry(ttl, now), now=_timestamp(now)

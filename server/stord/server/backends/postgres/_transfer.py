@@ -1,4 +1,4 @@
-"""Dump and restore (ports/_transfer.py) over the PostgreSQL tables of every contract.
+"""Dump and restore (transfer/port.py) over the PostgreSQL tables of every contract.
 
 A dump is one REPEATABLE READ, READ ONLY transaction (one snapshot, while daemons keep writing) that reads
 each table through a server-side cursor, batch by batch. A restore is one transaction on one connection:
@@ -20,9 +20,11 @@ import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
+    DumpSources,
     NamespaceGate,
     TransferDialect,
     count_statements,
@@ -35,10 +37,22 @@ from stord.server.backends._transfer import (
     occupied,
     repeated_record,
 )
-from stord.server.backends.postgres import _agents, _documents, _events, _jobs, _manifests
+from stord.server.backends.postgres import _agents, _documents, _events, _jobs
 from stord.server.backends.postgres._jobs import at
 from stord.server.backends.postgres._pool import Connection, Pool
-from stord.server.ports import (
+from stord.server.backends.postgres._runner import POSTGRES
+from stord.server.backends.tables import (
+    AGENTS,
+    DOCUMENTS,
+    HANDLER_MANIFESTS,
+    JOBS,
+    KV_LIST_ITEMS,
+    KV_VALUES,
+    MANIFEST_DOCUMENTS,
+    MANIFEST_TRANSFORMERS,
+    Rows,
+)
+from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
     AlertRuleRecord,
@@ -74,24 +88,14 @@ def _values(count: int) -> str:
     return ", ".join(["%s"] * count)
 
 
-_INSERT_VALUE = f"INSERT INTO kv_values (keyspace, namespace, key, value, expires_at) VALUES ({_values(5)})"
-_INSERT_LIST_ITEM = (
-    f"INSERT INTO kv_list_items (keyspace, namespace, key, position, value) VALUES ({_values(5)})"
-)
+_INSERT_VALUE = KV_VALUES.insert("%s")
+_INSERT_LIST_ITEM = KV_LIST_ITEMS.insert("%s")
 _UPSERT_LIST_LENGTH = f"""
 INSERT INTO kv_lists AS list (keyspace, namespace, key, length) VALUES ({_values(4)})
 ON CONFLICT (keyspace, namespace, key) DO UPDATE SET length = greatest(list.length, excluded.length)
 """
-_INSERT_DOCUMENT = f"""
-INSERT INTO documents (namespace, collection, id, revision, create_time, update_time, data)
-VALUES ({_values(6)}, %s::jsonb)
-"""
-_INSERT_JOB = f"""
-INSERT INTO jobs (namespace, sequence, id, queue, status, priority, run_at, attempts, max_attempts,
-                  dedupe_key, payload, last_error, lease_token, lease_expires_at, create_time, update_time)
-OVERRIDING SYSTEM VALUE
-VALUES ({_values(10)}, %s::jsonb, {_values(5)})
-"""
+_INSERT_DOCUMENT = DOCUMENTS.insert("%s", cast={"data": "::jsonb"})
+_INSERT_JOB = JOBS.insert("%s", cast={"payload": "::jsonb"}, clause="OVERRIDING SYSTEM VALUE")
 _INSERT_SESSION = f"""
 INSERT INTO event_sessions (namespace, {_events._SESSION_COLUMNS}, chain_length, last_hash)
 VALUES ({_values(11)}, %s::text[], %s, %s)
@@ -105,19 +109,24 @@ VALUES (%(namespace)s, {", ".join(f"%({name})s" for name in _RULE_NAMES)})
 _INSERT_ENTRY = (
     f"INSERT INTO event_alert_history (namespace, {_events._HISTORY_COLUMNS}) VALUES ({_values(8)})"
 )
-_INSERT_AGENT = f"""
-INSERT INTO agents (namespace, {_agents._COLUMNS}, name_folded, configuration_folded)
-OVERRIDING SYSTEM VALUE
-VALUES ({_values(12)})
-"""
-_INSERT_MANIFEST = (
-    f"INSERT INTO handler_manifests (namespace, {_manifests._MANIFEST_COLUMNS}) VALUES ({_values(6)})"
-)
-_INSERT_TRANSFORMER = (
-    f"INSERT INTO manifest_transformers (namespace, {_manifests._TRANSFORMER_COLUMNS}) VALUES ({_values(6)})"
-)
-_INSERT_MANIFEST_DOCUMENT = (
-    f"INSERT INTO manifest_documents (namespace, kind, id, version, document) VALUES ({_values(5)})"
+_INSERT_AGENT = AGENTS.insert("%s", clause="OVERRIDING SYSTEM VALUE")
+_INSERT_MANIFEST = HANDLER_MANIFESTS.insert("%s")
+_INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("%s")
+_INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("%s")
+
+# The event store's column lists and row mappers are private to its module, which the events package owns;
+# it is named here, statically, so mypy checks every use.
+_SOURCES = DumpSources(
+    document=_documents.DOCUMENT_ROWS,
+    job=_jobs.JOB_ROWS,
+    event=Rows(_events._EVENT_COLUMNS, _events._event),
+    session=Rows(_events._SESSION_COLUMNS, _events._session),
+    event_agent=Rows(_events._AGENT_COLUMNS, _events._agent),
+    alert_rule=Rows(_events._RULE_COLUMNS, _events._rule),
+    alert_entry=Rows(_events._HISTORY_COLUMNS, _events._entry),
+    agent=_agents.AGENT_ROWS,
+    manifest=manifest_rows(POSTGRES),
+    transformer=transformer_rows(POSTGRES),
 )
 
 # Move an identity generator past the greatest number in its column (never back).
@@ -284,7 +293,7 @@ class PostgresTransferStore:
     async def dump(
         self, namespace: str | None, *, now: float
     ) -> AsyncGenerator[Sequence[TransferRecord], None]:
-        statements = dump_statements(_DIALECT, namespace, _documents, _jobs, _events, _agents, _manifests)
+        statements = dump_statements(_DIALECT, namespace, _SOURCES)
         parameters = {"now": at(now), "namespace": namespace}
         async with self._pool.connection() as connection, connection.transaction():
             await connection.execute(_SNAPSHOT)

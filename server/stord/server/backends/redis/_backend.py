@@ -1,28 +1,21 @@
 from __future__ import annotations
 
+from typing import ClassVar
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
+from stord.server.backends._contracts import DeclaredContracts
 from stord.server.backends.redis._errors import unavailable_on_connection_errors
 from stord.server.backends.redis._key_value import RedisKeyValueStore
 from stord.server.backends.redis._transfer import RedisTransferStore
 from stord.server.config import RedisOptions, redact_url
-from stord.server.ports import (
-    AgentStore,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    Unavailable,
-    Unimplemented,
-)
+from stord.server.kv.port import Keyspace
+from stord.server.ports import Capability, Unavailable
 
 
-class RedisBackend:
+class RedisBackend(DeclaredContracts):
     """Serves the key-value contract of both roles from one Redis database; no schema, no migrations."""
 
     def __init__(self, url: str, *, options: RedisOptions) -> None:
@@ -31,6 +24,10 @@ class RedisBackend:
         self._redis: Redis | None = None
         self._key_value = {keyspace: RedisKeyValueStore(self._client, keyspace) for keyspace in Keyspace}
         self._transfer = RedisTransferStore(self._client)
+
+    CAPABILITIES: ClassVar[frozenset[Capability]] = frozenset(
+        {Capability.KEY_VALUE, Capability.TRANSFER, Capability.SHARED_BY_PROCESSES}
+    )
 
     @property
     def kind(self) -> str:
@@ -77,34 +74,3 @@ class RedisBackend:
     async def sweep(self) -> int:
         """Nothing to do: Redis expires keys itself."""
         return 0
-
-    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._key_value[keyspace]
-
-    def events(self) -> EventStore:
-        raise Unimplemented(
-            "the redis backend does not serve stord.v1.EventStoreService; use memory, sqlite or postgres"
-        )
-
-    def agents(self) -> AgentStore:
-        raise Unimplemented(
-            "the redis backend does not serve stord.v1.AgentStoreService; use memory, sqlite or postgres"
-        )
-
-    def manifests(self) -> ManifestStore:
-        raise Unimplemented(
-            "the redis backend does not serve stord.v1.ManifestStoreService; use memory, sqlite or postgres"
-        )
-
-    def documents(self) -> DocumentStore:
-        raise Unimplemented(
-            "the redis backend does not serve stord.v1.DocumentService; use memory, sqlite or postgres"
-        )
-
-    def jobs(self) -> JobQueueStore:
-        raise Unimplemented(
-            "the redis backend does not serve stord.v1.JobQueueService; use memory, sqlite or postgres"
-        )
-
-    def transfer(self) -> TransferStore:
-        return self._transfer

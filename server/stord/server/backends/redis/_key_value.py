@@ -6,10 +6,10 @@ from collections.abc import Callable, Sequence
 
 from redis.asyncio import Redis
 
-from stord.server.backends._glob import glob_regex, literal_prefix
 from stord.server.backends.redis import _layout
 from stord.server.backends.redis._errors import translate_errors
-from stord.server.ports import Keyspace, SetCondition, ValueEntry
+from stord.server.kv.glob import glob_regex, literal_prefix
+from stord.server.kv.port import Keyspace, SetCondition, ValueEntry
 
 _SCAN_COUNT = 1000
 _UNLINK_BATCH = 500
@@ -79,15 +79,8 @@ class RedisKeyValueStore:
         return [_as_bytes(reply) for reply in replies]
 
     @translate_errors
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         # SET without KEEPTTL replaces any earlier expiry, as the contract asks.
         written = await self._client().set(
             _layout.value_key(self._prefix(namespace), key),

@@ -7,7 +7,7 @@ contains `:` and one namespace's prefix is never a prefix of another's; user key
 
 from __future__ import annotations
 
-from stord.server.ports import Keyspace
+from stord.server.kv.port import Keyspace
 
 ROOT = "stord"
 VALUE_KIND = "v"

@@ -1,4 +1,4 @@
-"""Dump and restore (ports/_transfer.py) of what Redis holds: key-value values and lists, of both roles.
+"""Dump and restore (transfer/port.py) of what Redis holds: key-value values and lists, of both roles.
 
 Redis serves no other contract, so a restore refuses every other record with Unimplemented. A dump walks the
 keys with SCAN, which is no snapshot (a value written meanwhile may or may not be in it), and reads each
@@ -20,14 +20,9 @@ from redis.asyncio.client import Pipeline
 from stord.server.backends._transfer import DUMP_BATCH, occupied, repeated_record
 from stord.server.backends.redis import _layout
 from stord.server.backends.redis._errors import unavailable_on_connection_errors
-from stord.server.ports import (
-    InvalidArgument,
-    Keyspace,
-    ListItemRecord,
-    TransferRecord,
-    Unimplemented,
-    ValueRecord,
-)
+from stord.server.kv.port import Keyspace
+from stord.server.ports import InvalidArgument, Unimplemented
+from stord.server.transfer.port import ListItemRecord, TransferRecord, ValueRecord
 
 __all__ = ["RedisTransferStore"]
 

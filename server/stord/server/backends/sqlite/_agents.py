@@ -5,23 +5,18 @@ from __future__ import annotations
 import dataclasses
 import json
 import sqlite3
+from collections.abc import Sequence
 from typing import Any
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.port import AgentMatch, AgentStatus, AgentVisibility, AgentWrite, StoredAgent
+from stord.server.agents.search import configuration_text, fold
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import (
-    AgentMatch,
-    AgentStatus,
-    AgentVisibility,
-    AgentWrite,
-    Clock,
-    PermissionDenied,
-    StoredAgent,
-)
+from stord.server.backends.tables import AGENTS, Rows
+from stord.server.ports import Clock, PermissionDenied
 
 __all__ = ["SqliteAgentStore"]
 
-_COLUMNS = "position, uri, name, version, status, visibility, owner, configuration, update_time"
+_COLUMNS = AGENTS.names(skip=("namespace", "name_folded", "configuration_folded"))
 
 _GET = f"SELECT {_COLUMNS} FROM agents WHERE namespace = :namespace AND uri = :uri"
 
@@ -59,7 +54,7 @@ LIMIT :limit
 """
 
 
-def _agent(row: tuple[Any, ...]) -> StoredAgent:
+def _agent(row: Sequence[Any]) -> StoredAgent:
     _, uri, name, version, status, visibility, owner, configuration, update_time = row
     return StoredAgent(
         uri=uri,
@@ -150,3 +145,7 @@ class SqliteAgentStore:
             return [AgentMatch(row[0], _agent(row)) for row in rows]
 
         return await self._engine.read(run)
+
+
+AGENT_ROWS = Rows(_COLUMNS, _agent)
+"""How export reads the agents table (after its namespace column)."""

@@ -1,9 +1,10 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
-from stord.server.alerts.port import AlertStateStore
-from stord.server.backends._jobs import QueueWakeups
+from stord.server.backends._contracts import DeclaredContracts
+from stord.server.backends._manifest_sql import SqlManifestStore
 from stord.server.backends.sqlite._agents import SqliteAgentStore
 from stord.server.backends.sqlite._alerts import SqliteAlertStateStore
 from stord.server.backends.sqlite._documents import SqliteDocumentStore
@@ -11,24 +12,15 @@ from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._events import SqliteEventStore
 from stord.server.backends.sqlite._jobs import SqliteJobQueueStore
 from stord.server.backends.sqlite._key_value import SqliteKeyValueStore, delete_expired
-from stord.server.backends.sqlite._manifests import SqliteManifestStore
+from stord.server.backends.sqlite._runner import SQLITE, SqliteRunner
 from stord.server.backends.sqlite._transfer import SqliteTransferStore
 from stord.server.config import SqliteOptions
-from stord.server.ports import (
-    AgentStore,
-    Clock,
-    DocumentStore,
-    EventStore,
-    JobQueueStore,
-    Keyspace,
-    KeyValueStore,
-    ManifestStore,
-    TransferStore,
-    system_clock,
-)
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.kv.port import Keyspace
+from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, system_clock
 
 
-class SqliteBackend:
+class SqliteBackend(DeclaredContracts):
     """The embedded default database (DESIGN 3): one SQLite file in WAL mode, one writer, pooled readers."""
 
     def __init__(self, path: Path, *, options: SqliteOptions, clock: Clock = system_clock) -> None:
@@ -40,11 +32,17 @@ class SqliteBackend:
         self._agents = SqliteAgentStore(self._engine, clock)
         self._events = SqliteEventStore(self._engine, clock)
         self._alerts = SqliteAlertStateStore(self._engine)
-        self._manifests = SqliteManifestStore(self._engine, clock)
+        self._manifests = SqlManifestStore(SqliteRunner(self._engine), SQLITE, clock)
         wakeups = QueueWakeups()
         self._documents = SqliteDocumentStore(self._engine, clock, wakeups)
         self._jobs = SqliteJobQueueStore(self._engine, clock, wakeups)
         self._transfer = SqliteTransferStore(self._engine)
+
+    CAPABILITIES: ClassVar[frozenset[Capability]] = CONTRACT_CAPABILITIES | {
+        Capability.INJECTABLE_CLOCK,
+        Capability.INDEXES,
+        Capability.SHARED_BY_PROCESSES,  # its wake-ups across processes are polls (PRAGMA data_version)
+    }
 
     @property
     def kind(self) -> str:
@@ -67,27 +65,3 @@ class SqliteBackend:
     async def sweep(self) -> int:
         """Delete the values expired by now, in bounded batches; return how many."""
         return await delete_expired(self._engine, now=self._clock())
-
-    def key_value(self, keyspace: Keyspace) -> KeyValueStore:
-        return self._key_value[keyspace]
-
-    def events(self) -> EventStore:
-        return self._events
-
-    def alerts(self) -> AlertStateStore:
-        return self._alerts
-
-    def agents(self) -> AgentStore:
-        return self._agents
-
-    def manifests(self) -> ManifestStore:
-        return self._manifests
-
-    def documents(self) -> DocumentStore:
-        return self._documents
-
-    def jobs(self) -> JobQueueStore:
-        return self._jobs
-
-    def transfer(self) -> TransferStore:
-        return self._transfer

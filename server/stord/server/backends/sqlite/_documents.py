@@ -1,6 +1,6 @@
 """The document contract (DESIGN 4.2) over the documents table of migrations/sqlite/0003_documents_jobs.sql.
 
-Filters and sorts follow the typing rules of backends/_documents.py with json_type(), which tells a field's
+Filters and sorts follow the typing rules of documents/rules.py with json_type(), which tells a field's
 JSON type ('null', 'true', 'false', 'integer', 'real', 'text', 'array', 'object', NULL when missing), and
 json_extract(), which reads its value. Values are always bound as parameters. A field's JSON path, however, is
 written into the SQL text as a quoted literal: SQLite uses an index on an expression (CreateIndex) only when
@@ -16,19 +16,10 @@ from typing import Any
 
 import orjson
 
-from stord.server.backends._documents import (
-    FIELD_KEY,
-    already_exists,
-    check_revision,
-    index_name,
-    merge,
-    operation_context,
-)
-from stord.server.backends._jobs import QueueWakeups
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._jobs import insert_jobs
-from stord.server.ports import (
-    Clock,
+from stord.server.backends.tables import DOCUMENTS, Rows
+from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
     Document,
@@ -38,15 +29,25 @@ from stord.server.ports import (
     FieldPath,
     FilterOperator,
     JsonScalar,
-    NewJob,
     OperationResult,
     SortKey,
     UpdateDocument,
 )
+from stord.server.documents.rules import (
+    FIELD_KEY,
+    already_exists,
+    check_revision,
+    index_name,
+    merge,
+    operation_context,
+)
+from stord.server.jobs.port import NewJob
+from stord.server.jobs.rules import QueueWakeups
+from stord.server.ports import Clock
 
 __all__ = ["SqliteDocumentStore"]
 
-_COLUMNS = "collection, id, revision, create_time, update_time, data"
+_COLUMNS = DOCUMENTS.names()
 _KEY = "namespace = :namespace AND collection = :collection AND id = :id"
 
 _INSERT = """
@@ -279,3 +280,7 @@ class SqliteDocumentStore:
             connection.execute("ANALYZE documents")
 
         await self._engine.write(run)
+
+
+DOCUMENT_ROWS = Rows(_COLUMNS, _document)
+"""How export reads the documents table (after its namespace column)."""

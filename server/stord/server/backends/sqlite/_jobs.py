@@ -7,6 +7,7 @@ another's: no job is handed to two workers. Time comes from the injected clock, 
 from __future__ import annotations
 
 import asyncio
+import functools
 import sqlite3
 from collections.abc import Sequence
 from contextlib import AbstractContextManager
@@ -15,14 +16,15 @@ from typing import Any
 
 import orjson
 
-from stord.server.backends._jobs import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import Clock, EnqueuedJob, Job, JobLease, JobStatus, NewJob, QueueStats
+from stord.server.backends.tables import JOBS, Rows
+from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobQuery, JobStatus, NewJob, QueueStats
+from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.ports import Clock
 
 __all__ = ["SqliteJobQueueStore", "insert_jobs"]
 
-_COLUMNS = """sequence, id, queue, status, priority, run_at, attempts, max_attempts, dedupe_key, payload,
-    last_error, lease_token, lease_expires_at, create_time, update_time"""
+_COLUMNS = JOBS.names()
 
 _INSERT = """
 INSERT INTO jobs (namespace, id, queue, status, priority, run_at, attempts, max_attempts, dedupe_key, payload,
@@ -260,15 +262,8 @@ class SqliteJobQueueStore:
 
         return await self._engine.lookup(run)
 
-    async def find(
-        self,
-        namespace: str,
-        queue: str,
-        *,
-        statuses: frozenset[JobStatus],
-        after: int | None,
-        limit: int,
-    ) -> list[Job]:
+    async def find(self, namespace: str, query: JobQuery) -> list[Job]:
+        queue, statuses, after, limit = query.queue, query.statuses, query.after, query.limit
         parameters: dict[str, object] = {
             "namespace": namespace,
             "queue": queue,
@@ -300,3 +295,7 @@ class SqliteJobQueueStore:
 
     def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:
         return self._wakeups.watch(namespace, queue)
+
+
+JOB_ROWS = Rows(_COLUMNS, functools.partial(_job, with_token=True))
+"""How export reads the jobs table (after its namespace column), lease tokens included."""

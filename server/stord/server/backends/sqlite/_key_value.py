@@ -9,9 +9,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Sequence
 
-from stord.server.backends._glob import glob_regex, literal_prefix, prefix_successor
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import Clock, Keyspace, SetCondition, ValueEntry
+from stord.server.kv.glob import glob_regex, literal_prefix, prefix_successor
+from stord.server.kv.port import Keyspace, SetCondition, ValueEntry
+from stord.server.ports import Clock
 
 __all__ = ["SqliteKeyValueStore", "delete_expired"]
 
@@ -139,15 +140,8 @@ class SqliteKeyValueStore:
 
         return await self._engine.lookup(run)
 
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
+        key, value, ttl = entry.key, entry.value, entry.ttl
         now = self._clock()
         parameters = {
             **self._key(namespace, key),

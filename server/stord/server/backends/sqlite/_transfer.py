@@ -1,4 +1,4 @@
-"""Dump and restore (ports/_transfer.py) over the SQLite tables of every contract.
+"""Dump and restore (transfer/port.py) over the SQLite tables of every contract.
 
 A dump is one read transaction on a reader thread, so one snapshot, also while a daemon writes the file (WAL):
 the thread hands batches to the event loop through a small queue. A restore is one write on the engine's
@@ -24,9 +24,11 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 
-from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
+    DumpSources,
     NamespaceGate,
     TransferDialect,
     count_statements,
@@ -39,9 +41,22 @@ from stord.server.backends._transfer import (
     occupied,
     repeated_record,
 )
-from stord.server.backends.sqlite import _agents, _documents, _events, _jobs, _manifests
+from stord.server.backends.sqlite import _agents, _documents, _events, _jobs
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import (
+from stord.server.backends.sqlite._runner import SQLITE
+from stord.server.backends.tables import (
+    AGENTS,
+    DOCUMENTS,
+    HANDLER_MANIFESTS,
+    JOBS,
+    KV_LIST_ITEMS,
+    KV_LISTS,
+    KV_VALUES,
+    MANIFEST_DOCUMENTS,
+    MANIFEST_TRANSFORMERS,
+    Rows,
+)
+from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
     AlertRuleRecord,
@@ -76,16 +91,14 @@ _DIALECT = TransferDialect(
     code_point_order="",  # BINARY, SQLite's default collation, is code point order
 )
 
-_INSERT_VALUE = "INSERT INTO kv_values (keyspace, namespace, key, value, expires_at) VALUES (?, ?, ?, ?, ?)"
-_INSERT_LIST_ITEM = (
-    "INSERT INTO kv_list_items (keyspace, namespace, key, position, value) VALUES (?, ?, ?, ?, ?)"
-)
-_UPSERT_LIST_LENGTH = """
-INSERT INTO kv_lists (keyspace, namespace, key, length) VALUES (?, ?, ?, ?)
+_INSERT_VALUE = KV_VALUES.insert("?")
+_INSERT_LIST_ITEM = KV_LIST_ITEMS.insert("?")
+_UPSERT_LIST_LENGTH = f"""
+{KV_LISTS.insert("?")}
 ON CONFLICT (keyspace, namespace, key) DO UPDATE SET length = max(length, excluded.length)
 """
-_INSERT_DOCUMENT = f"INSERT INTO documents (namespace, {_documents._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-_INSERT_JOB = f"INSERT INTO jobs (namespace, {_jobs._COLUMNS}) VALUES (?{', ?' * 15})"
+_INSERT_DOCUMENT = DOCUMENTS.insert("?")
+_INSERT_JOB = JOBS.insert("?")
 _INSERT_SESSION = f"""
 INSERT INTO event_sessions (namespace, {_events._SESSION_COLUMNS}, chain_length, last_hash)
 VALUES (?{", ?" * 13})
@@ -95,17 +108,24 @@ _INSERT_RULE = f"INSERT INTO event_alert_rules (namespace, {_events._RULE_COLUMN
 _INSERT_ENTRY = (
     f"INSERT INTO event_alert_history (namespace, {_events._HISTORY_COLUMNS}) VALUES (?{', ?' * 7})"
 )
-_INSERT_AGENT = f"""
-INSERT INTO agents (namespace, {_agents._COLUMNS}, name_folded, configuration_folded) VALUES (?{", ?" * 11})
-"""
-_INSERT_MANIFEST = (
-    f"INSERT INTO handler_manifests (namespace, {_manifests._MANIFEST_COLUMNS}) VALUES (?{', ?' * 5})"
-)
-_INSERT_TRANSFORMER = (
-    f"INSERT INTO manifest_transformers (namespace, {_manifests._TRANSFORMER_COLUMNS}) VALUES (?{', ?' * 5})"
-)
-_INSERT_MANIFEST_DOCUMENT = (
-    "INSERT INTO manifest_documents (namespace, kind, id, version, document) VALUES (?, ?, ?, ?, ?)"
+_INSERT_AGENT = AGENTS.insert("?")
+_INSERT_MANIFEST = HANDLER_MANIFESTS.insert("?")
+_INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("?")
+_INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("?")
+
+# The event store's column lists and row mappers are private to its module, which the events package owns;
+# it is named here, statically, so mypy checks every use.
+_SOURCES = DumpSources(
+    document=_documents.DOCUMENT_ROWS,
+    job=_jobs.JOB_ROWS,
+    event=Rows(_events._EVENT_COLUMNS, _events._event),
+    session=Rows(_events._SESSION_COLUMNS, _events._session),
+    event_agent=Rows(_events._AGENT_COLUMNS, _events._agent),
+    alert_rule=Rows(_events._RULE_COLUMNS, _events._rule),
+    alert_entry=Rows(_events._HISTORY_COLUMNS, _events._entry),
+    agent=_agents.AGENT_ROWS,
+    manifest=manifest_rows(SQLITE),
+    transformer=transformer_rows(SQLITE),
 )
 
 
@@ -179,7 +199,7 @@ def _dump(
     now: float,
     handoff: _Handoff[list[TransferRecord]],
 ) -> None:
-    statements = dump_statements(_DIALECT, namespace, _documents, _jobs, _events, _agents, _manifests)
+    statements = dump_statements(_DIALECT, namespace, _SOURCES)
     for sql, to_record in statements:
         cursor = connection.execute(sql, {"now": now, "namespace": namespace})
         while rows := cursor.fetchmany(DUMP_BATCH):
@@ -291,15 +311,15 @@ class _Restore:
             m = record.manifest
             seconds, nanos = divmod(m.created_at, _NANOS)
             return _INSERT_MANIFEST, (
-                namespace, m.handler_id, m.version, seconds, nanos, _manifests._dump(m.document)
+                namespace, m.handler_id, m.version, seconds, nanos, SQLITE.dump_json(m.document)
             )  # fmt: skip
         if isinstance(record, ManifestTransformerRecord):
             t = record.transformer
             return _INSERT_TRANSFORMER, (
-                namespace, t.id, t.handler_id, t.from_version, t.to_version, _manifests._dump(t.document)
+                namespace, t.id, t.handler_id, t.from_version, t.to_version, SQLITE.dump_json(t.document)
             )  # fmt: skip
         key_id, version = record.key
-        document = _manifests._dump(record.document)
+        document = SQLITE.dump_json(record.document)
         return _INSERT_MANIFEST_DOCUMENT, (namespace, record.kind.value, key_id, version, document)
 
 

@@ -7,7 +7,8 @@ from typing import Any
 import grpc
 
 from stord.server import calls
-from stord.server.ports import InvalidArgument, KeyValueStore, SetCondition, ValueEntry
+from stord.server.kv.port import KeyValueStore, SetCondition, ValueEntry
+from stord.server.ports import InvalidArgument
 from stord.server.services import _validate as check
 from stord.v1 import kv_pb2 as pb
 from stord.v1 import kv_pb2_grpc
@@ -68,13 +69,9 @@ class CacheServicer(kv_pb2_grpc.CacheServiceServicer):
         return pb.CacheServiceGetResponse(found=True, value=data)
 
     async def Set(self, request: pb.CacheServiceSetRequest, context: Context) -> pb.CacheServiceSetResponse:
-        written = await self._store.set(
-            calls.namespace(),
-            check.key(request.key),
-            check.value(request.value),
-            ttl=check.ttl(request.ttl, request.HasField("ttl")),
-            condition=_condition(request),
-        )
+        ttl = check.ttl(request.ttl, request.HasField("ttl"))
+        entry = ValueEntry(check.key(request.key), check.value(request.value), ttl)
+        written = await self._store.set(calls.namespace(), entry, condition=_condition(request))
         return pb.CacheServiceSetResponse(written=written)
 
     async def Delete(
@@ -138,12 +135,8 @@ class DatabaseServicer(kv_pb2_grpc.DatabaseServiceServicer):
     async def Set(
         self, request: pb.DatabaseServiceSetRequest, context: Context
     ) -> pb.DatabaseServiceSetResponse:
-        written = await self._store.set(
-            calls.namespace(),
-            check.key(request.key),
-            check.value(request.value),
-            condition=_condition(request),
-        )
+        entry = ValueEntry(check.key(request.key), check.value(request.value))
+        written = await self._store.set(calls.namespace(), entry, condition=_condition(request))
         return pb.DatabaseServiceSetResponse(written=written)
 
     async def Delete(

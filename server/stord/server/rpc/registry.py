@@ -15,17 +15,19 @@ import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
+from stord.server.agents.service import agent_store_servicer
 from stord.server.alerts.port import alert_state_store
 from stord.server.alerts.service import AlertServicer
+from stord.server.config import Settings
+from stord.server.documents.service import DocumentServicer
+from stord.server.jobs.service import JobQueueServicer
+from stord.server.kv.port import Keyspace
+from stord.server.kv.service import CacheServicer, DatabaseServicer
+from stord.server.manifests.service import manifest_store_servicer
 from stord.server.metrics import Metrics
 from stord.server.otlp.service import LOGS_SERVICE, TRACE_SERVICE, OtlpLogsServicer, OtlpTraceServicer
-from stord.server.ports import Backend, Keyspace
-from stord.server.services.agents import agent_store_servicer
-from stord.server.services.documents import DocumentServicer
+from stord.server.ports import Backend
 from stord.server.services.events import EventStoreServicer
-from stord.server.services.jobs import JobQueueServicer
-from stord.server.services.key_value import CacheServicer, DatabaseServicer
-from stord.server.services.manifests import manifest_store_servicer
 from stord.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -55,9 +57,10 @@ class Contract:
     service: str
     """The full service name, e.g. `stord.v1.CacheService`."""
     role: Role
-    servicer: Callable[[Backend, Backend, Metrics | None], object]
-    """Build the servicer over the role's backend, the cache role's backend (for read-through caches) and
-    the daemon's metrics (None when off); raise Unimplemented when the role's backend does not serve it."""
+    servicer: Callable[[Backend, Backend, Metrics | None, Settings], object]
+    """Build the servicer over the role's backend, the cache role's backend (for read-through caches), the
+    daemon's metrics (None when off) and its settings; raise Unimplemented when the role's backend does not
+    serve it."""
     add_to_server: Callable[[Any, grpc.aio.Server], None]
 
 
@@ -70,33 +73,35 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         _service_name(kv_pb2.DESCRIPTOR, "CacheService"),
         "cache",
-        lambda backend, cache, metrics: CacheServicer(backend.key_value(Keyspace.CACHE)),
+        lambda backend, cache, metrics, settings: CacheServicer(backend.key_value(Keyspace.CACHE)),
         kv_pb2_grpc.add_CacheServiceServicer_to_server,
     ),
     Contract(
         _service_name(kv_pb2.DESCRIPTOR, "DatabaseService"),
         "database",
-        lambda backend, cache, metrics: DatabaseServicer(backend.key_value(Keyspace.DATABASE)),
+        lambda backend, cache, metrics, settings: DatabaseServicer(backend.key_value(Keyspace.DATABASE)),
         kv_pb2_grpc.add_DatabaseServiceServicer_to_server,
     ),
     Contract(
         _service_name(documents_pb2.DESCRIPTOR, "DocumentService"),
         "database",
-        lambda backend, cache, metrics: DocumentServicer(backend.documents()),
+        lambda backend, cache, metrics, settings: DocumentServicer(backend.documents()),
         documents_pb2_grpc.add_DocumentServiceServicer_to_server,
     ),
     Contract(
         _service_name(jobs_pb2.DESCRIPTOR, "JobQueueService"),
         "database",
-        lambda backend, cache, metrics: JobQueueServicer(
-            backend.jobs(), saw_queue=None if metrics is None else metrics.saw_queue
+        lambda backend, cache, metrics, settings: JobQueueServicer(
+            backend.jobs(),
+            saw_queue=None if metrics is None else metrics.saw_queue,
+            recheck_interval=settings.long_poll_recheck_interval,
         ),
         jobs_pb2_grpc.add_JobQueueServiceServicer_to_server,
     ),
     Contract(
         _service_name(events_pb2.DESCRIPTOR, "EventStoreService"),
         "database",
-        lambda backend, cache, metrics: EventStoreServicer(
+        lambda backend, cache, metrics, settings: EventStoreServicer(
             backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
         ),
         events_pb2_grpc.add_EventStoreServiceServicer_to_server,
@@ -104,25 +109,25 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         _service_name(agents_pb2.DESCRIPTOR, "AgentStoreService"),
         "database",
-        agent_store_servicer,
+        lambda backend, cache, metrics, settings: agent_store_servicer(backend, cache, metrics),
         agents_pb2_grpc.add_AgentStoreServiceServicer_to_server,
     ),
     Contract(
         _service_name(manifests_pb2.DESCRIPTOR, "ManifestStoreService"),
         "database",
-        manifest_store_servicer,
+        lambda backend, cache, metrics, settings: manifest_store_servicer(backend, cache, metrics),
         manifests_pb2_grpc.add_ManifestStoreServiceServicer_to_server,
     ),
     Contract(
         _service_name(alerts_pb2.DESCRIPTOR, "AlertService"),
         "database",
-        lambda backend, cache, metrics: AlertServicer(alert_state_store(backend)),
+        lambda backend, cache, metrics, settings: AlertServicer(alert_state_store(backend)),
         alerts_pb2_grpc.add_AlertServiceServicer_to_server,
     ),
     Contract(
         LOGS_SERVICE,  # OTLP ingest, on the same port and behind the same interceptors
         "database",
-        lambda backend, cache, metrics: OtlpLogsServicer(
+        lambda backend, cache, metrics, settings: OtlpLogsServicer(
             backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
         ),
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server,
@@ -130,7 +135,7 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         TRACE_SERVICE,  # OTLP ingest of spans, one event each
         "database",
-        lambda backend, cache, metrics: OtlpTraceServicer(
+        lambda backend, cache, metrics, settings: OtlpTraceServicer(
             backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
         ),
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server,

@@ -1,27 +1,23 @@
-"""The manifest store (DESIGN 4.6) over the tables of migrations/sqlite/0004_agents_manifests.sql.
+"""The manifest store (DESIGN 4.6) over the SQL tables of both dialects, written once over an `SqlRunner`.
 
-Documents are JSON text; created_at is split into whole seconds and nanoseconds, so every instant a
-protobuf Timestamp can hold orders exactly (nanoseconds alone would overflow 64 bits before the year 2262).
+created_at is split into whole seconds and nanoseconds, so every instant a protobuf Timestamp can hold orders
+exactly (timestamptz keeps only microseconds; nanoseconds alone would overflow 64 bits before 2262).
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from typing import Any
-
-from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import (
-    Clock,
+from stord.server.backends._sql import Row, SqlDialect, SqlRunner
+from stord.server.backends.tables import HANDLER_MANIFESTS, MANIFEST_TRANSFORMERS, Rows
+from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
-    JsonObject,
     ManifestDocumentKind,
     ManifestStats,
     TransformerRecord,
 )
+from stord.server.ports import Clock, JsonObject
 
-__all__ = ["SqliteManifestStore"]
+__all__ = ["SqlManifestStore", "manifest_rows", "transformer_rows"]
 
 _NANOS = 1_000_000_000
 
@@ -33,7 +29,7 @@ ON CONFLICT (namespace, handler_id, version) DO UPDATE SET
     document = excluded.document
 """
 
-_MANIFEST_COLUMNS = "handler_id, version, created_seconds, created_nanos, document"
+_MANIFEST_COLUMNS = HANDLER_MANIFESTS.names()
 _HANDLER = "namespace = :namespace AND handler_id = :handler_id"
 
 _GET_MANIFEST = f"SELECT {_MANIFEST_COLUMNS} FROM handler_manifests WHERE {_HANDLER} AND version = :version"
@@ -65,7 +61,7 @@ ON CONFLICT (namespace, id) DO UPDATE SET
     to_version = excluded.to_version, document = excluded.document
 """
 
-_TRANSFORMER_COLUMNS = "id, handler_id, from_version, to_version, document"
+_TRANSFORMER_COLUMNS = MANIFEST_TRANSFORMERS.names()
 
 _GET_TRANSFORMER = f"""
 SELECT {_TRANSFORMER_COLUMNS} FROM manifest_transformers WHERE namespace = :namespace AND id = :id
@@ -109,26 +105,40 @@ SELECT
 """
 
 
-def _dump(document: JsonObject) -> str:
-    return json.dumps(document, separators=(",", ":"), ensure_ascii=False)
+def manifest_rows(dialect: SqlDialect) -> Rows[HandlerManifestRecord]:
+    """Return how `dialect` reads handler_manifests rows (after the namespace column)."""
+
+    def read(row: Row) -> HandlerManifestRecord:
+        handler_id, version, seconds, nanos, document = row
+        return HandlerManifestRecord(
+            handler_id, version, seconds * _NANOS + nanos, dialect.load_json(document)
+        )
+
+    return Rows(_MANIFEST_COLUMNS, read)
 
 
-def _manifest(row: tuple[Any, ...]) -> HandlerManifestRecord:
-    handler_id, version, seconds, nanos, document = row
-    return HandlerManifestRecord(handler_id, version, seconds * _NANOS + nanos, json.loads(document))
+def transformer_rows(dialect: SqlDialect) -> Rows[TransformerRecord]:
+    """Return how `dialect` reads manifest_transformers rows (after the namespace column)."""
+
+    def read(row: Row) -> TransformerRecord:
+        transformer_id, handler_id, from_version, to_version, document = row
+        return TransformerRecord(
+            transformer_id, handler_id, from_version, to_version, dialect.load_json(document)
+        )
+
+    return Rows(_TRANSFORMER_COLUMNS, read)
 
 
-def _transformer(row: tuple[Any, ...]) -> TransformerRecord:
-    transformer_id, handler_id, from_version, to_version, document = row
-    return TransformerRecord(transformer_id, handler_id, from_version, to_version, json.loads(document))
+class SqlManifestStore:
+    """Manifests in three tables, one statement per operation (Clear: one transaction)."""
 
-
-class SqliteManifestStore:
-    """Manifests in three tables; writes on the engine's writer thread, key lookups inline."""
-
-    def __init__(self, engine: SqliteEngine, clock: Clock) -> None:
-        self._engine = engine
+    def __init__(self, runner: SqlRunner, dialect: SqlDialect, clock: Clock) -> None:
+        self._run = runner
+        self._dialect = dialect
+        self._sql = dialect.sql
         self._clock = clock
+        self._manifest = manifest_rows(dialect).read
+        self._transformer = transformer_rows(dialect).read
 
     async def put_manifest(
         self, namespace: str, handler_id: str, version: str, document: JsonObject, *, created_at: int | None
@@ -142,9 +152,9 @@ class SqliteManifestStore:
             "version": version,
             "seconds": seconds,
             "nanos": nanos,
-            "document": _dump(document),
+            "document": self._dialect.dump_json(document),
         }
-        await self._engine.write(lambda connection: connection.execute(_PUT_MANIFEST, parameters))
+        await self._run.write([(self._sql(_PUT_MANIFEST), parameters)])
         return created_at
 
     async def get_manifest(
@@ -152,12 +162,8 @@ class SqliteManifestStore:
     ) -> HandlerManifestRecord | None:
         parameters = {"namespace": namespace, "handler_id": handler_id, "version": version}
         statement = _LATEST_MANIFEST if version is None else _GET_MANIFEST
-
-        def run(connection: sqlite3.Connection) -> HandlerManifestRecord | None:
-            row = connection.execute(statement, parameters).fetchone()
-            return None if row is None else _manifest(row)
-
-        return await self._engine.lookup(run)
+        row = await self._run.one(self._sql(statement), parameters)
+        return None if row is None else self._manifest(row)
 
     async def list_manifests(
         self, namespace: str, handler_id: str, *, after: tuple[int, str] | None, limit: int
@@ -168,11 +174,7 @@ class SqliteManifestStore:
             seconds, nanos = divmod(after[0], _NANOS)
             parameters.update(seconds=seconds, nanos=nanos, version=after[1])
             statement = _LIST_MANIFESTS
-
-        def run(connection: sqlite3.Connection) -> list[HandlerManifestRecord]:
-            return [_manifest(row) for row in connection.execute(statement, parameters)]
-
-        return await self._engine.read(run)
+        return [self._manifest(row) for row in await self._run.all(self._sql(statement), parameters)]
 
     async def put_transformer(self, namespace: str, transformer: TransformerRecord) -> None:
         parameters = {
@@ -181,18 +183,13 @@ class SqliteManifestStore:
             "handler_id": transformer.handler_id,
             "from_version": transformer.from_version,
             "to_version": transformer.to_version,
-            "document": _dump(transformer.document),
+            "document": self._dialect.dump_json(transformer.document),
         }
-        await self._engine.write(lambda connection: connection.execute(_PUT_TRANSFORMER, parameters))
+        await self._run.write([(self._sql(_PUT_TRANSFORMER), parameters)])
 
     async def get_transformer(self, namespace: str, transformer_id: str) -> TransformerRecord | None:
-        parameters = {"namespace": namespace, "id": transformer_id}
-
-        def run(connection: sqlite3.Connection) -> TransformerRecord | None:
-            row = connection.execute(_GET_TRANSFORMER, parameters).fetchone()
-            return None if row is None else _transformer(row)
-
-        return await self._engine.lookup(run)
+        row = await self._run.one(self._sql(_GET_TRANSFORMER), {"namespace": namespace, "id": transformer_id})
+        return None if row is None else self._transformer(row)
 
     async def transformers_between(
         self, namespace: str, handler_id: str, from_version: str, to_version: str
@@ -203,11 +200,8 @@ class SqliteManifestStore:
             "from_version": from_version,
             "to_version": to_version,
         }
-
-        def run(connection: sqlite3.Connection) -> list[TransformerRecord]:
-            return [_transformer(row) for row in connection.execute(_TRANSFORMERS_BETWEEN, parameters)]
-
-        return await self._engine.lookup(run)
+        rows = await self._run.all(self._sql(_TRANSFORMERS_BETWEEN), parameters, bounded=True)
+        return [self._transformer(row) for row in rows]
 
     async def put_document(
         self, namespace: str, kind: ManifestDocumentKind, key: DocumentKey, document: JsonObject
@@ -217,20 +211,16 @@ class SqliteManifestStore:
             "kind": kind.value,
             "id": key[0],
             "version": key[1],
-            "document": _dump(document),
+            "document": self._dialect.dump_json(document),
         }
-        await self._engine.write(lambda connection: connection.execute(_PUT_DOCUMENT, parameters))
+        await self._run.write([(self._sql(_PUT_DOCUMENT), parameters)])
 
     async def get_document(
         self, namespace: str, kind: ManifestDocumentKind, key: DocumentKey
     ) -> JsonObject | None:
         parameters = {"namespace": namespace, "kind": kind.value, "id": key[0], "version": key[1]}
-
-        def run(connection: sqlite3.Connection) -> JsonObject | None:
-            row = connection.execute(_GET_DOCUMENT, parameters).fetchone()
-            return None if row is None else _load(row[0])
-
-        return await self._engine.lookup(run)
+        row = await self._run.one(self._sql(_GET_DOCUMENT), parameters)
+        return None if row is None else self._dialect.load_json(row[0])
 
     async def list_documents(
         self, namespace: str, kind: ManifestDocumentKind, *, after: DocumentKey | None, limit: int
@@ -243,21 +233,11 @@ class SqliteManifestStore:
             "version": low[1],
             "limit": limit,
         }
-
-        def run(connection: sqlite3.Connection) -> list[tuple[DocumentKey, JsonObject]]:
-            rows = connection.execute(_LIST_DOCUMENTS, parameters)
-            return [((row_id, version), _load(document)) for row_id, version, document in rows]
-
-        return await self._engine.read(run)
+        rows = await self._run.all(self._sql(_LIST_DOCUMENTS), parameters)
+        return [((row_id, version), self._dialect.load_json(document)) for row_id, version, document in rows]
 
     async def clear(self, namespace: str) -> None:
-        parameters = {"namespace": namespace}
-
-        def run(connection: sqlite3.Connection) -> None:
-            for statement in _CLEAR:
-                connection.execute(statement, parameters)
-
-        await self._engine.write(run)
+        await self._run.write([(self._sql(statement), {"namespace": namespace}) for statement in _CLEAR])
 
     async def stats(self, namespace: str) -> ManifestStats:
         parameters = {
@@ -267,23 +247,14 @@ class SqliteManifestStore:
             "graphs": ManifestDocumentKind.VERSION_GRAPH.value,
             "timescape": ManifestDocumentKind.TIMESCAPE_METADATA.value,
         }
-
-        def run(connection: sqlite3.Connection) -> ManifestStats:
-            manifests, transformers, hooks, gtypes, graphs, timescape = connection.execute(
-                _STATS, parameters
-            ).fetchone()
-            return ManifestStats(
-                manifests=manifests,
-                hook_manifests=hooks,
-                gtypes=gtypes,
-                transformers=transformers,
-                version_graphs=graphs,
-                timescape_metadata=timescape,
-            )
-
-        return await self._engine.read(run)
-
-
-def _load(text: str) -> JsonObject:
-    document: JsonObject = json.loads(text)
-    return document
+        row = await self._run.one(self._sql(_STATS), parameters)
+        assert row is not None, "a SELECT without FROM returns one row"
+        manifests, transformers, hooks, gtypes, graphs, timescape = row
+        return ManifestStats(
+            manifests=manifests,
+            hook_manifests=hooks,
+            gtypes=gtypes,
+            transformers=transformers,
+            version_graphs=graphs,
+            timescape_metadata=timescape,
+        )

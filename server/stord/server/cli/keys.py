@@ -9,9 +9,17 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stord.server.auth import ApiKey, KeysFileError, Role, hash_key, load_keys_file, new_key, write_keys_file
 from stord.server.calls import resolve_namespace, resolve_principal
 from stord.server.ports import InvalidArgument
+from stord.server.rpc.auth import (
+    ApiKey,
+    KeysFileError,
+    Role,
+    hash_key,
+    load_keys_file,
+    new_key,
+    write_keys_file,
+)
 
 __all__ = ["add_keys_commands", "run_keys_command"]
 

@@ -8,18 +8,16 @@ from typing import Any
 import grpc
 
 from stord.server import calls
-from stord.server.metrics import Metrics
-from stord.server.ports import (
-    Backend,
+from stord.server.manifests import checks
+from stord.server.manifests.port import (
     HandlerManifestRecord,
-    InvalidArgument,
     ManifestDocumentKind,
     ManifestStore,
-    NotFound,
     TransformerRecord,
 )
+from stord.server.metrics import Metrics
+from stord.server.ports import Backend, InvalidArgument, NotFound
 from stord.server.read_cache import CachedManifestStore, read_cache_for
-from stord.server.services import _manifest_checks as checks
 from stord.server.services import _message_json as message_json
 from stord.server.services import _validate as check
 from stord.v1 import manifests_pb2 as pb

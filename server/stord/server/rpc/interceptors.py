@@ -16,7 +16,6 @@ import structlog
 from google.protobuf.message import DecodeError
 from grpc import StatusCode
 
-from stord.server.auth import KeyRing, permits
 from stord.server.calls import (
     NAMESPACE_METADATA,
     PRINCIPAL_METADATA,
@@ -38,6 +37,7 @@ from stord.server.ports import (
     Unavailable,
     Unimplemented,
 )
+from stord.server.rpc.auth import KeyRing, permits
 
 __all__ = ["CallInterceptor", "status_for"]
 

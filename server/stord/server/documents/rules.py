@@ -14,18 +14,8 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from stord.server.ports import (
-    AlreadyExists,
-    Conflict,
-    Document,
-    FieldFilter,
-    FieldPath,
-    FilterOperator,
-    JsonObject,
-    JsonScalar,
-    NotFound,
-    SortKey,
-)
+from stord.server.documents.port import Document, FieldFilter, FieldPath, FilterOperator, JsonScalar, SortKey
+from stord.server.ports import AlreadyExists, Conflict, JsonObject, NotFound
 
 __all__ = [
     "FIELD_KEY",

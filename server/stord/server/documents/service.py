@@ -9,25 +9,25 @@ from typing import Any
 import grpc
 
 from stord.server import calls
-from stord.server.ports import (
+from stord.server.documents import fields
+from stord.server.documents.port import (
     CreateDocument,
     DeleteDocument,
     Document,
     DocumentOperation,
     DocumentQuery,
     DocumentStore,
-    EnqueuedJob,
     FieldFilter,
     FilterOperator,
-    InvalidArgument,
     JsonScalar,
     OperationResult,
     SortKey,
     UpdateDocument,
 )
-from stord.server.services import _fields as fields
+from stord.server.jobs.port import EnqueuedJob
+from stord.server.jobs.service import new_job
+from stord.server.ports import InvalidArgument
 from stord.server.services import _validate as check
-from stord.server.services.jobs import new_job
 from stord.v1 import documents_pb2 as pb
 from stord.v1 import documents_pb2_grpc, jobs_pb2
 

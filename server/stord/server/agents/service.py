@@ -8,16 +8,9 @@ import grpc
 from google.protobuf.struct_pb2 import Struct
 
 from stord.server import calls
+from stord.server.agents.port import AgentStatus, AgentStore, AgentVisibility, StoredAgent
 from stord.server.metrics import Metrics
-from stord.server.ports import (
-    AgentStatus,
-    AgentStore,
-    AgentVisibility,
-    Backend,
-    InvalidArgument,
-    NotFound,
-    StoredAgent,
-)
+from stord.server.ports import Backend, InvalidArgument, NotFound
 from stord.server.read_cache import CachedAgentStore, read_cache_for
 from stord.server.services import _message_json as message_json
 from stord.server.services import _validate as check

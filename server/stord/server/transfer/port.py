@@ -15,17 +15,18 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from stord.server.ports._agents_manifests import (
+from stord.server.agents.port import StoredAgent
+from stord.server.documents.port import Document
+from stord.server.jobs.port import Job
+from stord.server.kv.port import Keyspace
+from stord.server.manifests.port import (
     DocumentKey,
     HandlerManifestRecord,
     ManifestDocumentKind,
-    StoredAgent,
     TransformerRecord,
 )
 from stord.server.ports._base import JsonObject
-from stord.server.ports._documents_jobs import Document, Job
 from stord.server.ports._events import AlertHistoryEntry, AlertRule, Event, EventAgent, Session
-from stord.server.ports._key_value import Keyspace
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 
-from stord.server.ports import JsonObject, StoredAgent
+from stord.server.agents.port import StoredAgent
+from stord.server.ports import JsonObject
 
 __all__ = ["configuration_text", "fold", "matches"]
 

@@ -47,15 +47,7 @@ class KeyValueStore(Protocol):
         """Return the live value of each key, in order, None where there is none."""
         ...
 
-    async def set(
-        self,
-        namespace: str,
-        key: str,
-        value: bytes,
-        *,
-        ttl: float | None = None,
-        condition: SetCondition = SetCondition.ALWAYS,
-    ) -> bool:
+    async def set(self, namespace: str, entry: ValueEntry, *, condition: SetCondition) -> bool:
         """Write a value, replacing any earlier value and expiry; False when `condition` prevented it."""
         ...
 

@@ -11,9 +11,9 @@ from typing import Any
 
 import structlog
 
-from stord.server.cli_keys import add_keys_commands, run_keys_command
-from stord.server.cli_ops import OPS_COMMANDS, add_ops_commands, run_ops_command
-from stord.server.cli_transfer import TRANSFER_COMMANDS, add_transfer_commands, run_transfer_command
+from stord.server.cli.keys import add_keys_commands, run_keys_command
+from stord.server.cli.ops import OPS_COMMANDS, add_ops_commands, run_ops_command
+from stord.server.cli.transfer import TRANSFER_COMMANDS, add_transfer_commands, run_transfer_command
 from stord.server.config import ConfigError, Settings, load_settings, redact_url
 from stord.server.logs import configure_logging
 

@@ -11,8 +11,9 @@ import uuid
 
 from google.protobuf.struct_pb2 import ListValue, NullValue, Struct, Value
 
-from stord.server.backends._documents import FIELD_KEY
-from stord.server.ports import FieldPath, InvalidArgument, JsonObject, JsonScalar
+from stord.server.documents.port import FieldPath, JsonScalar
+from stord.server.documents.rules import FIELD_KEY
+from stord.server.ports import InvalidArgument, JsonObject
 from stord.server.services import _validate as check
 
 __all__ = [

@@ -11,8 +11,9 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
-from stord.server.ports import InvalidArgument, Job, JobLease, JobQueueStore, JobStatus, NewJob
-from stord.server.services import _fields as fields
+from stord.server.documents import fields
+from stord.server.jobs.port import Job, JobLease, JobQuery, JobQueueStore, JobStatus, NewJob
+from stord.server.ports import InvalidArgument
 from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
 from stord.v1 import jobs_pb2_grpc
@@ -30,8 +31,6 @@ MAX_DEQUEUE = 1000
 MAX_DEDUPE_KEY_BYTES = 256
 MAX_ERROR_BYTES = 64 * 1024
 
-RECHECK_INTERVAL = 1.0
-"""Seconds a waiting Dequeue sleeps at most between looks: jobs that fall due with time wake nobody."""
 
 _STATUSES = {
     JobStatus.PENDING: pb.JOB_STATUS_PENDING,
@@ -134,8 +133,16 @@ def _sequence_after(token: str) -> int | None:
 class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
     """Jobs: enqueue, lease, complete, fail and inspect."""
 
-    def __init__(self, store: JobQueueStore, *, saw_queue: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: JobQueueStore,
+        *,
+        saw_queue: Callable[[str, str], None] | None = None,
+        recheck_interval: float = 1.0,
+    ) -> None:
         self._store = store
+        self._recheck_interval = recheck_interval
+        """Seconds a waiting Dequeue sleeps at most between looks (jobs falling due with time wake nobody)."""
         self._saw_queue = saw_queue
         """Told the namespace and queue of every enqueue and dequeue (the metrics' queue depth)."""
         self._waiting: set[asyncio.Event] = set()
@@ -187,7 +194,7 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
                     if jobs or remaining <= 0 or self._draining:
                         return jobs
                     with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(min(remaining, RECHECK_INTERVAL)):
+                        async with asyncio.timeout(min(remaining, self._recheck_interval)):
                             await arrived.wait()
             finally:
                 self._waiting.discard(arrived)
@@ -240,9 +247,7 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         limit = check.page_size(request.page_size)
         after = _sequence_after(request.page_token)
         # One extra job tells whether another page follows.
-        jobs = await self._store.find(
-            calls.namespace(), queue, statuses=statuses, after=after, limit=limit + 1
-        )
+        jobs = await self._store.find(calls.namespace(), JobQuery(queue, statuses, after, limit + 1))
         token = ""
         if len(jobs) > limit:
             jobs = jobs[:limit]
