@@ -11,6 +11,7 @@ from typing import Any
 
 import structlog
 
+from stord.server.cli_connect import ConnectionOptionsError, add_connection_flags, connection_from
 from stord.server.cli_keys import add_keys_commands, run_keys_command
 from stord.server.cli_ops import OPS_COMMANDS, add_ops_commands, run_ops_command
 from stord.server.cli_transfer import TRANSFER_COMMANDS, add_transfer_commands, run_transfer_command
@@ -98,8 +99,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_flags(migrate, "data_dir", "database", "log_format", "log_level")
     health = commands.add_parser("health", help="exit 0 when the daemon reports SERVING")
     _add_settings_flags(health, "listen", "unix_socket")
-    health.add_argument(
-        "--address", help="target to probe (default: the listen address), e.g. unix:/run/s.sock"
+    add_connection_flags(
+        health,
+        namespace=False,
+        address_help="target to probe, e.g. unix:/run/s.sock (STORD_ADDRESS; default: the listen address)",
     )
     health.add_argument("--service", default="", help="a service name to probe instead of the whole daemon")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
@@ -148,19 +151,40 @@ def _migrate(settings: Settings) -> int:
 
 
 def _health(settings: Settings, arguments: argparse.Namespace) -> int:
+    """Probe grpc.health.v1: TLS as the client options say, else as the daemon's own settings serve."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = arguments.address or settings.listen
-    if address.startswith("0.0.0.0:"):
-        address = "127.0.0.1:" + address.split(":", 1)[1]  # a wildcard listener answers on loopback
+    listen = settings.listen
+    if listen.startswith("0.0.0.0:"):
+        listen = "127.0.0.1:" + listen.split(":", 1)[1]  # a wildcard listener answers on loopback
     try:
-        with grpc.insecure_channel(address) as channel:
+        connection = connection_from(arguments, default_address=listen)
+        if (
+            not connection.tls
+            and settings.tls_cert is not None
+            and not connection.address.startswith("unix:")
+        ):
+            # The daemon these settings describe serves TLS on its TCP address: so must its probe.
+            connection = connection_from(arguments, default_address=listen, tls_by_default=True)
+    except ConnectionOptionsError as error:
+        print(f"stord: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    address = connection.address
+    metadata = [] if connection.api_key is None else [("authorization", f"Bearer {connection.api_key}")]
+    try:
+        with connection.open_channel() as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=arguments.service), timeout=arguments.timeout
+                health_pb2.HealthCheckRequest(service=arguments.service),
+                timeout=arguments.timeout,
+                metadata=metadata,
             )
     except grpc.RpcError as error:
         print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            diagnosis = connection.diagnose()
+            if diagnosis:
+                print(f"{address}: {diagnosis}", file=sys.stderr)
         return EXIT_FAILURE
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{address}: {status}")
