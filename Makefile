@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: venv run test lint proto proto-image bench soak docker clean
+.PHONY: venv run test lint proto proto-image bench soak docker image-test clean
 
 $(INSTALLED): pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ soak: $(INSTALLED)
 
 docker:
 	docker build -t stord:latest .
+
+# Build ./Dockerfile with buildah on a Debian base made here and run the image with podman (root; installs the
+# tools with apt-get when missing). See README, "Container image", for what it checks.
+image-test: $(INSTALLED)
+	scripts/image_test.sh
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache
