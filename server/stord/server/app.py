@@ -198,7 +198,7 @@ class Daemon:
             settings.unix_socket.unlink(missing_ok=True)
             self._bind(server, f"unix:{settings.unix_socket}", None)
         if metrics is not None and metrics_address is not None:
-            self._serve_metrics(metrics, database, metrics_address)
+            self._serve_metrics(metrics, backends, metrics_address)
         await server.start()
         self._server = server
         await self._refresh_health()
@@ -224,9 +224,13 @@ class Daemon:
             metrics=self._metrics_url(),
         )
 
-    def _serve_metrics(self, metrics: Metrics, database: Backend, address: tuple[str, int]) -> None:
-        """Collect backend health and job queue depth at scrape time, and bind the HTTP endpoint."""
+    def _serve_metrics(
+        self, metrics: Metrics, backends: dict[str, Backend], address: tuple[str, int]
+    ) -> None:
+        """Collect backend health, load and job queue depth at scrape time, and bind the HTTP endpoint."""
+        database = backends["database"]
         metrics.watch_backends(self.backend_statuses)
+        metrics.watch_backend_load(backends)
         with contextlib.suppress(Unimplemented):  # a database without jobs (Redis) has no depth to report
             metrics.watch_jobs(database.jobs(), asyncio.get_running_loop())
         try:

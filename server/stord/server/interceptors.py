@@ -113,16 +113,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         behaviour: Any  # see _AsyncUnary
         wrap: Callable[[str, Any, bool, RpcMeter | None], Any]
         if (behaviour := handler.unary_unary) is not None:
-            wrap, make = self._unary, grpc.unary_unary_rpc_method_handler
+            wrap, make, grpc_type = self._unary, grpc.unary_unary_rpc_method_handler, "unary"
         elif (behaviour := handler.unary_stream) is not None:
-            wrap, make = self._streaming, grpc.unary_stream_rpc_method_handler
+            wrap, make, grpc_type = self._streaming, grpc.unary_stream_rpc_method_handler, "server_stream"
         elif (behaviour := handler.stream_unary) is not None:
-            wrap, make = self._unary, grpc.stream_unary_rpc_method_handler
+            wrap, make, grpc_type = self._unary, grpc.stream_unary_rpc_method_handler, "client_stream"
         else:
             behaviour = handler.stream_stream
-            wrap, make = self._streaming, grpc.stream_stream_rpc_method_handler
+            wrap, make, grpc_type = self._streaming, grpc.stream_stream_rpc_method_handler, "bidi_stream"
         parse = handler.request_deserializer
-        meter = None if self._metrics is None else self._metrics.rpc(method)
+        meter = None if self._metrics is None else self._metrics.rpc(method, grpc_type)
         wrapped = self._wrapped[method] = make(
             wrap(method, behaviour, handler.request_streaming, meter),
             request_deserializer=None if parse is None else _tolerant(parse),
@@ -136,7 +136,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def serve(request: Any, context: Context) -> Any:
             outcome = await _begin(method, context, self._keys, meter)
             try:
-                return await behaviour(_checked(request, request_streaming), context)
+                return await behaviour(_checked(request, request_streaming, meter), context)
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
@@ -151,8 +151,11 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome = await _begin(method, context, self._keys, meter)
             try:
-                async for response in behaviour(_checked(request, request_streaming), context):
+                sent = None if meter is None else meter.sent
+                async for response in behaviour(_checked(request, request_streaming, meter), context):
                     yield response
+                    if sent is not None:
+                        sent()
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
@@ -183,17 +186,21 @@ def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse_or_mark
 
 
-def _checked(request: Any, request_streaming: bool) -> Any:
+def _checked(request: Any, request_streaming: bool, meter: RpcMeter | None) -> Any:
     """Return the request, raising InvalidArgument for a malformed one; streams are checked per message."""
     if request_streaming:
-        return _checked_stream(request)
+        return _checked_stream(request, None if meter is None else meter.received)
     if isinstance(request, _Malformed):
         raise InvalidArgument("request", f"malformed message: {request.reason}")
     return request
 
 
-async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _checked_stream(
+    requests: AsyncIterator[Any], received: Callable[[], None] | None
+) -> AsyncIterator[Any]:
     async for request in requests:
+        if received is not None:
+            received()
         if isinstance(request, _Malformed):
             raise InvalidArgument("request", f"malformed message: {request.reason}")
         yield request
@@ -201,6 +208,8 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 async def _begin(method: str, context: Context, keys: KeyRing | None, meter: RpcMeter | None) -> _Outcome:
     started = time.perf_counter()
+    if meter is not None:
+        meter.start()
     request_id = secrets.token_hex(8)
     requested: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
