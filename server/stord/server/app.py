@@ -24,6 +24,7 @@ from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
 from stord.server.interceptors import CallInterceptor
 from stord.server.listen import ListenError, check_port_free
+from stord.server.logs import access_log_policies
 from stord.server.metrics import Metrics, MetricsServer
 from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
 from stord.server.services.admin import AdminServicer, BackendStatus
@@ -161,7 +162,7 @@ class Daemon:
         metrics_address = settings.metrics_address
         metrics = self.metrics = None if metrics_address is None else Metrics(stord_version())
         server = grpc.aio.server(
-            interceptors=[CallInterceptor(self.keys, metrics)],
+            interceptors=[CallInterceptor(self.keys, metrics, access_log=access_log_policies(settings))],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),

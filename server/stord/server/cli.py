@@ -59,6 +59,20 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
             "metavar": "HOST:PORT",
             "help": "serve Prometheus metrics over HTTP here (STORD_METRICS_LISTEN; default: none)",
         },
+        "access_log": {
+            "choices": ["all", "slow-and-failed"],
+            "help": "which calls get an rpc log line (STORD_ACCESS_LOG; default all)",
+        },
+        "access_log_sample": {
+            "type": float,
+            "metavar": "FRACTION",
+            "help": "log this fraction of fast successful calls, 0-1 (STORD_ACCESS_LOG_SAMPLE; default 1)",
+        },
+        "slow_call_ms": {
+            "type": float,
+            "metavar": "MS",
+            "help": "a unary call this slow is always logged (STORD_SLOW_CALL_MS; default 1000)",
+        },
         "workers": {
             "type": int,
             "metavar": "N",
@@ -83,6 +97,9 @@ def _parser() -> argparse.ArgumentParser:
         "cache",
         "log_format",
         "log_level",
+        "access_log",
+        "access_log_sample",
+        "slow_call_ms",
         "retention_days",
         "api_keys_file",
         "insecure",

@@ -53,6 +53,9 @@ ENVIRONMENT: dict[str, str] = {
     "tls_client_ca": "STORD_TLS_CLIENT_CA",
     "metrics_listen": "STORD_METRICS_LISTEN",
     "workers": "STORD_WORKERS",
+    "access_log": "STORD_ACCESS_LOG",
+    "access_log_sample": "STORD_ACCESS_LOG_SAMPLE",
+    "slow_call_ms": "STORD_SLOW_CALL_MS",
 }
 """Setting name -> environment variable; the same names are the YAML keys and (dashed) the flags."""
 
@@ -116,6 +119,12 @@ class Settings(BaseModel):
     cache: str = "memory://"
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: Literal["all", "slow-and-failed"] = "all"
+    """Which RPCs get an `rpc` log line: all (sampled by `access_log_sample`), or only failed and slow."""
+    access_log_sample: float = Field(default=1.0, gt=0, le=1)
+    """The fraction of successful calls faster than `slow_call_ms` that are logged, with `access_log: all`."""
+    slow_call_ms: float = Field(default=1000.0, ge=0)
+    """A unary call that takes this long is slow: always logged. Streams are judged by failure only."""
     retention_days: int = Field(default=90, ge=0)
     grace_period: float = Field(default=10.0, ge=0)
     """Seconds that in-flight RPCs get to finish after SIGTERM."""

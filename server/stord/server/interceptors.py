@@ -25,6 +25,7 @@ from stord.server.calls import (
     resolve_namespace,
     resolve_principal,
 )
+from stord.server.logs import ALL_CALLS, AccessLog
 from stord.server.metrics import Metrics, RpcMeter
 from stord.server.ports import (
     AlreadyExists,
@@ -89,10 +90,17 @@ class _Outcome:
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Run every stord RPC inside a `Call`, turn domain errors into statuses and log the outcome."""
 
-    def __init__(self, keys: KeyRing | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyRing | None = None,
+        metrics: Metrics | None = None,
+        access_log: tuple[AccessLog, AccessLog] = (ALL_CALLS, ALL_CALLS),
+    ) -> None:
         self._keys = keys
         """With keys, every stord RPC needs one, and the namespace and principal are the key's."""
         self._metrics = metrics
+        self._unary_log, self._stream_log = access_log
+        """Which finished calls are logged: unary (and client-streaming) calls, and response streams."""
         # The wrapped handler of each method, built on its first call rather than on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -141,7 +149,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 await _fail(outcome, error, context)
                 raise
             finally:
-                _finish(outcome, context)
+                _finish(outcome, context, self._unary_log)
 
         return serve
 
@@ -160,7 +168,7 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
                 await _fail(outcome, error, context)
                 raise
             finally:
-                _finish(outcome, context)
+                _finish(outcome, context, self._stream_log)
 
         return serve
 
@@ -287,13 +295,15 @@ async def _fail(outcome: _Outcome, error: BaseException, context: Context) -> No
         outcome.status = StatusCode.CANCELLED
 
 
-def _finish(outcome: _Outcome, context: Context) -> None:
+def _finish(outcome: _Outcome, context: Context, access_log: AccessLog) -> None:
     code = context.code()
     status = outcome.status if outcome.status is not StatusCode.OK or code is None else code
     call = outcome.call
     elapsed = time.perf_counter() - outcome.started
     if outcome.meter is not None:
         outcome.meter.observe(status, elapsed)
+    if not access_log.wants(status is StatusCode.OK, elapsed):
+        return
     _log.info(
         "rpc",
         method=call.method,
