@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "ENVIRONMENT",
     "ConfigError",
     "ConnectOptions",
     "PostgresOptions",
@@ -34,6 +35,7 @@ __all__ = [
     "Settings",
     "SqliteOptions",
     "load_settings",
+    "load_settings_with_sources",
     "redact_url",
 ]
 
@@ -297,15 +299,41 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Merge the layers, later ones winning, and validate the result; raise ConfigError on any problem."""
+    return load_settings_with_sources(config_file=config_file, environ=environ, flags=flags)[0]
+
+
+def load_settings_with_sources(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Return the settings and, for each one not left at its default, where its value came from.
+
+    Sources read `file PATH`, `env NAME` or `flag --name`, keyed by setting name, and `group.key` for the
+    tuning groups (`sqlite.readers`); a setting absent from the mapping is at its default.
+    """
     environ = os.environ if environ is None else environ
     layers: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     config_file = config_file or (Path(environ["STORD_CONFIG"]) if environ.get("STORD_CONFIG") else None)
     if config_file is not None:
-        layers.update(_read_yaml(config_file, environ))
-    layers.update({name: environ[var] for name, var in ENVIRONMENT.items() if environ.get(var)})
-    layers.update({name: value for name, value in (flags or {}).items() if value is not None})
+        from_file = _read_yaml(config_file, environ)
+        layers.update(from_file)
+        for name, value in from_file.items():
+            sources[name] = f"file {config_file}"
+            if isinstance(value, dict):  # tuning groups: each key the file gives
+                sources.update({f"{name}.{key}": f"file {config_file}" for key in value})
+    for name, var in ENVIRONMENT.items():
+        if environ.get(var):
+            layers[name] = environ[var]
+            sources[name] = f"env {var}"
+    for name, value in (flags or {}).items():
+        if value is not None:
+            layers[name] = value
+            sources[name] = f"flag --{name.replace('_', '-')}"
     try:
-        return Settings.model_validate(layers)
+        return Settings.model_validate(layers), sources
     except ValidationError as error:
         problems = "; ".join(_problem(issue["loc"], issue["msg"]) for issue in error.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
