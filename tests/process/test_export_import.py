@@ -972,11 +972,11 @@ def test_a_refused_namespace_is_named_by_the_line_it_starts_at(tmp_path: Path) -
         "namespace": None,
     }
     values = [
-        {"kind": "kv_value", "namespace": namespace, "keyspace": "database", "key": f"k{index}", "value": "AP8=",
-         "expires_at": None}
+        {"kind": "kv_value", "namespace": namespace, "keyspace": "database", "key": f"k{index}"}
+        | {"value": "AP8=", "expires_at": None}
         for namespace, count in (("first", 1500), ("second", 10))
         for index in range(count)
-    ]  # fmt: skip
+    ]
     records = [
         header,
         *values,
