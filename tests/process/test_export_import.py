@@ -971,7 +971,7 @@ def test_a_refused_namespace_is_named_by_the_line_it_starts_at(tmp_path: Path) -
         "source": "sqlite",
         "namespace": None,
     }
-    values = [
+    values: list[dict[str, object]] = [
         {"kind": "kv_value", "namespace": namespace, "keyspace": "database", "key": f"k{index}"}
         | {"value": "AP8=", "expires_at": None}
         for namespace, count in (("first", 1500), ("second", 10))
