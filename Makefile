@@ -16,8 +16,9 @@ $(INSTALLED): pyproject.toml client/pyproject.toml
 
 venv: $(INSTALLED)
 
+# LISTEN=HOST:PORT serves elsewhere than 127.0.0.1:50051 (or set STORD_LISTEN).
 run: $(INSTALLED)
-	$(BIN)/stord serve --log-format console
+	$(BIN)/stord serve --log-format console $(if $(LISTEN),--listen $(LISTEN))
 
 $(BUF):
 	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends npm)
