@@ -280,6 +280,9 @@ def _health(settings: Settings, arguments: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     arguments = _parser().parse_args(argv)
+    if arguments.command == "health" or arguments.command in OPS_COMMANDS:
+        # gRPC core logs a failed TLS handshake at INFO on stderr; the command reports it in its own words.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if arguments.command == "version":
         from stord.server.app import stord_version
 
