@@ -88,7 +88,9 @@ buildah --version && podman --version && runc --version | head -1
 
 step "base image: Debian bookworm with python3 and a venv (mmdebstrap)"
 # Debian's python3 has no pip; the venv's has, and goes first on PATH as in python:3.11-slim.
-mmdebstrap --mode=unshare --variant=minbase --quiet \
+# dpkg without fsync (force-unsafe-io): the tarball is written once at the end, so nothing is lost by it.
+mmdebstrap --mode=unshare --variant=minbase --quiet --dpkgopt=force-unsafe-io \
+    --aptopt='Acquire::Languages "none"' \
     --include=python3,python3-venv,ca-certificates \
     --customize-hook='chroot "$1" python3 -m venv /opt/venv' \
     --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
