@@ -207,3 +207,18 @@ def test_unusable_tls_options_are_usage_errors(tmp_path: Path, certificates: Cer
     half = stord("health", "--tls-client-cert", certificates.client_cert)
     assert half.returncode == 2
     assert "--tls-client-cert and --tls-client-key go together" in half.stderr
+
+
+def test_a_tls_command_at_a_plaintext_daemon_is_told_so(certificates: Certificates) -> None:
+    plain = DaemonThread(Settings(listen="127.0.0.1:0", database="memory://", log_level="warning")).start()
+    try:
+        failed = stord(
+            "kv", "get", "k", "--address", plain.target, "--tls-ca", certificates.ca, "--timeout", "2"
+        )
+        assert failed.returncode == 1
+        assert "TLS: the daemon does not speak TLS at this address" in failed.stderr
+        # A plaintext command at a plaintext daemon that fails for another reason gets no TLS hint.
+        missing = stord("kv", "get", "k", "--address", plain.target)
+        assert (missing.returncode, missing.stderr.strip()) == (1, "stord: k: not found")
+    finally:
+        plain.stop()

@@ -161,10 +161,11 @@ def _diagnose_plaintext(raw: socket.socket, address: str) -> str | None:
     context.verify_mode = ssl.CERT_NONE
     try:
         with context.wrap_socket(raw):
-            pass
+            pass  # a handshake completed: the daemon speaks TLS
     except ssl.SSLError as error:
-        if "WRONG_VERSION_NUMBER" in (error.reason or "") or "RECORD_LAYER" in (error.reason or ""):
-            return None  # not TLS: the failure is something else
+        if "ALERT" not in (error.reason or ""):
+            return None  # no TLS answer (a plaintext daemon answers garbage or hangs up): something else
+        # A TLS alert (a client certificate required, say): the daemon speaks TLS.
     except OSError:
         return None
     return (

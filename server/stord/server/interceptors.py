@@ -161,9 +161,9 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             try:
                 sent = None if meter is None else meter.sent
                 async for response in behaviour(_checked(request, request_streaming, meter), context):
-                    yield response
                     if sent is not None:
-                        sent()
+                        sent()  # counted as handed to gRPC: a client leaving at the yield still got it sent
+                    yield response
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
