@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import grpc
+
     from stord.client import Tls
 
 __all__ = [
@@ -84,7 +86,7 @@ class Connection:
             return [("grpc.ssl_target_name_override", self.server_name)]
         return []
 
-    def open_channel(self) -> Any:
+    def open_channel(self) -> grpc.Channel:
         """Return a blocking grpc channel to the daemon (for probes that do not go through the client)."""
         import grpc
 
