@@ -5,8 +5,17 @@
 # With API keys (see README, "Security"), mount the keys file and drop --insecure:
 #   docker run -p 50051:50051 -v stord-data:/data -v "$PWD/keys.yaml:/etc/stord/keys.yaml:ro" \
 #     -e STORD_API_KEYS_FILE=/etc/stord/keys.yaml stord serve
+# With TLS (STORD_TLS_CERT, STORD_TLS_KEY), the HEALTHCHECK's `stord health` speaks TLS too; give it the CA to
+# trust in STORD_TLS_CA (and STORD_TLS_SERVER_NAME unless the certificate names 127.0.0.1 or localhost; with
+# STORD_TLS_CLIENT_CA, a client certificate in STORD_TLS_CLIENT_CERT and STORD_TLS_CLIENT_KEY).
+#
+# BASE_IMAGE: any image with python3 (3.11+) and pip first on PATH. The default is pinned by digest: a digest
+# two public repositories pin for python:3.11-slim, not checked against a registry (none is reachable where
+# this was written); refresh it with `docker buildx imagetools inspect python:3.11-slim`. `make image-test`
+# builds FROM a Debian bookworm root file system of its own instead (see README, "Container image").
+ARG BASE_IMAGE=python:3.11-slim@sha256:9c900dea9e8fb7e16277c179b555cc72d29a352dbc33cff48ad5a0412fd5bfc7
 
-FROM python:3.11-slim AS build
+FROM ${BASE_IMAGE} AS build
 WORKDIR /src
 COPY client/ client/
 COPY server/ server/
@@ -14,7 +23,7 @@ COPY migrations/ migrations/
 COPY pyproject.toml setup.py README.md ./
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ./client .
 
-FROM python:3.11-slim
+FROM ${BASE_IMAGE}
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin stord \
     && mkdir -p /data && chown stord:stord /data
 COPY --from=build /wheels /wheels

@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: venv run test lint proto proto-image bench soak docker clean
+.PHONY: venv run test lint proto proto-image bench soak docker image-test clean
 
 $(INSTALLED): pyproject.toml setup.py client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,9 @@ $(INSTALLED): pyproject.toml setup.py client/pyproject.toml
 
 venv: $(INSTALLED)
 
+# LISTEN=HOST:PORT serves elsewhere than 127.0.0.1:50051 (or set STORD_LISTEN).
 run: $(INSTALLED)
-	$(BIN)/stord serve --log-format console
+	$(BIN)/stord serve --log-format console $(if $(LISTEN),--listen $(LISTEN))
 
 $(BUF):
 	command -v npm >/dev/null || (apt-get update -q && apt-get install -y -q --no-install-recommends npm)
@@ -53,6 +54,11 @@ soak: $(INSTALLED)
 
 docker:
 	docker build -t stord:latest .
+
+# Build ./Dockerfile with buildah on a Debian base made here and run the image with podman (root; installs the
+# tools with apt-get when missing). See README, "Container image", for what it checks.
+image-test: $(INSTALLED)
+	scripts/image_test.sh
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache

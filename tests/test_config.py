@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
 from pathlib import Path
 
 import pytest
 
-from stord.server.config import ConfigError, load_settings, redact_url
+from stord.server.cli.main import main
+from stord.server.config import ENVIRONMENT, ConfigError, load_settings, redact_url
 
 
 def test_defaults() -> None:
@@ -118,3 +122,48 @@ def test_alert_settings_layer_and_keep_webhook_secrets_out_of_sight(tmp_path: Pa
     assert load_settings(environ=environ, flags={"alert_interval": 0}).alert_interval == 0
     with pytest.raises(ConfigError, match="alert_interval"):
         load_settings(environ={"STORD_ALERT_INTERVAL": "-1"})
+
+
+def test_stord_config_prints_each_setting_with_its_source(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "stord.yaml"
+    config.write_text(
+        "database: postgresql://stord:${DB_PASSWORD}@db/stord\nsqlite: {readers: 2}\nretention_days: 30\n"
+    )
+    for name in [name for name in os.environ if name.startswith("STORD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("DB_PASSWORD", "hunter2")
+    monkeypatch.setenv("STORD_RETENTION_DAYS", "7")
+    monkeypatch.setenv("STORD_CACHE_URL", "redis://:cachepass@cache:6379/0")
+    monkeypatch.setenv("STORD_API_KEY", "client-secret")
+    assert main(["config", "--config", str(config), "--retention-days", "3", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["retention_days"] == {"value": 3, "source": "flag --retention-days"}  # flag > env > file
+    assert shown["database"] == {"value": "postgresql://stord:***@db/stord", "source": f"file {config}"}
+    assert shown["cache"] == {"value": "redis://:***@cache:6379/0", "source": "env STORD_CACHE_URL"}
+    assert shown["sqlite.readers"] == {"value": 2, "source": f"file {config}"}
+    assert shown["sqlite.synchronous"] == {"value": "NORMAL", "source": "default"}
+    assert shown["listen"] == {"value": "127.0.0.1:50051", "source": "default"}
+    assert shown["client.api_key"] == {"value": "***", "source": "env STORD_API_KEY"}
+
+    assert main(["config", "--config", str(config)]) == 0
+    table = capsys.readouterr().out
+    for secret in ("hunter2", "cachepass", "client-secret"):
+        assert secret not in table
+    assert re.search(r"^retention_days +7 +env STORD_RETENTION_DAYS$", table, re.MULTILINE)
+    assert re.search(r"^database +postgresql://stord:\*\*\*@db/stord +file ", table, re.MULTILINE)
+
+    assert main(["config", "--retention-days", "-1"]) == 2
+    assert "retention_days" in capsys.readouterr().err
+
+
+def test_serve_help_names_every_environment_variable_and_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines at any space
+    for name, variable in ENVIRONMENT.items():
+        assert f"--{name.replace('_', '-')}" in help_text, name
+        assert f"({variable}; default " in help_text, name
+    assert "--retention-days DAYS delete events older than this" in help_text
+    assert "(STORD_RETENTION_DAYS; default 90)" in help_text

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +23,15 @@ from stord.client import (
     make_event,
 )
 from stord.server.app import StartupError, stord_version
-from stord.server.config import ConfigError, ConnectOptions, Settings, load_settings
+from stord.server.backends import create_backend
+from stord.server.backends.postgres import PostgresBackend
+from stord.server.config import ConfigError, ConnectOptions, PostgresOptions, Settings, load_settings
 from stord.server.metrics import UNKNOWN_METHOD, Metrics
 from stord.server.rpc.auth import Role
 from tests.harness._system import free_port
 from tests.harness.auth import Tenant, write_keys
 from tests.harness.daemon import DaemonThread
+from tests.harness.postgres import PostgresServer
 
 Labels = tuple[tuple[str, str], ...]
 
@@ -50,8 +55,26 @@ def value(samples: dict[tuple[str, Labels], float], name: str, **labels: str) ->
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
-def rpcs(samples: dict[tuple[str, Labels], float], service: str, method: str, status: str = "OK") -> float:
-    return value(samples, "stord_rpcs_total", service=f"stord.v1.{service}", method=method, status=status)
+def rpcs(
+    samples: dict[tuple[str, Labels], float],
+    service: str,
+    method: str,
+    status: str = "OK",
+    grpc_type: str = "unary",
+) -> float:
+    """Return grpc_server_handled_total of one method and code."""
+    return value(
+        samples,
+        "grpc_server_handled_total",
+        grpc_type=grpc_type,
+        grpc_service=f"stord.v1.{service}",
+        grpc_method=method,
+        grpc_code=status,
+    )
+
+
+def rpc_labels(service: str, method: str, grpc_type: str = "unary") -> dict[str, str]:
+    return {"grpc_type": grpc_type, "grpc_service": f"stord.v1.{service}", "grpc_method": method}
 
 
 @pytest.fixture
@@ -101,17 +124,29 @@ def test_counters_move_with_traffic(daemon: DaemonThread) -> None:
     assert rpcs(after, "DatabaseService", "Get") == 1
     assert rpcs(after, "DatabaseService", "Set", "INVALID_ARGUMENT") == 1
     assert rpcs(after, "EventStoreService", "GetEvent", "NOT_FOUND") == 1
-    assert rpcs(after, "EventStoreService", "IngestEvents") == 1
+    assert rpcs(after, "EventStoreService", "IngestEvents", grpc_type="bidi_stream") == 1
     assert rpcs(after, "JobQueueService", "Enqueue") == 4
     assert rpcs(after, "AgentStoreService", "GetAgent") == 3
 
-    latency = {"service": "stord.v1.DatabaseService", "method": "Set"}
-    assert value(after, "stord_rpc_duration_seconds_count", **latency) == 4  # the refused one too
-    assert value(after, "stord_rpc_duration_seconds_bucket", le="+Inf", **latency) == 4
-    assert 0 < value(after, "stord_rpc_duration_seconds_sum", **latency) < 10
-    assert value(after, "stord_rpc_duration_seconds_bucket", le="1.0", **latency) >= 1
+    latency = rpc_labels("DatabaseService", "Set")
+    assert value(after, "grpc_server_started_total", **latency) == 4  # the refused one too
+    assert value(after, "grpc_server_handling_seconds_count", **latency) == 4
+    assert value(after, "grpc_server_handling_seconds_bucket", le="+Inf", **latency) == 4
+    assert 0 < value(after, "grpc_server_handling_seconds_sum", **latency) < 10
+    assert value(after, "grpc_server_handling_seconds_bucket", le="1.0", **latency) >= 1
+    assert value(after, "grpc_server_handling_seconds_bucket", le="3600.0", **latency) == 4
+    assert value(after, "grpc_server_msg_sent_total", **latency) == 0  # unary messages are not counted
+
+    # 25 events in batches of 10: three request messages, each answered once.
+    ingest = rpc_labels("EventStoreService", "IngestEvents", "bidi_stream")
+    assert value(after, "grpc_server_started_total", **ingest) == 1
+    assert value(after, "grpc_server_msg_received_total", **ingest) == 3
+    assert value(after, "grpc_server_msg_sent_total", **ingest) == 3
 
     assert value(after, "stord_events_ingested_total", backend="sqlite") == 4 + 25
+    assert value(after, "stord_ingest_batches_total", backend="sqlite") == 1 + 3
+    assert value(after, "stord_sqlite_writer_queue_depth", role="database") == 0
+    assert value(after, "stord_sqlite_writer_queue_depth", role="cache") == 0
 
     assert value(after, "stord_job_queue_depth", queue="emails", status="pending") == 3  # two namespaces
     assert value(after, "stord_job_queue_depth", queue="reports", status="pending") == 0
@@ -186,8 +221,9 @@ def test_refused_calls_are_counted_with_their_status(tmp_path: Path) -> None:
         assert rpcs(samples, "DatabaseService", "Get", "UNAUTHENTICATED") == 1
         assert rpcs(samples, "DatabaseService", "Get") == 1
         assert rpcs(samples, "DatabaseService", "Set", "PERMISSION_DENIED") == 1
-        get = {"service": "stord.v1.DatabaseService", "method": "Get"}
-        assert value(samples, "stord_rpc_duration_seconds_count", **get) == 2
+        get = rpc_labels("DatabaseService", "Get")
+        assert value(samples, "grpc_server_handling_seconds_count", **get) == 2
+        assert value(samples, "grpc_server_started_total", **get) == 2
     finally:
         daemon.stop()
 
@@ -234,11 +270,140 @@ def test_methods_no_proto_declares_share_one_series() -> None:
     # An unserved service (a Redis database's DocumentService) answers any method name clients make up.
     metrics = Metrics("test")
     for name in ("Nope", "Nada", "CreateDocument"):
-        metrics.rpc(f"/stord.v1.DocumentService/{name}").observe(StatusCode.UNIMPLEMENTED, 0.0001)
+        meter = metrics.rpc(f"/stord.v1.DocumentService/{name}", "unary")
+        meter.start()
+        meter.observe(StatusCode.UNIMPLEMENTED, 0.0001)
     counted = {
-        sample.labels["method"]: sample.value
+        sample.labels["grpc_method"]: sample.value
         for family in metrics.registry.collect()
-        if family.name == "stord_rpcs"
+        if family.name == "grpc_server_handled"
         for sample in family.samples
     }
     assert counted == {UNKNOWN_METHOD: 2, "CreateDocument": 1}
+
+
+CONVENTIONAL_FAMILIES = {
+    # name as exposed: label names (histograms: of their _count series)
+    "grpc_server_started_total": {"grpc_type", "grpc_service", "grpc_method"},
+    "grpc_server_handled_total": {"grpc_type", "grpc_service", "grpc_method", "grpc_code"},
+    "grpc_server_handling_seconds_count": {"grpc_type", "grpc_service", "grpc_method"},
+    "grpc_server_msg_received_total": {"grpc_type", "grpc_service", "grpc_method"},
+    "grpc_server_msg_sent_total": {"grpc_type", "grpc_service", "grpc_method"},
+    "stord_events_ingested_total": {"backend"},
+    "stord_ingest_batches_total": {"backend"},
+    "stord_tail_subscribers": set(),
+    "stord_tail_dropped_total": set(),
+    "stord_sqlite_writer_queue_depth": {"role"},
+    "stord_job_queue_depth": {"queue", "status"},
+    "stord_backend_healthy": {"role", "kind"},
+    "stord_backend_fallback": {"role"},
+    "stord_info": {"version"},
+}
+"""What dashboards query: renaming a family or a label breaks them, so this test must change with it."""
+
+
+def test_names_and_labels_dashboards_rely_on(daemon: DaemonThread) -> None:
+    with Client(daemon.target, namespace="names") as client:
+        client.db.set("k", b"v")
+        client.jobs.enqueue("q")
+        client.events.insert([make_event("s", "a", "custom")])
+    with EventIngestor(daemon.target, namespace="names") as ingestor:
+        ingestor.add(make_event("s2", "a", "custom"))
+        ingestor.flush()
+    labels_by_name: dict[str, set[str]] = {}
+    for name, labels in scrape(daemon):
+        labels_by_name.setdefault(name, set()).update(label for label, _ in labels)
+    for name, expected in CONVENTIONAL_FAMILIES.items():
+        assert name in labels_by_name, name
+        assert labels_by_name[name] == expected, name
+    buckets = {
+        float(dict(labels)["le"])
+        for name, labels in scrape(daemon)
+        if name == "grpc_server_handling_seconds_bucket"
+    }
+    assert {0.0001, 1.0, 60.0, 3600.0} <= buckets  # from a cached read past the longest long poll
+    assert not any(name.startswith("stord_rpc") for name in labels_by_name)  # the old names are gone
+
+
+def test_tail_subscribers_and_drops(daemon: DaemonThread) -> None:
+    with Client(daemon.target, namespace="tails") as client:
+        assert value(scrape(daemon), "stord_tail_subscribers") == 0
+        with client.events.tail() as tail:
+            client.events.insert([make_event("s", "a", "custom")])
+            assert len(next(iter(tail))) == 1
+            assert value(scrape(daemon), "stord_tail_subscribers") == 1
+            tail_labels = rpc_labels("EventStoreService", "TailEvents", "server_stream")
+            sent = value(scrape(daemon), "grpc_server_msg_sent_total", **tail_labels)
+            assert sent >= 1
+    deadline = time.monotonic() + 10
+    while value(scrape(daemon), "stord_tail_subscribers") != 0:  # the server sees the cancel a little later
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert value(scrape(daemon), "stord_tail_dropped_total") == 0
+    # A drop is a TailEvents call ending with RESOURCE_EXHAUSTED; a subscriber 10,000 events behind is
+    # exercised by the events suite, so here the meter is driven directly.
+    assert daemon.daemon.metrics is not None
+    meter = daemon.daemon.metrics.rpc("/stord.v1.EventStoreService/TailEvents", "server_stream")
+    meter.start()
+    meter.observe(StatusCode.RESOURCE_EXHAUSTED, 1.0)
+    assert value(scrape(daemon), "stord_tail_dropped_total") == 1
+
+
+def test_postgres_pool_gauges(postgres_server: PostgresServer) -> None:
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database=postgres_server.create_database("stord_metrics_pool"),
+        metrics_listen="127.0.0.1:0",
+        log_level="warning",
+    )
+    daemon = DaemonThread(settings).start()
+    try:
+        with Client(daemon.target) as client:
+            client.db.set("k", b"v")
+        samples = scrape(daemon)
+        connections = value(samples, "stord_postgres_pool_connections", role="database")
+        assert connections >= 1
+        assert 0 <= value(samples, "stord_postgres_pool_in_use", role="database") <= connections
+        assert value(samples, "stord_postgres_pool_waiting", role="database") == 0
+        assert not any(name == "stord_sqlite_writer_queue_depth" and labels for name, labels in samples)
+    finally:
+        daemon.stop()
+
+    # A connection held by a call shows as in use; a call waiting for one as waiting.
+    one = Settings(postgres=PostgresOptions(pool_min_size=1, pool_max_size=1))
+    backend = create_backend(settings.database, one)
+    metrics = Metrics("test")
+    metrics.watch_backend_load({"database": backend, "cache": backend})
+
+    def gauges() -> dict[str, float]:
+        return {
+            family.name: sample.value
+            for family in metrics.registry.collect()
+            if family.name.startswith("stord_postgres_pool")
+            for sample in family.samples
+        }
+
+    async def hold() -> tuple[dict[str, float], dict[str, float]]:
+        await backend.open()
+        try:
+            assert isinstance(backend, PostgresBackend)
+            async with backend.pool.connection():
+                held = gauges()
+                waiter = asyncio.create_task(backend.check())
+                for _ in range(1000):  # until the waiter asks the pool, 10 s at most
+                    waiting = gauges()
+                    if waiting["stord_postgres_pool_waiting"]:
+                        break
+                    await asyncio.sleep(0.01)
+            await waiter
+            return held, waiting
+        finally:
+            await backend.close()
+
+    held, waiting = asyncio.run(hold())
+    assert held == {
+        "stord_postgres_pool_connections": 1,
+        "stord_postgres_pool_in_use": 1,
+        "stord_postgres_pool_waiting": 0,
+    }
+    assert waiting["stord_postgres_pool_waiting"] == 1

@@ -13,7 +13,11 @@ from typing import Any
 
 import pytest
 import yaml
+from grpc import insecure_channel
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from stord.server.rpc.auth import Role
+from tests.harness.auth import Tenant, write_keys
 from tests.harness.served import STORD, Served
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -29,7 +33,10 @@ def _pod() -> dict[str, Any]:
 
 
 def _environment(container: dict[str, Any]) -> dict[str, str]:
-    return {variable["name"]: variable["value"] for variable in container.get("env", [])}
+    """Return the literal environment variables (not those taken from a Secret)."""
+    return {
+        variable["name"]: variable["value"] for variable in container.get("env", []) if "value" in variable
+    }
 
 
 def _probes(sidecar: dict[str, Any]) -> dict[str, list[str]]:
@@ -104,3 +111,48 @@ def test_the_readme_has_a_section_per_example() -> None:
     for heading in ("### Kubernetes", "### Docker Compose", "### Node.js"):
         assert heading in readme
     assert (EXAMPLES / "node" / "README.md").exists()
+
+
+def _tcp_pod() -> tuple[dict[str, Any], dict[str, Any]]:
+    documents = list(yaml.safe_load_all((EXAMPLES / "kubernetes" / "pod-tcp.yaml").read_text()))
+    assert [document["kind"] for document in documents] == ["PersistentVolumeClaim", "NetworkPolicy", "Pod"]
+    claim, policy, pod = documents
+    volumes = {volume["name"]: volume for volume in pod["spec"]["volumes"]}
+    assert volumes["stord-data"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == pod["metadata"]["labels"]
+    return policy, pod["spec"]
+
+
+def test_the_tcp_pod_uses_the_kubelets_grpc_probes_on_the_port_stord_listens_on() -> None:
+    policy, spec = _tcp_pod()
+    (sidecar,) = spec["initContainers"]
+    (app,) = spec["containers"]
+    environment = _environment(sidecar)
+    port = int(environment["STORD_LISTEN"].rsplit(":", 1)[1])
+    assert environment["STORD_LISTEN"].startswith("0.0.0.0:")  # the kubelet dials the Pod's IP
+    assert environment["STORD_API_KEYS_FILE"].startswith("/etc/stord/")  # reachable, so keys are required
+    assert "--insecure" not in sidecar["args"]
+    assert [entry["containerPort"] for entry in sidecar["ports"]] == [port]
+    probes = {name: sidecar[name]["grpc"] for name in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert all(probe["port"] == port for probe in probes.values())
+    assert "service" not in probes["livenessProbe"]
+    assert probes["readinessProbe"]["service"] == "stord.v1.DatabaseService"
+    assert _environment(app)["STORD_ADDRESS"] == f"127.0.0.1:{port}"
+    assert [rule["port"] for entry in policy["spec"]["ingress"] for rule in entry["ports"]] != [port]
+
+
+@pytest.mark.process
+def test_the_tcp_pods_probes_pass_without_a_key_against_a_daemon_requiring_keys(tmp_path: Path) -> None:
+    """What the kubelet's gRPC probe sends: grpc.health.v1 Check, plaintext, no metadata."""
+    _, spec = _tcp_pod()
+    (sidecar,) = spec["initContainers"]
+    keys = write_keys(tmp_path / "keys.yaml", [Tenant("shop", "shop", "shop-api", Role.READ_WRITE)])
+    served = Served(tmp_path / "data", "--api-keys-file", str(keys))
+    try:
+        with insecure_channel(served.address) as channel:
+            for name in ("startupProbe", "livenessProbe", "readinessProbe"):
+                request = health_pb2.HealthCheckRequest(service=sidecar[name]["grpc"].get("service", ""))
+                answer = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5)
+                assert answer.status == health_pb2.HealthCheckResponse.SERVING, name
+    finally:
+        served.stop(signal.SIGTERM)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -138,3 +141,22 @@ def test_an_unknown_event_type_is_a_usage_error(served: Served) -> None:
     result = stord(served, "events", "tail", "--type", "bogus")
     assert result.returncode == 2
     assert result.stderr.decode().startswith("stord: event_type must be one of ")
+
+
+def test_kv_get_ends_with_a_newline_on_a_terminal_only(served: Served) -> None:
+    assert stord(served, "kv", "set", "line", "no newline").returncode == 0
+    assert stord(served, "kv", "get", "line").stdout == b"no newline"  # a pipe gets the value exactly
+    leader, follower = pty.openpty()
+    try:
+        got = subprocess.run(
+            [STORD, "kv", "get", "line", "--address", served.address], stdout=follower, timeout=30
+        )
+        os.close(follower)
+        printed = b""
+        with contextlib.suppress(OSError):  # EIO once the child's side is closed and drained
+            while chunk := os.read(leader, 1024):
+                printed += chunk
+    finally:
+        os.close(leader)
+    assert got.returncode == 0
+    assert printed == b"no newline\r\n"  # the terminal turns the added \n into \r\n

@@ -958,3 +958,46 @@ def test_a_terminal_gets_a_progress_bar(dump: tuple[Path, str], tmp_path: Path) 
     assert "100%" in text
     assert "records/s" in text
     assert "stord import: imported" in text
+
+
+def test_a_refused_namespace_is_named_by_the_line_it_starts_at(tmp_path: Path) -> None:
+    """A clash found while writing a batch of 1,000 cites the namespace's first line, not the batch's last."""
+    header = {
+        "kind": "header",
+        "format": "stord-export",
+        "version": 1,
+        "created_at": "2026-11-22T02:15:25.561+00:00",
+        "stord_version": "0.1.0",
+        "source": "sqlite",
+        "namespace": None,
+    }
+    values: list[dict[str, object]] = [
+        {"kind": "kv_value", "namespace": namespace, "keyspace": "database", "key": f"k{index}"}
+        | {"value": "AP8=", "expires_at": None}
+        for namespace, count in (("first", 1500), ("second", 10))
+        for index in range(count)
+    ]
+    records = [
+        header,
+        *values,
+        {"kind": "footer", "records": len(values), "counts": {"kv_value": len(values)}},
+    ]
+    export = tmp_path / "values.jsonl"
+    export.write_text("".join(json.dumps(record) + "\n" for record in records))
+    database = ["--data-dir", str(tmp_path / "data")]
+    assert stord("import", *database, "-i", str(export)).returncode == 0
+    with (tmp_path / "other.jsonl").open("w") as other:  # only "second" is in the target now
+        kept = [record for record in values if record["namespace"] == "second"]
+        other.write(json.dumps(header) + "\n" + "".join(json.dumps(record) + "\n" for record in kept))
+        other.write(json.dumps({"kind": "footer", "records": 10, "counts": {"kv_value": 10}}) + "\n")
+    again = stord("import", *database, "-i", str(export))
+    assert again.returncode == 1
+    assert again.stderr.startswith("stord import: line 2: namespace 'first' of the target holds data already")
+    assert "nothing was imported" in again.stderr
+    # A namespace first seen in the middle of a batch: its own first line.
+    assert stord("import", *database, "--replace", "-i", str(export)).returncode == 0
+    second_only = stord("import", "--data-dir", str(tmp_path / "data2"), "-i", str(tmp_path / "other.jsonl"))
+    assert second_only.returncode == 0
+    mixed = stord("import", "--data-dir", str(tmp_path / "data2"), "-i", str(export))
+    assert mixed.returncode == 1
+    assert mixed.stderr.startswith(f"stord import: line {1500 + 2}: namespace 'second'")

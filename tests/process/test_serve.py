@@ -256,7 +256,10 @@ def test_metrics_endpoint_starts_and_stops_with_the_daemon(data_dir: Path) -> No
             client.db.set("k", b"v")
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-        assert 'stord_rpcs_total{method="Set",service="stord.v1.DatabaseService",status="OK"} 1.0' in text
+        assert (
+            'grpc_server_handled_total{grpc_code="OK",grpc_method="Set",grpc_service="stord.v1.DatabaseService",'
+            'grpc_type="unary"} 1.0'
+        ) in text
         serving = next(event for event in process.events() if event["event"] == "serving")
         assert serving["metrics"] == url
         assert process.stop() == 0

@@ -139,7 +139,10 @@ def test_each_worker_serves_its_metrics_and_sigterm_stops_every_worker(tmp_path:
         for client in clients:
             client.db.set("k", b"v")
             client.close()
-        sets = 'stord_rpcs_total{method="Set",service="stord.v1.DatabaseService",status="OK"} '
+        sets = (
+            'grpc_server_handled_total{grpc_code="OK",grpc_method="Set",grpc_service="stord.v1.DatabaseService",'
+            'grpc_type="unary"} '
+        )
         counted = [_scrape(port).partition(sets)[2].partition("\n")[0] for port in (metrics, metrics + 1)]
         assert all(counted)  # both workers served some connections, and each counts its own calls
         assert sum(float(count) for count in counted) == CONNECTIONS

@@ -23,6 +23,7 @@ from stord.server.backends import create_backend
 from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
+from stord.server.logs import access_log_policies
 from stord.server.metrics import Metrics, MetricsServer
 from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
 from stord.server.rpc.auth import KeyRing, KeysFileError
@@ -164,7 +165,7 @@ class Daemon:
         metrics_address = settings.metrics_address
         metrics = self.metrics = None if metrics_address is None else Metrics(stord_version())
         server = grpc.aio.server(
-            interceptors=[CallInterceptor(self.keys, metrics)],
+            interceptors=[CallInterceptor(self.keys, metrics, access_log=access_log_policies(settings))],
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -201,7 +202,7 @@ class Daemon:
             settings.unix_socket.unlink(missing_ok=True)
             self._bind(server, f"unix:{settings.unix_socket}", None)
         if metrics is not None and metrics_address is not None:
-            self._serve_metrics(metrics, database, metrics_address)
+            self._serve_metrics(metrics, backends, metrics_address)
         await server.start()
         self._server = server
         await self._refresh_health()
@@ -230,9 +231,13 @@ class Daemon:
             metrics=self._metrics_url(),
         )
 
-    def _serve_metrics(self, metrics: Metrics, database: Backend, address: tuple[str, int]) -> None:
-        """Collect backend health and job queue depth at scrape time, and bind the HTTP endpoint."""
+    def _serve_metrics(
+        self, metrics: Metrics, backends: dict[str, Backend], address: tuple[str, int]
+    ) -> None:
+        """Collect backend health, load and job queue depth at scrape time, and bind the HTTP endpoint."""
+        database = backends["database"]
         metrics.watch_backends(self.backend_statuses)
+        metrics.watch_backend_load(backends)
         with contextlib.suppress(Unimplemented):  # a database without jobs (Redis) has no depth to report
             metrics.watch_jobs(database.jobs(), asyncio.get_running_loop())
         try:

@@ -28,6 +28,7 @@ from pydantic import (
 )
 
 __all__ = [
+    "ENVIRONMENT",
     "AlertOptions",
     "ConfigError",
     "ConnectOptions",
@@ -36,6 +37,7 @@ __all__ = [
     "Settings",
     "SqliteOptions",
     "load_settings",
+    "load_settings_with_sources",
     "redact_url",
 ]
 
@@ -56,6 +58,9 @@ ENVIRONMENT: dict[str, str] = {
     "metrics_listen": "STORD_METRICS_LISTEN",
     "workers": "STORD_WORKERS",
     "alert_interval": "STORD_ALERT_INTERVAL",
+    "access_log": "STORD_ACCESS_LOG",
+    "access_log_sample": "STORD_ACCESS_LOG_SAMPLE",
+    "slow_call_ms": "STORD_SLOW_CALL_MS",
 }
 """Setting name -> environment variable; the same names are the YAML keys and (dashed) the flags."""
 
@@ -132,6 +137,12 @@ class Settings(BaseModel):
     cache: str = "memory://"
     log_format: Literal["json", "console"] = "json"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: Literal["all", "slow-and-failed"] = "all"
+    """Which RPCs get an `rpc` log line: all (sampled by `access_log_sample`), or only failed and slow."""
+    access_log_sample: float = Field(default=1.0, gt=0, le=1)
+    """The fraction of successful calls faster than `slow_call_ms` that are logged, with `access_log: all`."""
+    slow_call_ms: float = Field(default=1000.0, ge=0)
+    """A unary call that takes this long is slow: always logged. Streams are judged by failure only."""
     retention_days: int = Field(default=90, ge=0)
     grace_period: float = Field(default=10.0, ge=0)
     """Seconds that in-flight RPCs get to finish after SIGTERM."""
@@ -310,15 +321,41 @@ def load_settings(
     flags: Mapping[str, Any] | None = None,
 ) -> Settings:
     """Merge the layers, later ones winning, and validate the result; raise ConfigError on any problem."""
+    return load_settings_with_sources(config_file=config_file, environ=environ, flags=flags)[0]
+
+
+def load_settings_with_sources(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> tuple[Settings, dict[str, str]]:
+    """Return the settings and, for each one not left at its default, where its value came from.
+
+    Sources read `file PATH`, `env NAME` or `flag --name`, keyed by setting name, and `group.key` for the
+    tuning groups (`sqlite.readers`); a setting absent from the mapping is at its default.
+    """
     environ = os.environ if environ is None else environ
     layers: dict[str, Any] = {}
+    sources: dict[str, str] = {}
     config_file = config_file or (Path(environ["STORD_CONFIG"]) if environ.get("STORD_CONFIG") else None)
     if config_file is not None:
-        layers.update(_read_yaml(config_file, environ))
-    layers.update({name: environ[var] for name, var in ENVIRONMENT.items() if environ.get(var)})
-    layers.update({name: value for name, value in (flags or {}).items() if value is not None})
+        from_file = _read_yaml(config_file, environ)
+        layers.update(from_file)
+        for name, value in from_file.items():
+            sources[name] = f"file {config_file}"
+            if isinstance(value, dict):  # tuning groups: each key the file gives
+                sources.update({f"{name}.{key}": f"file {config_file}" for key in value})
+    for name, var in ENVIRONMENT.items():
+        if environ.get(var):
+            layers[name] = environ[var]
+            sources[name] = f"env {var}"
+    for name, value in (flags or {}).items():
+        if value is not None:
+            layers[name] = value
+            sources[name] = f"flag --{name.replace('_', '-')}"
     try:
-        return Settings.model_validate(layers)
+        return Settings.model_validate(layers), sources
     except ValidationError as error:
         problems = "; ".join(_problem(issue["loc"], issue["msg"]) for issue in error.errors())
         raise ConfigError(f"invalid settings: {problems}") from None

@@ -1,22 +1,26 @@
 """Prometheus metrics of one daemon, served over HTTP from a thread when `metrics_listen` is set.
 
-Each daemon has its own CollectorRegistry, so daemons in one process (tests) never share a series. What an RPC
-pays is kept small: the interceptor binds an `RpcMeter` per method once, and a call then costs one histogram
-observation, one dict lookup and one counter increment, all on the event loop's thread.
+Each daemon has its own CollectorRegistry, so daemons in one process (tests) never share a series. RPCs are
+counted in the families go-grpc-prometheus and etcd export (`grpc_server_started_total`,
+`grpc_server_handled_total`, `grpc_server_handling_seconds`, `grpc_server_msg_*_total`), so existing gRPC
+dashboards work unchanged. What an RPC pays is kept small: the interceptor binds an `RpcMeter` per method
+once, with its label children made then, and a call then costs two counter increments, one histogram
+observation and one dict lookup, all on the event loop's thread.
 
 Figures that already live elsewhere are read when Prometheus scrapes rather than kept twice: backend health
 and fallbacks from the daemon's `BackendStatus` list, and job queue depth from the job store's own counts. The
 port counts one queue of one namespace at a time and cannot list queues, so depth covers the queues this
 daemon has seen enqueued to or dequeued from since it started (at most `MAX_TRACKED_QUEUES` pairs of namespace
 and queue), summed across namespaces; a scrape runs one count per pair on the event loop, within
-`DEPTH_TIMEOUT` seconds.
+`DEPTH_TIMEOUT` seconds. Backend gauges (PostgreSQL pool use, SQLite writer queue) are read from the backends
+at scrape time too; tail subscribers are the TailEvents calls in progress.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import structlog
@@ -25,6 +29,7 @@ from grpc import StatusCode
 from prometheus_client import (
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     Info,
     ProcessCollector,
@@ -35,9 +40,19 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from stord.server.admin.service import BackendStatus
+from stord.server.backends.postgres import PostgresBackend
+from stord.server.backends.sqlite import SqliteBackend
 from stord.server.jobs.port import JobQueueStore, QueueStats
 
-__all__ = ["LATENCY_BUCKETS", "MAX_TRACKED_QUEUES", "Metrics", "MetricsServer", "ReadCacheMeter", "RpcMeter"]
+__all__ = [
+    "GRPC_TYPES",
+    "LATENCY_BUCKETS",
+    "MAX_TRACKED_QUEUES",
+    "Metrics",
+    "MetricsServer",
+    "ReadCacheMeter",
+    "RpcMeter",
+]
 
 _log = structlog.get_logger("stord.metrics")
 
@@ -55,8 +70,22 @@ LATENCY_BUCKETS = (
     0.25,
     0.5,
     1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+    60.0,
+    300.0,
+    1800.0,
+    3600.0,
 )
-"""Seconds: from a cached read (about 0.1 ms) to a slow batch (1 s); longer calls land in +Inf."""
+"""Seconds: from a cached read (about 0.1 ms) through the longest Dequeue long poll (60 s) to streams
+(TailEvents, IngestEvents) open for up to an hour; streams open longer land in +Inf."""
+
+GRPC_TYPES = ("unary", "server_stream", "client_stream", "bidi_stream")
+"""The `grpc_type` label's values, as go-grpc-prometheus names them."""
+
+TAIL_METHOD = "/stord.v1.EventStoreService/TailEvents"
 
 MAX_TRACKED_QUEUES = 1000
 """Pairs of namespace and queue whose depth a scrape counts; queues seen after that are not reported."""
@@ -71,31 +100,105 @@ _JOB_STATUSES = tuple(QueueStats.__dataclass_fields__)
 
 
 class RpcMeter:
-    """The pre-bound series of one RPC method: its latency histogram and a counter per status seen."""
+    """One RPC method's series, label children bound once: started, handled by code, latency, messages."""
 
-    __slots__ = ("_by_status", "_counter", "_latency", "_method", "_service")
+    __slots__ = (
+        "_by_status",
+        "_handled",
+        "_labels",
+        "_latency",
+        "active",
+        "received",
+        "sent",
+        "started",
+    )
 
-    def __init__(self, counter: Counter, latency: Histogram, full_method: str) -> None:
+    def __init__(self, families: _RpcFamilies, full_method: str, grpc_type: str) -> None:
         service, _, method = full_method.strip("/").partition("/")
         try:
             descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
         except KeyError:
             # A service the backend does not serve answers any method name: keep them to one series.
             method = UNKNOWN_METHOD
-        self._counter = counter
-        self._service = service
-        self._method = method
-        self._latency = latency.labels(service, method)
-        self._by_status: dict[object, Counter] = {}
+        self._labels = (grpc_type, service, method)
+        self._handled = families.handled
+        self._latency = families.latency.labels(*self._labels)
+        self._by_status: dict[object, Callable[[], None]] = {}
+        self.active = 0
+        """Calls begun and not yet finished."""
+        self.started: Callable[[], None] = families.started.labels(*self._labels).inc
+        streaming = grpc_type != "unary"
+        self.received: Callable[[], None] | None = (
+            families.received.labels(*self._labels).inc if streaming else None
+        )
+        """Count one message of a request stream; None for methods whose messages are not counted."""
+        self.sent: Callable[[], None] | None = families.sent.labels(*self._labels).inc if streaming else None
+        """Count one message of a response stream; None for methods whose messages are not counted."""
+
+    def start(self) -> None:
+        """Count one call begun."""
+        self.active += 1
+        self.started()
 
     def observe(self, status: object, seconds: float) -> None:
         """Count one finished call with its status and record how long it took."""
+        self.active -= 1
         self._latency.observe(seconds)
-        child = self._by_status.get(status)
-        if child is None:
+        count = self._by_status.get(status)
+        if count is None:
             name = status.name if isinstance(status, StatusCode) else str(status)
-            child = self._by_status[status] = self._counter.labels(self._service, self._method, name)
-        child.inc()
+            count = self._by_status[status] = self._handled.labels(*self._labels, name).inc
+        count()
+
+
+class _TailMeter(RpcMeter):
+    """TailEvents: also counts the subscribers dropped for falling behind (ended with RESOURCE_EXHAUSTED)."""
+
+    __slots__ = ("dropped",)
+
+    def __init__(self, families: _RpcFamilies, full_method: str, grpc_type: str, dropped: Counter) -> None:
+        super().__init__(families, full_method, grpc_type)
+        self.dropped = dropped
+
+    def observe(self, status: object, seconds: float) -> None:
+        super().observe(status, seconds)
+        if status is StatusCode.RESOURCE_EXHAUSTED:
+            self.dropped.inc()
+
+
+class _RpcFamilies:
+    """The conventional gRPC server families of one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        self.started = Counter(
+            "grpc_server_started", "RPCs started on the server.", labels, registry=registry
+        )
+        self.handled = Counter(
+            "grpc_server_handled",
+            "RPCs completed on the server, regardless of success or failure, by gRPC status code.",
+            [*labels, "grpc_code"],
+            registry=registry,
+        )
+        self.latency = Histogram(
+            "grpc_server_handling_seconds",
+            "Time from an RPC's arrival to its end (a stream's whole life), until the server answered.",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.received = Counter(
+            "grpc_server_msg_received",
+            "Messages received in request streams (streaming RPCs only).",
+            labels,
+            registry=registry,
+        )
+        self.sent = Counter(
+            "grpc_server_msg_sent",
+            "Messages sent in response streams (streaming RPCs only).",
+            labels,
+            registry=registry,
+        )
 
 
 class ReadCacheMeter:
@@ -121,17 +224,20 @@ class Metrics:
         registry = self.registry
         ProcessCollector(registry=registry)  # memory, CPU, open files and start time of the process
         Info("stord", "The daemon's version.", registry=registry).info({"version": version})
-        self._rpcs = Counter(
-            "stord_rpcs",
-            "Finished stord RPCs by service, method and status code.",
-            ["service", "method", "status"],
+        self._rpc_families = _RpcFamilies(registry)
+        self._tail_dropped = Counter(
+            "stord_tail_dropped",
+            "TailEvents subscribers dropped for falling more than the limit behind (RESOURCE_EXHAUSTED).",
             registry=registry,
         )
-        self._latency = Histogram(
-            "stord_rpc_duration_seconds",
-            "Time from a stord RPC's arrival to its end (a stream's whole life), by service and method.",
-            ["service", "method"],
-            buckets=LATENCY_BUCKETS,
+        self._tail: RpcMeter | None = None
+        Gauge(
+            "stord_tail_subscribers", "TailEvents streams open on this daemon.", registry=registry
+        ).set_function(lambda: 0.0 if self._tail is None else float(self._tail.active))
+        self._ingest_batches = Counter(
+            "stord_ingest_batches",
+            "Event batches committed (InsertEvents calls and IngestEvents stream messages), by backend kind.",
+            ["backend"],
             registry=registry,
         )
         self._events = Counter(
@@ -149,13 +255,26 @@ class Metrics:
         self._queues: set[tuple[str, str]] = set()
         self._queues_full_logged = False
 
-    def rpc(self, full_method: str) -> RpcMeter:
-        """Return the meter of one method, e.g. `/stord.v1.CacheService/Get`; bind it once per method."""
-        return RpcMeter(self._rpcs, self._latency, full_method)
+    def rpc(self, full_method: str, grpc_type: str) -> RpcMeter:
+        """Return the meter of one method, e.g. `/stord.v1.CacheService/Get`; bind it once per method.
+
+        `grpc_type` is one of GRPC_TYPES.
+        """
+        if full_method == TAIL_METHOD:
+            self._tail = _TailMeter(self._rpc_families, full_method, grpc_type, self._tail_dropped)
+            return self._tail
+        return RpcMeter(self._rpc_families, full_method, grpc_type)
 
     def events_ingested(self, backend_kind: str) -> Callable[[int], None]:
-        """Return the function that counts events stored into a backend of this kind."""
-        return self._events.labels(backend_kind).inc
+        """Return the function that counts one committed batch and the events it stored, for this backend."""
+        count_events = self._events.labels(backend_kind).inc
+        count_batch = self._ingest_batches.labels(backend_kind).inc
+
+        def count(stored: int) -> None:
+            count_batch()
+            count_events(stored)
+
+        return count
 
     def read_cache(self, store: str) -> ReadCacheMeter:
         """Return the counters of the read-through cache in front of one store (`agents`, `manifests`)."""
@@ -175,6 +294,13 @@ class Metrics:
     def watch_backends(self, statuses: Callable[[], Sequence[BackendStatus]]) -> None:
         """Report backend health and fallbacks from the daemon's live statuses at every scrape."""
         self.registry.register(_BackendCollector(statuses))
+
+    def watch_backend_load(self, backends: Mapping[str, object]) -> None:
+        """Report at every scrape the PostgreSQL pools' use and SQLite writer queues of the roles' backends.
+
+        `backends` maps a role (`database`, `cache`) to its backend; one shared with another role counts once.
+        """
+        self.registry.register(_BackendLoadCollector(backends))
 
     def watch_jobs(self, store: JobQueueStore, loop: asyncio.AbstractEventLoop) -> None:
         """Report the depth of the queues seen so far, counted by `store` on `loop` at every scrape."""
@@ -210,6 +336,41 @@ class _BackendCollector(Collector):
             healthy.add_metric([status.role, status.kind], 1.0 if status.healthy else 0.0)
             fallback.add_metric([status.role], 0.0 if status.configured_url is None else 1.0)
         return [healthy, fallback]
+
+
+class _BackendLoadCollector(Collector):
+    def __init__(self, backends: Mapping[str, object]) -> None:
+        self._backends = backends
+
+    def collect(self) -> Iterable[Metric]:
+        size = GaugeMetricFamily(
+            "stord_postgres_pool_connections", "PostgreSQL connections open in the pool.", labels=["role"]
+        )
+        in_use = GaugeMetricFamily(
+            "stord_postgres_pool_in_use", "PostgreSQL connections lent out to a call.", labels=["role"]
+        )
+        waiting = GaugeMetricFamily(
+            "stord_postgres_pool_waiting", "Calls waiting for a PostgreSQL connection.", labels=["role"]
+        )
+        queued = GaugeMetricFamily(
+            "stord_sqlite_writer_queue_depth",
+            "Writes waiting for the SQLite writer thread (committed together in groups).",
+            labels=["role"],
+        )
+        seen: set[int] = set()
+        for role, backend in self._backends.items():
+            if id(backend) in seen:
+                continue
+            seen.add(id(backend))
+            if isinstance(backend, PostgresBackend):
+                usage = backend.pool.usage()
+                if usage is not None:
+                    size.add_metric([role], float(usage[0]))
+                    in_use.add_metric([role], float(usage[1]))
+                    waiting.add_metric([role], float(usage[2]))
+            elif isinstance(backend, SqliteBackend):
+                queued.add_metric([role], float(backend.engine.queued_writes))
+        return [size, in_use, waiting, queued]
 
 
 class _QueueDepthCollector(Collector):

@@ -27,9 +27,9 @@ from stord.server.ports import (
     AlertRule,
     Event,
     EventAgent,
-    FailedPrecondition,
     InvalidArgument,
     JsonObject,
+    NamespaceOccupied,
     Session,
 )
 from stord.server.transfer.port import (
@@ -264,11 +264,12 @@ def list_lengths(records: Iterable[TransferRecord]) -> dict[tuple[str, str, str]
     return lengths
 
 
-def occupied(namespace: str, tables: Sequence[str]) -> FailedPrecondition:
+def occupied(namespace: str, tables: Sequence[str]) -> NamespaceOccupied:
     """Return the error for importing into a namespace that holds data in `tables`."""
-    return FailedPrecondition(
+    return NamespaceOccupied(
+        namespace,
         f"namespace {namespace!r} of the target holds data already ({', '.join(tables)}); an import never"
-        " merges: import into an empty namespace, or pass --replace to delete what it holds first"
+        " merges: import into an empty namespace, or pass --replace to delete what it holds first",
     )
 
 

@@ -1,9 +1,11 @@
-"""`stord serve | migrate | health | version`."""
+"""`stord serve | migrate | health | config | version`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,10 +13,23 @@ from typing import Any
 
 import structlog
 
+from stord.server.cli.connect import (
+    CLIENT_ENVIRONMENT,
+    ConnectionOptionsError,
+    add_connection_flags,
+    connection_from,
+)
 from stord.server.cli.keys import add_keys_commands, run_keys_command
 from stord.server.cli.ops import OPS_COMMANDS, add_ops_commands, run_ops_command
 from stord.server.cli.transfer import TRANSFER_COMMANDS, add_transfer_commands, run_transfer_command
-from stord.server.config import ConfigError, Settings, load_settings, redact_url
+from stord.server.config import (
+    ENVIRONMENT,
+    ConfigError,
+    Settings,
+    load_settings,
+    load_settings_with_sources,
+    redact_url,
+)
 from stord.server.logs import configure_logging
 
 __all__ = ["main"]
@@ -24,79 +39,107 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 
+_FLAGS: dict[str, dict[str, Any]] = {
+    "listen": {"metavar": "HOST:PORT", "help": "TCP address to serve on"},
+    "unix_socket": {"metavar": "PATH", "help": "also serve on this Unix socket"},
+    "data_dir": {"metavar": "DIR", "help": "where the SQLite default keeps its file"},
+    "database": {"metavar": "URL", "help": "sqlite:///path, postgresql://..., redis://... or memory://"},
+    "cache": {"metavar": "URL", "help": "memory://, redis://..., or any database URL"},
+    "log_format": {"choices": ["json", "console"], "help": "log line format"},
+    "log_level": {"choices": ["debug", "info", "warning", "error"], "help": "lowest level logged"},
+    "access_log": {"choices": ["all", "slow-and-failed"], "help": "which calls get an rpc log line"},
+    "access_log_sample": {
+        "type": float,
+        "metavar": "FRACTION",
+        "help": "with --access-log all, log this fraction (0-1) of the fast successful calls",
+    },
+    "slow_call_ms": {"type": float, "metavar": "MS", "help": "a unary call this slow is always logged"},
+    "retention_days": {
+        "type": int,
+        "metavar": "DAYS",
+        "help": "delete events older than this, daily; 0 keeps them forever",
+    },
+    "api_keys_file": {"type": Path, "metavar": "FILE", "help": "require API keys listed in this YAML file"},
+    "insecure": {
+        "action": "store_const",
+        "const": True,
+        "help": "allow a non-loopback address without API keys",
+    },
+    "tls_cert": {"type": Path, "metavar": "PEM", "help": "serve TLS with this certificate chain"},
+    "tls_key": {"type": Path, "metavar": "PEM", "help": "the private key of --tls-cert"},
+    "tls_client_ca": {
+        "type": Path,
+        "metavar": "PEM",
+        "help": "require client certificates signed by this CA",
+    },
+    "metrics_listen": {"metavar": "HOST:PORT", "help": "serve Prometheus metrics over HTTP here"},
+    "workers": {"type": int, "metavar": "N", "help": "server processes sharing the TCP port"},
+    "alert_interval": {
+        "type": float,
+        "metavar": "SECONDS",
+        "help": "evaluate every alert rule this often; 0 never",
+    },
+}
+"""Every settings flag; `_add_settings_flags` appends its environment variable and default to the help."""
+
+_DEFAULTS_SHOWN = {
+    "database": "sqlite:///<data dir>/stord.db",
+    "unix_socket": "none",
+    "api_keys_file": "none: no authentication, loopback only",
+    "insecure": "off",
+    "tls_cert": "none: plaintext",
+    "tls_key": "none",
+    "tls_client_ca": "none: no client certificates",
+    "metrics_listen": "none: no metrics",
+}
+
+
 def _add_settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
-    flags: dict[str, dict[str, Any]] = {
-        "listen": {"metavar": "HOST:PORT", "help": "TCP address to serve on (STORD_LISTEN)"},
-        "unix_socket": {"metavar": "PATH", "help": "also serve on this Unix socket (STORD_UNIX_SOCKET)"},
-        "data_dir": {"metavar": "DIR", "help": "where the SQLite default keeps its file (STORD_DATA_DIR)"},
-        "database": {
-            "metavar": "URL",
-            "help": "sqlite:///path, postgresql://..., redis://... or memory:// (STORD_DATABASE_URL)",
-        },
-        "cache": {"metavar": "URL", "help": "memory://, redis://..., or any database URL (STORD_CACHE_URL)"},
-        "log_format": {"choices": ["json", "console"], "help": "STORD_LOG_FORMAT"},
-        "log_level": {"choices": ["debug", "info", "warning", "error"], "help": "STORD_LOG_LEVEL"},
-        "retention_days": {"type": int, "metavar": "DAYS", "help": "event retention, 0 keeps forever"},
-        "api_keys_file": {
-            "type": Path,
-            "metavar": "FILE",
-            "help": "require API keys listed in this YAML file (STORD_API_KEYS_FILE)",
-        },
-        "insecure": {
-            "action": "store_const",
-            "const": True,
-            "help": "allow a non-loopback address without API keys (STORD_INSECURE)",
-        },
-        "tls_cert": {"type": Path, "metavar": "PEM", "help": "server certificate chain (STORD_TLS_CERT)"},
-        "tls_key": {"type": Path, "metavar": "PEM", "help": "server private key (STORD_TLS_KEY)"},
-        "tls_client_ca": {
-            "type": Path,
-            "metavar": "PEM",
-            "help": "require client certificates signed by this CA (STORD_TLS_CLIENT_CA)",
-        },
-        "metrics_listen": {
-            "metavar": "HOST:PORT",
-            "help": "serve Prometheus metrics over HTTP here (STORD_METRICS_LISTEN; default: none)",
-        },
-        "workers": {
-            "type": int,
-            "metavar": "N",
-            "help": "server processes sharing the TCP port (STORD_WORKERS; default 1)",
-        },
-        "alert_interval": {
-            "type": float,
-            "metavar": "SECONDS",
-            "help": "evaluate every alert rule this often (STORD_ALERT_INTERVAL; default 60, 0: never)",
-        },
-    }
     parser.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (STORD_CONFIG)")
     for name in names:
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **flags[name])
+        options = dict(_FLAGS[name])
+        default = _DEFAULTS_SHOWN.get(name, Settings.model_fields[name].default)
+        options["help"] = f"{options['help']} ({ENVIRONMENT[name]}; default {default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=name, default=None, **options)
+
+
+SERVE_SETTINGS = (
+    "listen",
+    "unix_socket",
+    "data_dir",
+    "database",
+    "cache",
+    "log_format",
+    "log_level",
+    "access_log",
+    "access_log_sample",
+    "slow_call_ms",
+    "retention_days",
+    "api_keys_file",
+    "insecure",
+    "tls_cert",
+    "tls_key",
+    "tls_client_ca",
+    "metrics_listen",
+    "workers",
+    "alert_interval",
+)
+"""The settings `stord serve` takes as flags (the others live in the YAML file only)."""
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stord", description="gRPC storage daemon")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the daemon until SIGTERM")
-    _add_settings_flags(
-        serve,
-        "listen",
-        "unix_socket",
-        "data_dir",
-        "database",
-        "cache",
-        "log_format",
-        "log_level",
-        "retention_days",
-        "api_keys_file",
-        "insecure",
-        "tls_cert",
-        "tls_key",
-        "tls_client_ca",
-        "metrics_listen",
-        "workers",
-        "alert_interval",
+    _add_settings_flags(serve, *SERVE_SETTINGS)
+    config = commands.add_parser(
+        "config",
+        help="print the effective settings and where each came from (defaults < file < env < flags)",
+        description="Print the settings `stord serve` would run with, given the same file, environment and"
+        " flags, and where each value came from. Passwords in URLs are masked.",
     )
+    _add_settings_flags(config, *SERVE_SETTINGS)
+    config.add_argument("--json", action="store_true", help="one JSON object instead of a table")
     add_keys_commands(commands)
     add_ops_commands(commands)
     add_transfer_commands(commands)
@@ -104,8 +147,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_settings_flags(migrate, "data_dir", "database", "log_format", "log_level")
     health = commands.add_parser("health", help="exit 0 when the daemon reports SERVING")
     _add_settings_flags(health, "listen", "unix_socket")
-    health.add_argument(
-        "--address", help="target to probe (default: the listen address), e.g. unix:/run/s.sock"
+    add_connection_flags(
+        health,
+        namespace=False,
+        address_help="target to probe, e.g. unix:/run/s.sock (STORD_ADDRESS; default: the listen address)",
     )
     health.add_argument("--service", default="", help="a service name to probe instead of the whole daemon")
     health.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for an answer")
@@ -113,9 +158,53 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _flags(arguments: argparse.Namespace) -> dict[str, Any]:
+    return {key: value for key, value in vars(arguments).items() if key in Settings.model_fields}
+
+
 def _settings(arguments: argparse.Namespace) -> Settings:
-    flags = {key: value for key, value in vars(arguments).items() if key in Settings.model_fields}
-    return load_settings(config_file=arguments.config, flags=flags)
+    return load_settings(config_file=arguments.config, flags=_flags(arguments))
+
+
+def _config(arguments: argparse.Namespace) -> int:
+    """Print every setting with its value and its source; secrets masked."""
+    try:
+        settings, sources = load_settings_with_sources(config_file=arguments.config, flags=_flags(arguments))
+    except ConfigError as error:
+        print(f"stord: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    rows: list[tuple[str, object, str]] = []
+    for name, value in settings.model_dump(mode="json").items():
+        if isinstance(value, dict):
+            for key, item in value.items():
+                rows.append((f"{name}.{key}", item, sources.get(f"{name}.{key}", "default")))
+            continue
+        if name in ("database", "cache"):
+            value = redact_url(value) if value else f"{redact_url(settings.database_url)} (from data_dir)"
+        rows.append((name, value, sources.get(name, "default")))
+    for name, variable in CLIENT_ENVIRONMENT.items():
+        given = os.environ.get(variable)
+        if given:
+            shown = "***" if name == "api_key" else given
+            rows.append((f"client.{name}", shown, f"env {variable}"))
+    if arguments.json:
+        print(
+            json.dumps({name: {"value": value, "source": source} for name, value, source in rows}, indent=2)
+        )
+        return EXIT_OK
+    width = max(len(name) for name, _, _ in rows)
+    value_width = min(60, max(len(_shown(value)) for _, value, _ in rows))
+    for name, value, source in rows:
+        print(f"{name:<{width}}  {_shown(value):<{value_width}}  {source}")
+    return EXIT_OK
+
+
+def _shown(value: object) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
 def _serve(settings: Settings) -> int:
@@ -154,19 +243,40 @@ def _migrate(settings: Settings) -> int:
 
 
 def _health(settings: Settings, arguments: argparse.Namespace) -> int:
+    """Probe grpc.health.v1: TLS as the client options say, else as the daemon's own settings serve."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    address = arguments.address or settings.listen
-    if address.startswith("0.0.0.0:"):
-        address = "127.0.0.1:" + address.split(":", 1)[1]  # a wildcard listener answers on loopback
+    listen = settings.listen
+    if listen.startswith("0.0.0.0:"):
+        listen = "127.0.0.1:" + listen.split(":", 1)[1]  # a wildcard listener answers on loopback
     try:
-        with grpc.insecure_channel(address) as channel:
+        connection = connection_from(arguments, default_address=listen)
+        if (
+            not connection.tls
+            and settings.tls_cert is not None
+            and not connection.address.startswith("unix:")
+        ):
+            # The daemon these settings describe serves TLS on its TCP address: so must its probe.
+            connection = connection_from(arguments, default_address=listen, tls_by_default=True)
+    except ConnectionOptionsError as error:
+        print(f"stord: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    address = connection.address
+    metadata = [] if connection.api_key is None else [("authorization", f"Bearer {connection.api_key}")]
+    try:
+        with connection.open_channel() as channel:
             response = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=arguments.service), timeout=arguments.timeout
+                health_pb2.HealthCheckRequest(service=arguments.service),
+                timeout=arguments.timeout,
+                metadata=metadata,
             )
     except grpc.RpcError as error:
         print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
+        if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+            diagnosis = connection.diagnose()
+            if diagnosis:
+                print(f"{address}: {diagnosis}", file=sys.stderr)
         return EXIT_FAILURE
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{address}: {status}")
@@ -176,6 +286,9 @@ def _health(settings: Settings, arguments: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
     arguments = _parser().parse_args(argv)
+    if arguments.command == "health" or arguments.command in OPS_COMMANDS:
+        # gRPC core logs a failed TLS handshake at INFO on stderr; the command reports it in its own words.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     if arguments.command == "version":
         from stord.server.app import stord_version
 
@@ -187,6 +300,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_ops_command(arguments)
     if arguments.command in TRANSFER_COMMANDS:
         return run_transfer_command(arguments)
+    if arguments.command == "config":
+        return _config(arguments)
     try:
         settings = _settings(arguments)
     except ConfigError as error:

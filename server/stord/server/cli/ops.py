@@ -6,8 +6,9 @@
     stord events tail --session s-1 --count 10
     stord jobs stats emails thumbnails
 
-Every command takes `--address` (STORD_ADDRESS, default 127.0.0.1:50051), `--namespace` (STORD_NAMESPACE) and
-`--api-key` (STORD_API_KEY). Errors print `STATUS: details` on stderr and exit 1.
+Every command takes the connection options of `cli.connect` (`--address`, `--namespace`, `--api-key` and the
+`--tls*` options, or their `STORD_*` variables). Errors print `STATUS: details` on stderr and exit 1; a
+connection that fails at the TLS layer says so.
 """
 
 from __future__ import annotations
@@ -21,6 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
 
+from stord.server.cli.connect import (
+    Connection,
+    ConnectionOptionsError,
+    add_connection_flags,
+    connection_from,
+)
 from stord.v1 import events_pb2
 
 if TYPE_CHECKING:
@@ -38,30 +45,12 @@ EXIT_USAGE = 2
 _Run = Callable[[argparse.Namespace], int]
 
 
-def _add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--address",
-        default=os.environ.get("STORD_ADDRESS", "127.0.0.1:50051"),
-        help="the daemon: host:port or unix:/path.sock (STORD_ADDRESS, default 127.0.0.1:50051)",
-    )
-    parser.add_argument(
-        "--namespace",
-        default=os.environ.get("STORD_NAMESPACE") or None,
-        help="namespace to work in (STORD_NAMESPACE, default: the daemon's `default`)",
-    )
-    parser.add_argument(
-        "--api-key",
-        default=os.environ.get("STORD_API_KEY") or None,
-        help="API key, when the daemon requires one (STORD_API_KEY)",
-    )
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds each call may take")
-
-
 def _command(
     group: argparse._SubParsersAction[argparse.ArgumentParser], name: str, run: _Run, **options: Any
 ) -> argparse.ArgumentParser:
     parser = group.add_parser(name, **options)
-    _add_connection_flags(parser)
+    add_connection_flags(parser)
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds each call may take")
     parser.set_defaults(run_ops=run)
     return parser
 
@@ -105,11 +94,20 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
 
 def run_ops_command(arguments: argparse.Namespace) -> int:
     """Run a `kv`, `events` or `jobs` command; return the exit status."""
-    from stord.client import StordError
+    from stord.client import StordError, Unavailable
 
     run: _Run = arguments.run_ops
     try:
+        arguments.connection = connection_from(arguments)
+    except ConnectionOptionsError as error:
+        print(f"stord: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
         return run(arguments)
+    except Unavailable as error:
+        diagnosis = arguments.connection.diagnose()
+        print(f"stord: {error}" + (f"\nstord: {diagnosis}" if diagnosis else ""), file=sys.stderr)
+        return EXIT_FAILURE
     except StordError as error:
         print(f"stord: {error}", file=sys.stderr)
         return EXIT_FAILURE
@@ -123,8 +121,14 @@ def run_ops_command(arguments: argparse.Namespace) -> int:
 def _client(arguments: argparse.Namespace) -> Client:
     from stord.client import Client
 
+    connection: Connection = arguments.connection
     return Client(
-        arguments.address, namespace=arguments.namespace, api_key=arguments.api_key, timeout=arguments.timeout
+        connection.address,
+        namespace=connection.namespace,
+        api_key=connection.api_key,
+        tls=connection.client_tls(),
+        options=connection.channel_options(),
+        timeout=arguments.timeout,
     )
 
 
@@ -174,7 +178,7 @@ def _events_tail(arguments: argparse.Namespace) -> int:
             severities=arguments.severity,
         )
         with tail:
-            print(f"stord: tailing events of {arguments.address}", file=sys.stderr, flush=True)
+            print(f"stord: tailing events of {arguments.connection.address}", file=sys.stderr, flush=True)
             for events in tail:
                 for event in events:
                     print(json.dumps(_event_line(event), separators=(",", ":"), sort_keys=True), flush=True)

@@ -39,6 +39,14 @@ class FailedPrecondition(StoreError):
     """The system is not in the state the operation needs (a lost lease, a broken hash chain)."""
 
 
+class NamespaceOccupied(FailedPrecondition):
+    """An import met a namespace that holds data in the target; `namespace` names it."""
+
+    def __init__(self, namespace: str, message: str) -> None:
+        super().__init__(message)
+        self.namespace = namespace
+
+
 class Unavailable(StoreError):
     """The backend cannot be reached or cannot serve now; the caller may retry."""
 

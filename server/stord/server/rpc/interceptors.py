@@ -24,6 +24,7 @@ from stord.server.calls import (
     resolve_namespace,
     resolve_principal,
 )
+from stord.server.logs import ALL_CALLS, AccessLog
 from stord.server.metrics import Metrics, RpcMeter
 from stord.server.ports import (
     AlreadyExists,
@@ -92,10 +93,17 @@ class _Outcome:
 class CallInterceptor(grpc.aio.ServerInterceptor):
     """Run every stord RPC inside a `Call`, turn domain errors into statuses and log the outcome."""
 
-    def __init__(self, keys: KeyRing | None = None, metrics: Metrics | None = None) -> None:
+    def __init__(
+        self,
+        keys: KeyRing | None = None,
+        metrics: Metrics | None = None,
+        access_log: tuple[AccessLog, AccessLog] = (ALL_CALLS, ALL_CALLS),
+    ) -> None:
         self._keys = keys
         """With keys, every stord RPC needs one, and the namespace and principal are the key's."""
         self._metrics = metrics
+        self._unary_log, self._stream_log = access_log
+        """Which finished calls are logged: unary (and client-streaming) calls, and response streams."""
         # The wrapped handler of each method, built on its first call rather than on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -116,16 +124,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         behaviour: Any  # see _AsyncUnary
         wrap: Callable[[str, Any, bool, RpcMeter | None], Any]
         if (behaviour := handler.unary_unary) is not None:
-            wrap, make = self._unary, grpc.unary_unary_rpc_method_handler
+            wrap, make, grpc_type = self._unary, grpc.unary_unary_rpc_method_handler, "unary"
         elif (behaviour := handler.unary_stream) is not None:
-            wrap, make = self._streaming, grpc.unary_stream_rpc_method_handler
+            wrap, make, grpc_type = self._streaming, grpc.unary_stream_rpc_method_handler, "server_stream"
         elif (behaviour := handler.stream_unary) is not None:
-            wrap, make = self._unary, grpc.stream_unary_rpc_method_handler
+            wrap, make, grpc_type = self._unary, grpc.stream_unary_rpc_method_handler, "client_stream"
         else:
             behaviour = handler.stream_stream
-            wrap, make = self._streaming, grpc.stream_stream_rpc_method_handler
+            wrap, make, grpc_type = self._streaming, grpc.stream_stream_rpc_method_handler, "bidi_stream"
         parse = handler.request_deserializer
-        meter = None if self._metrics is None else self._metrics.rpc(method)
+        meter = None if self._metrics is None else self._metrics.rpc(method, grpc_type)
         wrapped = self._wrapped[method] = make(
             wrap(method, behaviour, handler.request_streaming, meter),
             request_deserializer=None if parse is None else _tolerant(parse),
@@ -139,12 +147,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def serve(request: Any, context: Context) -> Any:
             outcome = await _begin(method, context, self._keys, meter)
             try:
-                return await behaviour(_checked(request, request_streaming), context)
+                return await behaviour(_checked(request, request_streaming, meter), context)
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
             finally:
-                _finish(outcome, context)
+                _finish(outcome, context, self._unary_log)
 
         return serve
 
@@ -154,13 +162,16 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome = await _begin(method, context, self._keys, meter)
             try:
-                async for response in behaviour(_checked(request, request_streaming), context):
+                sent = None if meter is None else meter.sent
+                async for response in behaviour(_checked(request, request_streaming, meter), context):
+                    if sent is not None:
+                        sent()  # counted as handed to gRPC: a client leaving at the yield still got it sent
                     yield response
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
             finally:
-                _finish(outcome, context)
+                _finish(outcome, context, self._stream_log)
 
         return serve
 
@@ -186,17 +197,21 @@ def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
     return parse_or_mark
 
 
-def _checked(request: Any, request_streaming: bool) -> Any:
+def _checked(request: Any, request_streaming: bool, meter: RpcMeter | None) -> Any:
     """Return the request, raising InvalidArgument for a malformed one; streams are checked per message."""
     if request_streaming:
-        return _checked_stream(request)
+        return _checked_stream(request, None if meter is None else meter.received)
     if isinstance(request, _Malformed):
         raise InvalidArgument("request", f"malformed message: {request.reason}")
     return request
 
 
-async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+async def _checked_stream(
+    requests: AsyncIterator[Any], received: Callable[[], None] | None
+) -> AsyncIterator[Any]:
     async for request in requests:
+        if received is not None:
+            received()
         if isinstance(request, _Malformed):
             raise InvalidArgument("request", f"malformed message: {request.reason}")
         yield request
@@ -204,6 +219,8 @@ async def _checked_stream(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 async def _begin(method: str, context: Context, keys: KeyRing | None, meter: RpcMeter | None) -> _Outcome:
     started = time.perf_counter()
+    if meter is not None:
+        meter.start()
     request_id = secrets.token_hex(8)
     requested: dict[str, str] = {}
     for key, value in context.invocation_metadata() or ():
@@ -281,13 +298,15 @@ async def _fail(outcome: _Outcome, error: BaseException, context: Context) -> No
         outcome.status = StatusCode.CANCELLED
 
 
-def _finish(outcome: _Outcome, context: Context) -> None:
+def _finish(outcome: _Outcome, context: Context, access_log: AccessLog) -> None:
     code = context.code()
     status = outcome.status if outcome.status is not StatusCode.OK or code is None else code
     call = outcome.call
     elapsed = time.perf_counter() - outcome.started
     if outcome.meter is not None:
         outcome.meter.observe(status, elapsed)
+    if not access_log.wants(status is StatusCode.OK, elapsed):
+        return
     _log.info(
         "rpc",
         method=call.method,

@@ -13,7 +13,7 @@ from typing import BinaryIO
 
 import orjson
 
-from stord.server.ports import StoreError
+from stord.server.ports import NamespaceOccupied, StoreError
 from stord.server.transfer._format import (
     FOOTER,
     RECORD_KINDS,
@@ -126,6 +126,10 @@ class _Reader:
         self.line = 0
         self.position = 0
         self.counts: collections.Counter[str] = collections.Counter()
+        self.first_lines: dict[str, int] = {}
+        """The line of each namespace's first record, to name where a namespace refused begins."""
+        self.batch_lines: list[tuple[int, int]] = []
+        """The first and last line of each batch yielded, in order."""
 
     def _parse(self, data: bytes) -> object:
         try:
@@ -142,6 +146,7 @@ class _Reader:
         check_header(self._parse(first))
         batch: list[TransferRecord] = []
         size = 0
+        batch_start = 0
         for data in lines:
             self.line += 1
             self.position += len(data)
@@ -150,15 +155,21 @@ class _Reader:
             parsed = self._parse(data)
             if isinstance(parsed, dict) and parsed.get("kind") == FOOTER:
                 check_footer(parsed, self.line, self.counts)
+                last = self.line - 1
                 self._check_end(lines)
                 if batch:
+                    self.batch_lines.append((batch_start, last))
                     yield batch
                 return
             record = decode_record(parsed, self.line)
             self.counts[record_kind(record)] += 1
+            self.first_lines.setdefault(record.namespace, self.line)
+            if not batch:
+                batch_start = self.line
             batch.append(record)
             size += len(data)
             if len(batch) >= IMPORT_BATCH or size >= IMPORT_BATCH_BYTES:
+                self.batch_lines.append((batch_start, self.line))
                 yield batch
                 batch, size = [], 0
         raise FormatError(self.line, "the input ends without its footer line: it was cut short")
@@ -191,12 +202,16 @@ async def import_records(
     reader = _Reader(source)
     progress.start(total=size, in_bytes=size is not None)
     batches = reader.batches()
+    written = 0
+    lines = (1, 1)
     try:
         async with store.restore(replace=replace) as sink:
             # The next batch is read and checked in a thread while the store writes this one.
             reading = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
             try:
                 while (batch := await reading) is not None:
+                    lines = reader.batch_lines[written]  # appended before the batch was yielded
+                    written += 1
                     reading = asyncio.ensure_future(asyncio.to_thread(next, batches, None))
                     await sink.write(batch)
                     summary.add(batch)
@@ -206,9 +221,13 @@ async def import_records(
                     await reading  # let the thread leave the reader before the reader goes
     except FormatError as error:
         raise TransferError(f"{error}; nothing was imported") from error
+    except NamespaceOccupied as error:
+        line = reader.first_lines.get(error.namespace)
+        where = f"line {line}" if line is not None else f"lines {lines[0]}-{lines[1]}"
+        raise TransferError(f"{where}: {error}; nothing was imported") from error
     except StoreError as error:
-        # Batches are written while the next ones are read: the error is about a record up to this line.
-        raise TransferError(f"stopped at line {reader.line}: {error}; nothing was imported") from error
+        # The store writes a batch at once: the record it refused is one of the batch's lines.
+        raise TransferError(f"in lines {lines[0]}-{lines[1]}: {error}; nothing was imported") from error
     progress.finish()
     summary.size = reader.position
     summary.seconds = time.monotonic() - started

@@ -61,6 +61,18 @@ class Pool:
         self._recovery: asyncio.Task[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
 
+    def usage(self) -> tuple[int, int, int] | None:
+        """Return the connections open, those lent out, and the requests waiting; None without a pool.
+
+        Read by the metrics endpoint's thread: plain reads of the pool's counters.
+        """
+        pool = self._pool
+        if pool is None:
+            return None
+        stats = pool.get_stats()
+        size = stats.get("pool_size", 0)
+        return size, size - stats.get("pool_available", 0), stats.get("requests_waiting", 0)
+
     async def _open_pool(self) -> AsyncConnectionPool[Connection]:
         """Return a new pool holding its first connections; raise what connecting raised otherwise."""
         options = self._options

@@ -123,6 +123,11 @@ class SqliteEngine:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def queued_writes(self) -> int:
+        """Return how many writes wait for the writer thread (approximate; read from any thread)."""
+        return self._queue.qsize()
+
     async def open(self) -> None:
         """Create the file and its directory when missing, apply migrations, start the threads."""
         if self._state is _State.OPEN:
