@@ -8,9 +8,13 @@ starts one recovery task here, which connects afresh:
 
 - if that works, the server is there (it restarted while connections sat idle, or one connection broke):
   the pool's broken idle connections are dropped (`AsyncConnectionPool.check`) and nothing else changes;
-- if not, the server is unreachable: the pool is closed at once (its waiting requests fail with Unavailable;
+- if not, the server is unreachable (stopped, or silent behind a partition): the pool is closed at once (its waiting requests fail with Unavailable;
   lent connections close as they come back), every request fails at once with Unavailable naming the cause,
   and the task probes again every 50 ms to 1 s; once a probe connects, a fresh pool takes over.
+
+A call cancelled while it holds a connection (its deadline passed) is such a sign too: a partition drops
+packets without a word, so a statement just waits. The connections' TCP keepalives and `tcp_user_timeout`
+(`link_settings`) bound how long a silent connection is taken for a live one.
 
 Checking every connection as it is lent (`check=` on the pool) would catch stale ones before use too, but
 costs a round trip per request (about 150 us here, as much as the rest of a simple RPC's database work).
@@ -77,6 +81,7 @@ class Pool:
                 "autocommit": True,
                 "connect_timeout": connect_timeout_seconds(options.connect_timeout),
                 "application_name": "stord",
+                **link_settings(options),
             },
         )
         self._opening = pool
@@ -132,6 +137,12 @@ class Pool:
             if isinstance(error.__cause__, PoolTimeout) or (lent is not None and lent.broken):
                 self._suspect()
             raise
+        except asyncio.CancelledError:
+            # The caller gave up (its deadline, a health check's timeout) while a statement ran: the server
+            # may have gone silent (a partition), which no error would show until the kernel gives up.
+            if lent is not None:
+                self._suspect()
+            raise
 
     def _suspect(self) -> None:
         """Start finding out whether the server is reachable, unless that is under way."""
@@ -166,17 +177,38 @@ class Pool:
             return
 
     async def _probe(self) -> None:
-        connection = await connect_alone(
-            self._url, connect_timeout=self._options.connect_timeout, application_name="stord-probe"
-        )
-        async with connection:
-            await connection.execute("SELECT 1")
+        # Bounded as a whole: a link that goes silent between connecting and the answer must not stall it.
+        async with asyncio.timeout(connect_timeout_seconds(self._options.connect_timeout) + 1):
+            connection = await connect_alone(
+                self._url, connect_timeout=self._options.connect_timeout, application_name="stord-probe"
+            )
+            async with connection:
+                await connection.execute("SELECT 1")
 
     def _retire(self, pool: AsyncConnectionPool[Connection]) -> None:
         """Close a pool in the background: its waiting requests fail now, lent connections close on return."""
         task = asyncio.create_task(pool.close(timeout=_RETIRE_TIMEOUT), name="stord-postgres-retire")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+
+def link_settings(options: PostgresOptions) -> dict[str, str | int]:
+    """Return the libpq parameters that bound how long a connection waits on a server that went silent.
+
+    Without them a partition (packets dropped, nothing refused) leaves a query waiting for the kernel's
+    retransmissions, about 15 minutes on Linux, and an idle pooled connection looking alive for hours.
+    """
+    settings: dict[str, str | int] = {
+        "keepalives": 1,
+        "keepalives_idle": options.keepalive_idle,
+        "keepalives_interval": options.keepalive_interval,
+        "keepalives_count": options.keepalive_count,
+    }
+    if options.tcp_user_timeout > 0:
+        settings["tcp_user_timeout"] = round(options.tcp_user_timeout * 1000)
+    if options.statement_timeout > 0:
+        settings["options"] = f"-c statement_timeout={round(options.statement_timeout * 1000)}"
+    return settings
 
 
 def _reason(error: BaseException) -> str:

@@ -1,0 +1,182 @@
+"""PostgreSQL and Redis behind a network partition: packets dropped silently, nothing refused.
+
+The servers run inside a network namespace of the test's own (`tests/harness/network.py`); an nftables rule
+there drops every packet of the link, so connections hang instead of failing, as behind a dead switch. The
+daemon runs with short link timeouts (`LINK`), so that calls answer UNAVAILABLE within the load's 3 s
+deadline, health turns NOT_SERVING, and once the link heals the daemon serves again by itself, from
+connections that work.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+
+from stord.client import Client
+from tests.faults._load import (
+    DEADLINE,
+    NOT_SERVING,
+    RECOVERY,
+    SERVING,
+    Load,
+    Outcome,
+    database_health,
+    eventually,
+    health_status,
+    running,
+)
+from tests.faults.test_postgres_outage import OPERATIONS as DATABASE_OPERATIONS
+from tests.harness.network import IsolatedHost
+from tests.harness.postgres import PostgresServer, start_postgres
+from tests.harness.redis import RedisServer, start_redis
+from tests.harness.served import Served
+
+pytestmark = pytest.mark.process
+
+CACHE = "stord.v1.CacheService"
+
+LINK = """\
+health_check_interval: 0.2
+postgres: {connect_timeout: 2, tcp_user_timeout: 1, keepalive_idle: 1, keepalive_interval: 1, keepalive_count: 2}
+redis: {socket_timeout: 1, socket_connect_timeout: 1, health_check_interval: 1, tcp_user_timeout: 1,
+        keepalive_idle: 1, keepalive_interval: 1, keepalive_count: 2}
+"""
+"""Link timeouts for a test daemon: a silent server is given up on within about a second."""
+
+
+def serve(tmp_path: Path, *arguments: str) -> Served:
+    config = tmp_path / "stord.yaml"
+    config.write_text(LINK)
+    return Served(tmp_path / "data", "--config", str(config), *arguments)
+
+
+@pytest.fixture
+def postgres(isolated: IsolatedHost, tmp_path: Path) -> Iterator[PostgresServer]:
+    server = start_postgres(tmp_path / "postgres", host=isolated)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def redis(isolated: IsolatedHost, tmp_path: Path) -> Iterator[RedisServer]:
+    server = start_redis(tmp_path / "redis", host=isolated)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def _cache(client: Client, count: int) -> None:
+    client.cache.set(f"c{count % 50}", b"%d" % count, ttl=60)
+    client.cache.get(f"c{count % 50}")
+
+
+def _failures(outcomes: list[Outcome]) -> list[Outcome]:
+    return [outcome for outcome in outcomes if outcome.code is not grpc.StatusCode.OK]
+
+
+def _all_succeed(address: str, operations: dict[str, object], rounds: int) -> None:
+    """Run every operation `rounds` times with a client that retries nothing: each call must succeed."""
+    with Client(address, namespace="after-heal", timeout=DEADLINE, retry=None) as client:
+        for count in range(rounds):
+            for operation in operations.values():
+                assert callable(operation)
+                operation(client, count)
+
+
+def _stop(daemon: Served | None) -> None:
+    if daemon is not None and daemon.process.poll() is None:
+        daemon.stop(signal.SIGKILL)
+
+
+def test_postgres_partition_unavailable_within_deadline_then_served_again(
+    isolated: IsolatedHost, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """PostgreSQL as database and cache: a partition under load, then one while the daemon is idle."""
+    url = postgres.create_database("stord")
+    daemon = serve(tmp_path, "--database", url, "--cache", url)
+    operations = {**DATABASE_OPERATIONS, "cache": _cache}
+    try:
+        address = daemon.address
+        with running(Load(address, operations, timeout=DEADLINE)) as load, Client(address) as admin:
+            load.wait_all(grpc.StatusCode.OK, since=time.monotonic(), count=3)
+
+            cut = time.monotonic()
+            isolated.partition()
+            load.wait_all(grpc.StatusCode.UNAVAILABLE, since=cut, count=3)
+            eventually(lambda: database_health(address) == {NOT_SERVING}, 10, "database NOT_SERVING")
+            assert health_status(address, CACHE) == NOT_SERVING
+            database = admin.get_info().backends[0]
+            assert (database.kind, database.healthy) == ("postgres", False)
+            assert daemon.process.poll() is None
+
+            healed = time.monotonic()
+            isolated.heal()
+            served_again = load.wait_all(grpc.StatusCode.OK, since=healed, count=3, timeout=RECOVERY)
+            eventually(lambda: database_health(address) == {SERVING}, RECOVERY, "database SERVING again")
+            settled = time.monotonic()
+            load.wait_all(grpc.StatusCode.OK, since=settled, count=5)
+
+        during = [outcome for outcome in load.since(cut) if outcome.started < healed]
+        failures = _failures(load.since(cut))
+        assert {outcome.code for outcome in failures} == {grpc.StatusCode.UNAVAILABLE}, failures[:5]
+        slowest = max(outcome.duration for outcome in during)
+        assert slowest < DEADLINE, f"a call took {slowest:.2f} s behind the partition"
+        assert not _failures(load.since(settled)), _failures(load.since(settled))[:5]
+        print(
+            f"\npostgres partition: {len(during)} calls meanwhile, slowest {slowest:.2f} s;"
+            f" served again {served_again - healed:.2f} s after the link healed; {failures[-1].message}"
+        )
+
+        # Partitioned while idle, for longer than the keepalives take to give up on pooled connections:
+        # once health says SERVING again, no call meets a dead connection.
+        isolated.partition()
+        eventually(lambda: database_health(address) == {NOT_SERVING}, 10, "NOT_SERVING while idle")
+        time.sleep(4)
+        isolated.heal()
+        eventually(lambda: database_health(address) == {SERVING}, RECOVERY, "SERVING after the idle one")
+        _all_succeed(address, operations, rounds=20)
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        _stop(daemon)
+
+
+def test_redis_database_partition(isolated: IsolatedHost, redis: RedisServer, tmp_path: Path) -> None:
+    """Redis as the database: key-value calls answer UNAVAILABLE, the daemon NOT_SERVING, then serves."""
+
+    def key_value(client: Client, count: int) -> None:
+        client.db.set(f"k{count % 50}", b"%d" % count)
+        client.db.append("log", b"%d" % count)
+        client.db.get(f"k{count % 50}")
+
+    daemon = serve(tmp_path, "--database", redis.url, "--cache", "memory://")
+    try:
+        address = daemon.address
+        with running(Load(address, {"key-value": key_value}, timeout=DEADLINE)) as load:
+            load.wait_all(grpc.StatusCode.OK, since=time.monotonic(), count=3)
+            cut = time.monotonic()
+            isolated.partition()
+            load.wait_all(grpc.StatusCode.UNAVAILABLE, since=cut, count=3)
+            eventually(lambda: health_status(address) == NOT_SERVING, 10, "NOT_SERVING")
+            healed = time.monotonic()
+            isolated.heal()
+            load.wait_all(grpc.StatusCode.OK, since=healed, count=3, timeout=RECOVERY)
+            eventually(lambda: health_status(address) == SERVING, RECOVERY, "SERVING again")
+            settled = time.monotonic()
+            load.wait_all(grpc.StatusCode.OK, since=settled, count=5)
+        failures = _failures(load.since(cut))
+        assert {outcome.code for outcome in failures} == {grpc.StatusCode.UNAVAILABLE}, failures[:5]
+        assert all("Redis" in outcome.message for outcome in failures), failures[:5]
+        slowest = max(outcome.duration for outcome in load.since(cut) if outcome.started < healed)
+        assert slowest < DEADLINE
+        assert not _failures(load.since(settled))
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        _stop(daemon)
