@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
@@ -24,6 +24,7 @@ from tests.faults._load import (
     RECOVERY,
     SERVING,
     Load,
+    Operation,
     Outcome,
     database_health,
     eventually,
@@ -42,7 +43,8 @@ CACHE = "stord.v1.CacheService"
 
 LINK = """\
 health_check_interval: 0.2
-postgres: {connect_timeout: 2, tcp_user_timeout: 1, keepalive_idle: 1, keepalive_interval: 1, keepalive_count: 2}
+postgres: {connect_timeout: 2, tcp_user_timeout: 1, keepalive_idle: 1, keepalive_interval: 1,
+           keepalive_count: 2}
 redis: {socket_timeout: 1, socket_connect_timeout: 1, health_check_interval: 1, tcp_user_timeout: 1,
         keepalive_idle: 1, keepalive_interval: 1, keepalive_count: 2}
 """
@@ -82,12 +84,11 @@ def _failures(outcomes: list[Outcome]) -> list[Outcome]:
     return [outcome for outcome in outcomes if outcome.code is not grpc.StatusCode.OK]
 
 
-def _all_succeed(address: str, operations: dict[str, object], rounds: int) -> None:
+def _all_succeed(address: str, operations: Mapping[str, Operation], rounds: int) -> None:
     """Run every operation `rounds` times with a client that retries nothing: each call must succeed."""
     with Client(address, namespace="after-heal", timeout=DEADLINE, retry=None) as client:
         for count in range(rounds):
             for operation in operations.values():
-                assert callable(operation)
                 operation(client, count)
 
 

@@ -3,8 +3,8 @@
 `IsolatedHost` is a network namespace that the test creates, joined to this host by a veth pair on a /30 of
 its own (10.213.X.0/30: the host side .1, the namespace .2). Servers started inside it (`command` prefixes
 their command line) are reached at `address` through the veth only, so nftables rules in the namespace
-(`partition`, `lose`) act on exactly that traffic: a partition drops every packet silently, as a cut cable or a
-dead switch does, so connections hang rather than being refused. Nothing but loopback and the test's own
+(`partition`, `lose`) act on exactly that traffic: a partition drops every packet silently, as a cut cable
+or a dead switch does, so connections hang rather than being refused. Nothing but loopback and the test's own
 namespaces is ever addressed, and deleting the namespace removes its veth pair and rules with it.
 
 `DelayProxy` is a loopback TCP proxy that holds every chunk for a while before passing it on: this kernel has
@@ -137,7 +137,8 @@ class IsolatedHost:
         """Fail when the namespace or the host's end of the veth pair is still there."""
         assert self.name not in _run("ip", "netns", "list").stdout.split(), f"namespace {self.name} left"
         links = _run("ip", "-o", "link", "show").stdout
-        assert f" {self._veth}@" not in links and f" {self._veth}:" not in links, f"veth {self._veth} left"
+        assert f" {self._veth}@" not in links, f"veth {self._veth} left"
+        assert f" {self._veth}:" not in links, f"veth {self._veth} left"
 
 
 @contextlib.contextmanager
@@ -153,7 +154,7 @@ def isolated_host() -> Iterator[IsolatedHost]:
 
 
 def check_host_intact(mount_points: tuple[Path, ...] = ()) -> None:
-    """Fail when the faults harmed the host: /dev/null must be a character device, `mount_points` unmounted."""
+    """Fail when a fault harmed the host: /dev/null must be a character device, `mount_points` unmounted."""
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode), "/dev/null is no longer a character device"
     mounted = {line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()}
     left = [str(point) for point in mount_points if str(point) in mounted]

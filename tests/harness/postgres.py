@@ -91,8 +91,9 @@ def start_postgres(base_dir: pathlib.Path, *, host: IsolatedHost | None = None) 
     """Create a cluster, start it on a free 127.0.0.1 port and return once it accepts connections.
 
     With `host`, the server runs inside that network namespace, listening on its address and trusting
-    connections from this host's end of the link. As root (initdb refuses root) the cluster belongs to the `postgres` account and lives in a fresh
-    directory under /tmp, which that account can reach whatever the permissions of `base_dir`.
+    connections from this host's end of the link. As root (initdb refuses root) the cluster belongs to the
+    `postgres` account and lives in a fresh directory under /tmp, which that account can reach whatever the
+    permissions of `base_dir`.
     """
     bin_dir = ensure_installed("initdb", ["/usr/lib/postgresql/*/bin/initdb"], "postgresql").parent
     if os.geteuid() == 0:

@@ -87,7 +87,7 @@ class PostgresOptions(_Options):
     pool_min_size: int = Field(default=2, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
     connect_timeout: float = Field(default=3.0, gt=0)
-    """Seconds to connect (libpq rounds up to whole seconds, at least 2), and to wait for a pooled connection."""
+    """Seconds to connect (libpq: whole seconds, at least 2) and to wait for a pooled connection."""
     statement_timeout: float = Field(default=30.0, ge=0)
     """Seconds the server lets one statement of the pool's connections run; 0 leaves the server's setting."""
     tcp_user_timeout: float = Field(default=3.0, ge=0)

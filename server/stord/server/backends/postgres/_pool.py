@@ -8,8 +8,9 @@ starts one recovery task here, which connects afresh:
 
 - if that works, the server is there (it restarted while connections sat idle, or one connection broke):
   the pool's broken idle connections are dropped (`AsyncConnectionPool.check`) and nothing else changes;
-- if not, the server is unreachable (stopped, or silent behind a partition): the pool is closed at once (its waiting requests fail with Unavailable;
-  lent connections close as they come back), every request fails at once with Unavailable naming the cause,
+- if not, the server is unreachable (stopped, or silent behind a partition): the pool is closed at once (its
+  waiting requests fail with Unavailable; lent connections close as they come back), every request fails at
+  once with Unavailable naming the cause,
   and the task probes again every 50 ms to 1 s; once a probe connects, a fresh pool takes over.
 
 A call cancelled while it holds a connection (its deadline passed) is such a sign too: a partition drops
