@@ -26,6 +26,7 @@ from stord.client import (
     CreateDocument,
     EnqueueJob,
     ResourceExhausted,
+    TransactStep,
     UpdateDocument,
     make_event,
     new_event_id,
@@ -108,7 +109,7 @@ def test_full_postgres_disk_answers_resource_exhausted_and_recovers(
 
             # All or nothing: a transaction, an event batch and a job batch that cannot fit leave no trace.
             big = {"text": os.urandom(VALUE).hex()}
-            steps = [
+            steps: list[TransactStep] = [
                 UpdateDocument("plans", plan.id, {"status": "queued"}, expected_revision=plan.revision),
                 CreateDocument("plans", big),
                 EnqueueJob("runs", {"plan": plan.id}),
