@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import signal
 import time
+import uuid
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import grpc
 import pytest
 
-from stord.client import Client
+from stord.client import Client, Unavailable
 from tests.faults._load import (
     DEADLINE,
     NOT_SERVING,
@@ -178,6 +179,76 @@ def test_redis_database_partition(isolated: IsolatedHost, redis: RedisServer, tm
         slowest = max(outcome.duration for outcome in load.since(cut) if outcome.started < healed)
         assert slowest < DEADLINE
         assert not _failures(load.since(settled))
+        assert daemon.stop(signal.SIGTERM) == 0
+    finally:
+        _stop(daemon)
+
+
+def test_redis_cache_partition_falls_back_and_serves_nothing_stale(
+    isolated: IsolatedHost, redis: RedisServer, postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    """Redis as the cache behind a partition: cache calls UNAVAILABLE, the database serves on.
+
+    GetAgent reads through the cache: meanwhile it reads the database; a write answers UNAVAILABLE (it
+    committed, but could not invalidate the cache); after the link heals no read answers what that write
+    replaced, though the caller did not retry it.
+    """
+    database = postgres_server.create_database(f"partition_{uuid.uuid4().hex[:12]}")
+    daemon = serve(tmp_path, "--database", database, "--cache", redis.url)
+
+    def agents(client: Client, count: int) -> None:
+        client.agents.set(f"agent-{count % 20}", name=f"v{count}")
+        agent = client.agents.get(f"agent-{count % 20}")
+        assert agent is not None
+
+    def key_value(client: Client, count: int) -> None:
+        client.db.set(f"k{count % 50}", b"%d" % count)
+
+    operations = {"cache": _cache, "agents": agents, "key-value": key_value}
+    try:
+        address = daemon.address
+        with (
+            Client(address, namespace="cached", timeout=DEADLINE, retry=None) as client,
+            running(Load(address, operations, timeout=DEADLINE)) as load,
+        ):
+            client.agents.set("watched", name="v1")
+            for _ in range(3):  # start the generation, fill the entry, hit it
+                assert (agent := client.agents.get("watched")) is not None
+                assert agent.name == "v1"
+            load.wait_all(grpc.StatusCode.OK, since=time.monotonic(), count=3)
+
+            cut = time.monotonic()
+            isolated.partition()
+            eventually(lambda: health_status(address, CACHE) == NOT_SERVING, 10, "CacheService NOT_SERVING")
+            assert database_health(address) == {SERVING}
+            with pytest.raises(Unavailable, match="retry the write"):
+                client.agents.set("watched", name="v2")
+            for _ in range(3):  # from the database, within the deadline
+                assert (agent := client.agents.get("watched")) is not None
+                assert agent.name == "v2"
+            seen = time.monotonic()
+            eventually(lambda: sum(o.operation == "cache" for o in load.since(seen)) >= 3, 10, "cache calls")
+
+            healed = time.monotonic()
+            isolated.heal()
+            eventually(lambda: health_status(address, CACHE) == SERVING, RECOVERY, "CacheService SERVING")
+            for _ in range(3):  # never the value the unacknowledged write replaced
+                assert (agent := client.agents.get("watched")) is not None
+                assert agent.name == "v2"
+            settled = time.monotonic()
+            load.wait_all(grpc.StatusCode.OK, since=settled, count=5)
+
+        during = [o for o in load.since(cut) if o.started < healed]
+        cache_calls = [o for o in during if o.operation == "cache"]
+        assert cache_calls
+        assert {o.code for o in cache_calls if o.started >= seen} == {grpc.StatusCode.UNAVAILABLE}
+        assert all(o.code is grpc.StatusCode.OK for o in during if o.operation == "key-value")
+        failed_agents = [o for o in during if o.operation == "agents" and o.code is not grpc.StatusCode.OK]
+        assert all("retry the write" in o.message for o in failed_agents), failed_agents[:3]
+        slowest = max(o.duration for o in during)
+        assert slowest < DEADLINE
+        assert not _failures(load.since(settled))
+        print(f"\nredis cache partition: {len(during)} calls meanwhile, slowest {slowest:.2f} s")
         assert daemon.stop(signal.SIGTERM) == 0
     finally:
         _stop(daemon)
