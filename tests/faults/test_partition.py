@@ -2,7 +2,7 @@
 
 The servers run inside a network namespace of the test's own (`tests/harness/network.py`); an nftables rule
 there drops every packet of the link, so connections hang instead of failing, as behind a dead switch. The
-daemon runs with short link timeouts (`LINK`), so that calls answer UNAVAILABLE within the load's 3 s
+daemon runs with short link timeouts (`_link.LINK`), so that calls answer UNAVAILABLE within the load's 3 s
 deadline, health turns NOT_SERVING, and once the link heals the daemon serves again by itself, from
 connections that work.
 """
@@ -12,13 +12,14 @@ from __future__ import annotations
 import signal
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import grpc
 import pytest
 
 from stord.client import Client, Unavailable
+from tests.faults._link import serve_linked
 from tests.faults._load import (
     DEADLINE,
     NOT_SERVING,
@@ -34,46 +35,13 @@ from tests.faults._load import (
 )
 from tests.faults.test_postgres_outage import OPERATIONS as DATABASE_OPERATIONS
 from tests.harness.network import IsolatedHost
-from tests.harness.postgres import PostgresServer, start_postgres
-from tests.harness.redis import RedisServer, start_redis
+from tests.harness.postgres import PostgresServer
+from tests.harness.redis import RedisServer
 from tests.harness.served import Served
 
 pytestmark = pytest.mark.process
 
 CACHE = "stord.v1.CacheService"
-
-LINK = """\
-health_check_interval: 0.2
-postgres: {connect_timeout: 2, tcp_user_timeout: 1, keepalive_idle: 1, keepalive_interval: 1,
-           keepalive_count: 2}
-redis: {socket_timeout: 1, socket_connect_timeout: 1, health_check_interval: 1, tcp_user_timeout: 1,
-        keepalive_idle: 1, keepalive_interval: 1, keepalive_count: 2}
-"""
-"""Link timeouts for a test daemon: a silent server is given up on within about a second."""
-
-
-def serve(tmp_path: Path, *arguments: str) -> Served:
-    config = tmp_path / "stord.yaml"
-    config.write_text(LINK)
-    return Served(tmp_path / "data", "--config", str(config), *arguments)
-
-
-@pytest.fixture
-def postgres(isolated: IsolatedHost, tmp_path: Path) -> Iterator[PostgresServer]:
-    server = start_postgres(tmp_path / "postgres", host=isolated)
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def redis(isolated: IsolatedHost, tmp_path: Path) -> Iterator[RedisServer]:
-    server = start_redis(tmp_path / "redis", host=isolated)
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def _cache(client: Client, count: int) -> None:
@@ -103,7 +71,7 @@ def test_postgres_partition_unavailable_within_deadline_then_served_again(
 ) -> None:
     """PostgreSQL as database and cache: a partition under load, then one while the daemon is idle."""
     url = postgres.create_database("stord")
-    daemon = serve(tmp_path, "--database", url, "--cache", url)
+    daemon = serve_linked(tmp_path, "--database", url, "--cache", url)
     operations = {**DATABASE_OPERATIONS, "cache": _cache}
     try:
         address = daemon.address
@@ -158,7 +126,7 @@ def test_redis_database_partition(isolated: IsolatedHost, redis: RedisServer, tm
         client.db.append("log", b"%d" % count)
         client.db.get(f"k{count % 50}")
 
-    daemon = serve(tmp_path, "--database", redis.url, "--cache", "memory://")
+    daemon = serve_linked(tmp_path, "--database", redis.url, "--cache", "memory://")
     try:
         address = daemon.address
         with running(Load(address, {"key-value": key_value}, timeout=DEADLINE)) as load:
@@ -194,7 +162,7 @@ def test_redis_cache_partition_falls_back_and_serves_nothing_stale(
     replaced, though the caller did not retry it.
     """
     database = postgres_server.create_database(f"partition_{uuid.uuid4().hex[:12]}")
-    daemon = serve(tmp_path, "--database", database, "--cache", redis.url)
+    daemon = serve_linked(tmp_path, "--database", database, "--cache", redis.url)
 
     def agents(client: Client, count: int) -> None:
         client.agents.set(f"agent-{count % 20}", name=f"v{count}")

@@ -1,0 +1,25 @@
+"""A daemon with short link timeouts, for the tests that partition or slow its backends' network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.harness.served import Served
+
+__all__ = ["LINK", "serve_linked"]
+
+LINK = """\
+health_check_interval: 0.2
+postgres: {connect_timeout: 2, tcp_user_timeout: 1, keepalive_idle: 1, keepalive_interval: 1,
+           keepalive_count: 2}
+redis: {socket_timeout: 1, socket_connect_timeout: 1, health_check_interval: 1, tcp_user_timeout: 1,
+        keepalive_idle: 1, keepalive_interval: 1, keepalive_count: 2}
+"""
+"""Link timeouts for a test daemon: a silent server is given up on within about a second."""
+
+
+def serve_linked(tmp_path: Path, *arguments: str) -> Served:
+    """Start `stord serve` with the short link timeouts of `LINK`."""
+    config = tmp_path / "stord.yaml"
+    config.write_text(LINK)
+    return Served(tmp_path / "data", "--config", str(config), *arguments)
