@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from tests.harness.served import Served
 
-__all__ = ["LINK", "serve_linked"]
+__all__ = ["HOLD", "LINK", "PARTITION", "ROUNDS", "serve_linked"]
+
+ROUNDS = int(os.environ.get("STORD_FAULTS_ROUNDS", "1"))
+"""Partitions under load per test; `make soak-faults` runs more."""
+
+HOLD = float(os.environ.get("STORD_FAULTS_HOLD_SECONDS", "0"))
+"""Seconds a partition under load is held after the daemon reported it; `make soak-faults` holds longer."""
+
+PARTITION = float(os.environ.get("STORD_FAULTS_PARTITION_SECONDS", "10"))
+"""Seconds the ingest and job workers' partition lasts; `make soak-faults` runs it longer."""
 
 LINK = """\
 health_check_interval: 0.2

@@ -19,7 +19,7 @@ import grpc
 import pytest
 
 from stord.client import Client, Unavailable
-from tests.faults._link import serve_linked
+from tests.faults._link import HOLD, ROUNDS, serve_linked
 from tests.faults._load import (
     DEADLINE,
     NOT_SERVING,
@@ -66,50 +66,58 @@ def _stop(daemon: Served | None) -> None:
         daemon.stop(signal.SIGKILL)
 
 
+def _partition_under_load(
+    isolated: IsolatedHost, address: str, operations: Mapping[str, Operation], round_number: int
+) -> None:
+    """Cut the link under load, hold it `HOLD` seconds more, heal it: UNAVAILABLE in time, then served."""
+    with running(Load(address, operations, timeout=DEADLINE)) as load, Client(address) as admin:
+        load.wait_all(grpc.StatusCode.OK, since=time.monotonic(), count=3)
+
+        cut = time.monotonic()
+        isolated.partition()
+        load.wait_all(grpc.StatusCode.UNAVAILABLE, since=cut, count=3)
+        eventually(lambda: database_health(address) == {NOT_SERVING}, 10, "database NOT_SERVING")
+        assert health_status(address, CACHE) == NOT_SERVING
+        database = admin.get_info().backends[0]
+        assert (database.kind, database.healthy) == ("postgres", False)
+        time.sleep(HOLD)
+
+        healed = time.monotonic()
+        isolated.heal()
+        served_again = load.wait_all(grpc.StatusCode.OK, since=healed, count=3, timeout=RECOVERY)
+        eventually(lambda: database_health(address) == {SERVING}, RECOVERY, "database SERVING again")
+        settled = time.monotonic()
+        load.wait_all(grpc.StatusCode.OK, since=settled, count=5)
+
+    during = [outcome for outcome in load.since(cut) if outcome.started < healed]
+    failures = _failures(load.since(cut))
+    assert {outcome.code for outcome in failures} == {grpc.StatusCode.UNAVAILABLE}, failures[:5]
+    slowest = max(outcome.duration for outcome in during)
+    assert slowest < DEADLINE, f"a call took {slowest:.2f} s behind the partition"
+    assert not _failures(load.since(settled)), _failures(load.since(settled))[:5]
+    print(
+        f"\npostgres partition {round_number + 1}: {len(during)} calls meanwhile, slowest {slowest:.2f} s;"
+        f" served again {served_again - healed:.2f} s after the link healed; {failures[-1].message}"
+    )
+
+
 def test_postgres_partition_unavailable_within_deadline_then_served_again(
     isolated: IsolatedHost, postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    """PostgreSQL as database and cache: a partition under load, then one while the daemon is idle."""
+    """PostgreSQL as database and cache: partitions under load (`ROUNDS`), then one while it is idle."""
     url = postgres.create_database("stord")
     daemon = serve_linked(tmp_path, "--database", url, "--cache", url)
     operations = {**DATABASE_OPERATIONS, "cache": _cache}
     try:
         address = daemon.address
-        with running(Load(address, operations, timeout=DEADLINE)) as load, Client(address) as admin:
-            load.wait_all(grpc.StatusCode.OK, since=time.monotonic(), count=3)
-
-            cut = time.monotonic()
-            isolated.partition()
-            load.wait_all(grpc.StatusCode.UNAVAILABLE, since=cut, count=3)
-            eventually(lambda: database_health(address) == {NOT_SERVING}, 10, "database NOT_SERVING")
-            assert health_status(address, CACHE) == NOT_SERVING
-            database = admin.get_info().backends[0]
-            assert (database.kind, database.healthy) == ("postgres", False)
-            assert daemon.process.poll() is None
-
-            healed = time.monotonic()
-            isolated.heal()
-            served_again = load.wait_all(grpc.StatusCode.OK, since=healed, count=3, timeout=RECOVERY)
-            eventually(lambda: database_health(address) == {SERVING}, RECOVERY, "database SERVING again")
-            settled = time.monotonic()
-            load.wait_all(grpc.StatusCode.OK, since=settled, count=5)
-
-        during = [outcome for outcome in load.since(cut) if outcome.started < healed]
-        failures = _failures(load.since(cut))
-        assert {outcome.code for outcome in failures} == {grpc.StatusCode.UNAVAILABLE}, failures[:5]
-        slowest = max(outcome.duration for outcome in during)
-        assert slowest < DEADLINE, f"a call took {slowest:.2f} s behind the partition"
-        assert not _failures(load.since(settled)), _failures(load.since(settled))[:5]
-        print(
-            f"\npostgres partition: {len(during)} calls meanwhile, slowest {slowest:.2f} s;"
-            f" served again {served_again - healed:.2f} s after the link healed; {failures[-1].message}"
-        )
+        for round_number in range(ROUNDS):
+            _partition_under_load(isolated, address, operations, round_number)
 
         # Partitioned while idle, for longer than the keepalives take to give up on pooled connections:
         # once health says SERVING again, no call meets a dead connection.
         isolated.partition()
         eventually(lambda: database_health(address) == {NOT_SERVING}, 10, "NOT_SERVING while idle")
-        time.sleep(4)
+        time.sleep(3)
         isolated.heal()
         eventually(lambda: database_health(address) == {SERVING}, RECOVERY, "SERVING after the idle one")
         _all_succeed(address, operations, rounds=20)

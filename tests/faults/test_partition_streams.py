@@ -10,7 +10,6 @@ again after the link healed, or its acknowledgement had committed and it was nev
 from __future__ import annotations
 
 import collections
-import os
 import signal
 import threading
 import time
@@ -28,15 +27,12 @@ from stord.client import (
     make_event,
     new_event_id,
 )
-from tests.faults._link import serve_linked
+from tests.faults._link import PARTITION, serve_linked
 from tests.faults._load import eventually
 from tests.harness.network import IsolatedHost
 from tests.harness.postgres import PostgresServer
 
 pytestmark = pytest.mark.process
-
-PARTITION = float(os.environ.get("STORD_FAULTS_PARTITION_SECONDS", "10"))
-"""Seconds the link stays cut; `make soak-faults` runs it longer."""
 
 JOBS = 1500
 LEASE = 3.0
@@ -123,7 +119,9 @@ def test_ingest_and_workers_across_a_partition(
                     [EnqueueJob("work", {"n": n}) for n in range(start, min(start + 500, JOBS))]
                 )
             ]
-            with EventIngestor(address, namespace="streams", batch_size=100, retry_for=60) as ingestor:
+            with EventIngestor(
+                address, namespace="streams", batch_size=100, retry_for=PARTITION + 60
+            ) as ingestor:
                 producing.set()
                 producer = threading.Thread(target=produce, args=(ingestor,), name="producer")
                 producer.start()
