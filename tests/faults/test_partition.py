@@ -117,6 +117,13 @@ def test_postgres_partition_unavailable_within_deadline_then_served_again(
         # once health says SERVING again, no call meets a dead connection.
         isolated.partition()
         eventually(lambda: database_health(address) == {NOT_SERVING}, 10, "NOT_SERVING while idle")
+        with Client(address, timeout=DEADLINE, retry=None) as client:
+            started = time.monotonic()
+            with pytest.raises(Unavailable, match="unreachable"):
+                client.db.get("k")
+            # At once: the health check's connection broke (tcp_user_timeout), the probe found the server
+            # unreachable, and no call waits for it any more.
+            assert time.monotonic() - started < 0.9
         time.sleep(3)
         isolated.heal()
         eventually(lambda: database_health(address) == {SERVING}, RECOVERY, "SERVING after the idle one")

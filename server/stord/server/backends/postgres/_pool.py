@@ -13,9 +13,9 @@ starts one recovery task here, which connects afresh:
   once with Unavailable naming the cause,
   and the task probes again every 50 ms to 1 s; once a probe connects, a fresh pool takes over.
 
-A call cancelled while it holds a connection (its deadline passed) is such a sign too: a partition drops
-packets without a word, so a statement just waits. The connections' TCP keepalives and `tcp_user_timeout`
-(`link_settings`) bound how long a silent connection is taken for a live one.
+A partition drops packets without a word, so a statement on a connection to a silent server just waits: the
+connections' TCP keepalives and `tcp_user_timeout` (`link_settings`) bound how long it is taken for a live
+one, and its failure then starts the recovery like any broken connection.
 
 Checking every connection as it is lent (`check=` on the pool) would catch stale ones before use too, but
 costs a round trip per request (about 150 us here, as much as the rest of a simple RPC's database work).
@@ -136,12 +136,6 @@ class Pool:
                     yield connection
         except Unavailable as error:
             if isinstance(error.__cause__, PoolTimeout) or (lent is not None and lent.broken):
-                self._suspect()
-            raise
-        except asyncio.CancelledError:
-            # The caller gave up (its deadline, a health check's timeout) while a statement ran: the server
-            # may have gone silent (a partition), which no error would show until the kernel gives up.
-            if lent is not None:
                 self._suspect()
             raise
 
