@@ -101,8 +101,13 @@ class ReadThroughCache:
         self, key: str, scopes: Sequence[str], load: Callable[[], Awaitable[bytes | None]]
     ) -> bytes | None:
         """Return the entry of `key`, or what `load` reads from the database (None: nothing to cache)."""
-        if self._pending and not await self._catch_up() and not self._pending.keys().isdisjoint(scopes):
-            return await load()
+        if self._pending:
+            if not await self._catch_up():  # the cache is unreachable: no need to wait for it twice
+                if self._meter is not None:
+                    self._meter.unavailable()
+                return await load()
+            if not self._pending.keys().isdisjoint(scopes):  # a write failed to invalidate it meanwhile
+                return await load()
         try:
             *tokens, entry = await self._store.get_many(NAMESPACE, [*scopes, key])
         except Unavailable as error:
@@ -146,18 +151,19 @@ class ReadThroughCache:
         await self._store.set_many(NAMESPACE, entries)
 
     async def _catch_up(self) -> bool:
-        """Give the pending scopes fresh tokens; return whether none is left pending."""
+        """Give the pending scopes fresh tokens; return False when the cache cannot be reached."""
         pending = dict(self._pending)
         try:
             await self._renew(list(pending))
-        except Unavailable:
+        except Unavailable as error:
+            _log.warning("read_cache_unavailable", error=str(error))
             return False
         for scope, failure in pending.items():
             # A scope that failed again meanwhile renewed too early for that write: it stays pending.
             if self._pending.get(scope) == failure:
                 del self._pending[scope]
         _log.info("read_cache_invalidated_late", scopes=len(pending))
-        return not self._pending
+        return True
 
     async def _start_generations(self, scopes: Sequence[str]) -> None:
         try:
