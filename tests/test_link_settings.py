@@ -7,7 +7,7 @@ import socket
 
 from redis.asyncio.connection import Connection as RedisConnection
 
-from stord.server.backends.postgres._pool import Pool
+from stord.server.backends.postgres._pool import Pool, link_settings
 from stord.server.backends.redis import RedisBackend
 from stord.server.config import PostgresOptions, RedisOptions
 from tests.harness.postgres import PostgresServer
@@ -51,6 +51,14 @@ def test_postgres_pool_connections_carry_the_link_settings(postgres_server: Post
     tcp, statement_timeout = asyncio.run(scenario())
     assert tcp == (1, 7, 2, 4, 2500)
     assert statement_timeout == "12500ms"
+
+
+def test_the_statement_timeout_joins_the_urls_own_options() -> None:
+    options = PostgresOptions(statement_timeout=4)
+    url = "postgresql://stord@db.internal/stord?options=-c%20search_path%3Dpublic"
+    assert link_settings(url, options)["options"] == "-c search_path=public -c statement_timeout=4000"
+    assert link_settings("postgresql://stord@db/stord", options)["options"] == "-c statement_timeout=4000"
+    assert "options" not in link_settings(url, PostgresOptions(statement_timeout=0))
 
 
 def test_redis_connections_carry_the_link_settings(redis_server: RedisServer) -> None:

@@ -30,6 +30,7 @@ from contextlib import asynccontextmanager
 
 import structlog
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -82,7 +83,7 @@ class Pool:
                 "autocommit": True,
                 "connect_timeout": connect_timeout_seconds(options.connect_timeout),
                 "application_name": "stord",
-                **link_settings(options),
+                **link_settings(self._url, options),
             },
         )
         self._opening = pool
@@ -187,11 +188,12 @@ class Pool:
         task.add_done_callback(self._retiring.discard)
 
 
-def link_settings(options: PostgresOptions) -> dict[str, str | int]:
+def link_settings(url: str, options: PostgresOptions) -> dict[str, str | int]:
     """Return the libpq parameters that bound how long a connection waits on a server that went silent.
 
     Without them a partition (packets dropped, nothing refused) leaves a query waiting for the kernel's
-    retransmissions, about 15 minutes on Linux, and an idle pooled connection looking alive for hours.
+    retransmissions, about 15 minutes on Linux, and an idle pooled connection looking alive for hours. The
+    statement timeout joins the URL's own `options`, which these parameters would otherwise replace.
     """
     settings: dict[str, str | int] = {
         "keepalives": 1,
@@ -202,7 +204,9 @@ def link_settings(options: PostgresOptions) -> dict[str, str | int]:
     if options.tcp_user_timeout > 0:
         settings["tcp_user_timeout"] = round(options.tcp_user_timeout * 1000)
     if options.statement_timeout > 0:
-        settings["options"] = f"-c statement_timeout={round(options.statement_timeout * 1000)}"
+        given = str(conninfo_to_dict(url).get("options") or "")
+        timeout = f"-c statement_timeout={round(options.statement_timeout * 1000)}"
+        settings["options"] = f"{given} {timeout}".strip()
     return settings
 
 
