@@ -64,6 +64,7 @@ class IsolatedHost:
 
     @staticmethod
     def _free_name() -> tuple[str, int]:
+        _remove_orphans()
         taken = _run("ip", "-o", "-4", "addr", "show").stdout
         existing = set(_run("ip", "netns", "list").stdout.split())
         for _ in range(250):
@@ -235,6 +236,19 @@ class DelayProxy:
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(10)
         self._loop.close()
+
+
+def _remove_orphans() -> None:
+    """Delete the namespaces of test processes that died without cleaning up (killed with SIGKILL, say)."""
+    for name in _run("ip", "netns", "list").stdout.split():
+        prefix, _, rest = name.partition("-")
+        pid = rest.partition("-")[0]
+        if prefix != "stord" or not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        if _run("ip", "netns", "pids", name).stdout.strip():  # something still runs in it: not ours to end
+            continue
+        with contextlib.suppress(subprocess.CalledProcessError):
+            _run("ip", "netns", "delete", name)  # its veth pair and rules go with it
 
 
 def _run(*command: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
