@@ -251,5 +251,15 @@ def _remove_orphans() -> None:
             _run("ip", "netns", "delete", name)  # its veth pair and rules go with it
 
 
+class _CommandFailed(subprocess.CalledProcessError):
+    """A failed command whose message carries what it wrote to stderr (`ip` and `nft` explain themselves)."""
+
+    def __str__(self) -> str:
+        return f"{super().__str__().rstrip('.')}: {self.stderr}"
+
+
 def _run(*command: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, check=True, timeout=30, input=input)
+    done = subprocess.run(command, capture_output=True, text=True, check=False, timeout=30, input=input)
+    if done.returncode != 0:
+        raise _CommandFailed(done.returncode, command, done.stdout, done.stderr.strip())
+    return done
