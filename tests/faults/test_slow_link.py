@@ -135,8 +135,8 @@ def _agents(client: Client, address: str) -> None:
 
 def _events(client: Client, address: str) -> None:
     # A batch takes about a dozen round trips (chain lock, COPY, sessions, feed, commit): few, large ones.
-    ids = [new_event_id() for _ in range(1000)]
-    with EventIngestor(address, namespace="events", batch_size=500) as ingestor:
+    ids = [new_event_id() for _ in range(600)]
+    with EventIngestor(address, namespace="events", batch_size=300) as ingestor:
         for event_id in ids:
             ingestor.add(make_event("slow", "agent-1", "tool_call", event_id=event_id))
         ingestor.flush(timeout=120)
@@ -176,7 +176,10 @@ def test_slow_lossy_link_is_correct_and_measured(slow_link: SlowLink, tmp_path: 
     try:
         checking = time.monotonic()
         clients = [Client(daemon.address, namespace="slow", timeout=30, retry=None) for _ in range(THREADS)]
-        raw_databases = [psycopg.connect(slow_link.database, autocommit=True) for _ in range(THREADS)]
+        with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:  # a connection takes 4 round trips
+            raw_databases = list(
+                pool.map(lambda _: psycopg.connect(slow_link.database, autocommit=True), range(THREADS))
+            )
         raw_cache = redis_py.Redis.from_url(slow_link.cache, max_connections=THREADS)
         try:
             _check_every_contract(daemon.address)
