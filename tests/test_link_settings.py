@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import psycopg
 from redis.asyncio.connection import Connection as RedisConnection
 
-from stord.server.backends.postgres._pool import Pool, link_settings
+from stord.server.backends.postgres._pool import Pool, link_settings, with_keepalives
 from stord.server.backends.redis import RedisBackend
 from stord.server.config import PostgresOptions, RedisOptions
 from tests.harness.postgres import PostgresServer
@@ -59,6 +60,25 @@ def test_the_statement_timeout_joins_the_urls_own_options() -> None:
     assert link_settings(url, options)["options"] == "-c search_path=public -c statement_timeout=4000"
     assert link_settings("postgresql://stord@db/stord", options)["options"] == "-c statement_timeout=4000"
     assert "options" not in link_settings(url, PostgresOptions(statement_timeout=0))
+
+
+def test_listen_connections_get_keepalives_in_their_url(postgres_server: PostgresServer) -> None:
+    options = PostgresOptions(tcp_user_timeout=2, keepalive_idle=8)
+    url = with_keepalives(f"{postgres_server.url('postgres')}?options=-c%20search_path%3Dpublic", options)
+    assert "keepalives_idle=8" in url
+    assert "statement_timeout" not in url  # a LISTEN connection waits on purpose
+
+    async def scenario() -> tuple[tuple[int, int, int, int, int], str]:
+        connection = await psycopg.AsyncConnection.connect(url, autocommit=True)
+        async with connection:
+            with socket.socket(fileno=socket.dup(connection.pgconn.socket)) as sock:
+                tcp = _tcp_options(sock)
+            cursor = await connection.execute("SHOW search_path")
+            row = await cursor.fetchone()
+            assert row is not None
+            return tcp, str(row[0])
+
+    assert asyncio.run(scenario()) == ((1, 8, 1, 3, 2000), "public")
 
 
 def test_redis_connections_carry_the_link_settings(redis_server: RedisServer) -> None:

@@ -30,6 +30,7 @@ redis: {socket_timeout: 1, socket_connect_timeout: 1, health_check_interval: 1, 
 
 def serve_linked(tmp_path: Path, *arguments: str) -> Served:
     """Start `stord serve` with the short link timeouts of `LINK`."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "stord.yaml"
     config.write_text(LINK)
     return Served(tmp_path / "data", "--config", str(config), *arguments)

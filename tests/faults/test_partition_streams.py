@@ -1,15 +1,17 @@
 """An event stream and job workers running through a partition of PostgreSQL: nothing lost, nothing twice.
 
 An `EventIngestor` keeps adding events and two workers keep processing a queue while every packet to
-PostgreSQL is dropped for `PARTITION` seconds. Afterwards every event added is stored once, in one valid
-chain (so none that was acknowledged is lost), and every job is completed, each acknowledged successfully
-once: a worker whose acknowledgement failed behind the partition lost its lease, and the job was handed out
-again after the link healed, or its acknowledgement had committed and it was never handed out again.
+PostgreSQL is dropped for `PARTITION` seconds. Afterwards every event added is stored once, in one valid chain
+(so none that was acknowledged is lost), and a tail on another daemon delivered each once, in order, and every
+job is completed, each acknowledged successfully once: a worker whose acknowledgement failed behind the
+partition lost its lease, and the job was handed out again after the link healed, or its acknowledgement had
+committed and it was never handed out again.
 """
 
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import signal
 import threading
 import time
@@ -28,9 +30,10 @@ from stord.client import (
     new_event_id,
 )
 from tests.faults._link import PARTITION, serve_linked
-from tests.faults._load import eventually
+from tests.faults._load import SERVING, eventually, health_status
 from tests.harness.network import IsolatedHost
 from tests.harness.postgres import PostgresServer
+from tests.harness.tails import assert_chains_in_order, receive
 
 pytestmark = pytest.mark.process
 
@@ -98,7 +101,11 @@ class Workers:
 def test_ingest_and_workers_across_a_partition(
     isolated: IsolatedHost, postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    daemon = serve_linked(tmp_path, "--database", postgres.create_database("stord"))
+    url = postgres.create_database("stord")
+    with concurrent.futures.ThreadPoolExecutor(2) as starting:  # starting takes seconds on a busy machine
+        daemon, tailing = starting.map(
+            lambda data: serve_linked(data, "--database", url), [tmp_path, tmp_path / "tailing"]
+        )
     address = daemon.address
     added: list[str] = []
     producing = threading.Event()
@@ -111,7 +118,11 @@ def test_ingest_and_workers_across_a_partition(
             time.sleep(0.002)
 
     try:
-        with Client(address, namespace="streams", timeout=30) as client:
+        with (
+            Client(address, namespace="streams", timeout=30) as client,
+            Client(tailing.address, namespace="streams") as tail_client,
+        ):
+            tail = tail_client.events.tail(session_id="stream")
             enqueued = [
                 job.job_id
                 for start in range(0, JOBS, 500)
@@ -154,6 +165,10 @@ def test_ingest_and_workers_across_a_partition(
             assert len(stored) == len(set(stored)), "an event was stored twice"
             assert set(stored) == set(added), f"{len(set(added) - set(stored))} events lost"
             assert client.events.verify_chain("stream").valid
+            tailed = receive(tail, len(stored))  # through the other daemon: every batch once, in order
+            tail.close()
+            assert_chains_in_order(tailed)
+            assert [event.id for event in tailed] == stored
 
             stats = client.jobs.stats("work")
             assert (stats.pending, stats.running, stats.retrying, stats.failed) == (0, 0, 0, 0)
@@ -169,5 +184,49 @@ def test_ingest_and_workers_across_a_partition(
             )
         assert daemon.stop(signal.SIGTERM) == 0
     finally:
-        if daemon.process.poll() is None:
-            daemon.stop(signal.SIGKILL)
+        for served in (daemon, tailing):
+            if served.process.poll() is None:
+                served.stop(signal.SIGKILL)
+
+
+@pytest.mark.skipif(
+    PARTITION < 30,
+    reason="the kernel's retransmission backoff shows after a long partition: make soak-faults runs one",
+)
+def test_tail_soon_after_a_long_partition(
+    isolated: IsolatedHost, postgres: PostgresServer, tmp_path: Path
+) -> None:
+    """A tail on one daemon sees what another daemon stores soon after a long partition of their database.
+
+    The tailing daemon hears of new batches on a LISTEN connection that pings every 10 s. Without keepalives
+    and `tcp_user_timeout` on it, a ping sent into the partition was retransmitted at the kernel's growing
+    intervals, and after a 60 s partition the tail delivered only 4.5 s after the link healed.
+    """
+    url = postgres.create_database("stord")
+    tailing = serve_linked(tmp_path / "a", "--database", url)
+    storing = serve_linked(tmp_path / "b", "--database", url)
+    try:
+        with (
+            Client(tailing.address, namespace="tails") as reader,
+            Client(storing.address, namespace="tails", timeout=10) as writer,
+        ):
+            tail = reader.events.tail(session_id="s")
+            try:
+                writer.events.insert([make_event("s", "agent-1", "custom") for _ in range(3)])
+                assert len(receive(tail, 3, timeout=30)) == 3
+                isolated.partition()
+                time.sleep(PARTITION)
+                isolated.heal()
+                eventually(lambda: health_status(storing.address) == SERVING, 30, "SERVING again")
+                healed = time.monotonic()
+                writer.events.insert([make_event("s", "agent-1", "custom") for _ in range(3)])
+                assert len(receive(tail, 3, timeout=60)) == 3
+                delivered = time.monotonic() - healed
+                print(f"\ndelivered {delivered:.2f} s after the link healed")
+                assert delivered < 3
+            finally:
+                tail.close()
+    finally:
+        for daemon in (tailing, storing):
+            if daemon.process.poll() is None:
+                daemon.stop(signal.SIGKILL)

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import structlog
 from psycopg import AsyncConnection
@@ -186,6 +187,23 @@ class Pool:
         task = asyncio.create_task(pool.close(timeout=_RETIRE_TIMEOUT), name="stord-postgres-retire")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+
+def with_keepalives(url: str, options: PostgresOptions) -> str:
+    """Return `url` with the keepalive and `tcp_user_timeout` parameters of `link_settings` added.
+
+    For the connections opened outside the pool (the LISTEN connections of jobs and events), which are given
+    a URL only. Parameters the URL sets already stay as they are.
+    """
+    parts = urlsplit(url)
+    given = dict(parse_qsl(parts.query, keep_blank_values=True))
+    added = {
+        name: str(value)
+        for name, value in link_settings(url, options.model_copy(update={"statement_timeout": 0})).items()
+        if name not in given
+    }
+    # libpq decodes %XX only, not + for a space: quote, do not quote_plus.
+    return urlunsplit(parts._replace(query=urlencode({**given, **added}, quote_via=quote)))
 
 
 def link_settings(url: str, options: PostgresOptions) -> dict[str, str | int]:
