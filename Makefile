@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: venv run test lint proto proto-image bench soak docker image-test clean
+.PHONY: venv run test lint proto proto-image bench soak soak-faults docker image-test clean
 
 $(INSTALLED): pyproject.toml setup.py client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,6 +51,19 @@ SOAK_SECONDS ?= 300
 SOAK_DATABASE ?= sqlite
 soak: $(INSTALLED)
 	$(BIN)/python -m bench.soak --duration $(SOAK_SECONDS) --database $(SOAK_DATABASE)
+
+# The partition and slow-link fault tests, longer (not part of `make test`; needs root for network
+# namespaces): SOAK_FAULT_ROUNDS partitions under load, each held SOAK_FAULT_HOLD seconds, a
+# SOAK_FAULT_PARTITION-second partition under ingest and job workers, throughput measured SOAK_FAULT_MEASURE s.
+SOAK_FAULT_ROUNDS ?= 5
+SOAK_FAULT_HOLD ?= 20
+SOAK_FAULT_PARTITION ?= 60
+SOAK_FAULT_MEASURE ?= 20
+soak-faults: $(INSTALLED)
+	STORD_FAULTS_ROUNDS=$(SOAK_FAULT_ROUNDS) STORD_FAULTS_HOLD_SECONDS=$(SOAK_FAULT_HOLD) \
+	STORD_FAULTS_PARTITION_SECONDS=$(SOAK_FAULT_PARTITION) STORD_FAULTS_MEASURE_SECONDS=$(SOAK_FAULT_MEASURE) \
+	$(BIN)/pytest -s -q tests/faults/test_partition.py tests/faults/test_partition_streams.py \
+		tests/faults/test_slow_link.py
 
 docker:
 	docker build -t stord:latest .

@@ -94,6 +94,43 @@ def test_reads_bypass_an_unreachable_cache_and_writes_report_it() -> None:
     asyncio.run(scenario())
 
 
+class FlakyStore(MemoryKeyValueStore):
+    """A cache store whose server can be cut off and brought back."""
+
+    reachable = True
+
+    async def get_many(self, namespace: str, keys: Sequence[str]) -> list[bytes | None]:
+        if not self.reachable:
+            raise Unavailable("cache cut off")
+        return await super().get_many(namespace, keys)
+
+    async def set_many(self, namespace: str, entries: Sequence[ValueEntry]) -> None:
+        if not self.reachable:
+            raise Unavailable("cache cut off")
+        await super().set_many(namespace, entries)
+
+
+def test_a_failed_invalidation_is_made_up_for_before_an_entry_is_served_again() -> None:
+    async def scenario() -> None:
+        store = FlakyStore(system_clock)
+        cache, database = ReadThroughCache(store), Database(b"old")
+        for _ in range(2):
+            assert await cache.read("k", ["scope"], database.load) == b"old"
+        store.reachable = False
+        database.value = b"new"
+        with pytest.raises(Unavailable, match="retry the write"):
+            await cache.invalidate(["scope"])
+        assert await cache.read("k", ["scope"], database.load) == b"new"
+        store.reachable = True  # the entry under the old token is still there, but never served again
+        assert await cache.read("k", ["scope"], database.load) == b"new"
+        reads = database.reads
+        assert await cache.read("k", ["scope"], database.load) == b"new"
+        assert await cache.read("k", ["scope"], database.load) == b"new"
+        assert database.reads == reads  # filled under the fresh token by the first read after, then a hit
+
+    asyncio.run(scenario())
+
+
 def test_only_a_shared_cache_on_another_engine_is_used() -> None:
     memory = MemoryBackend()
     other_memory = MemoryBackend()

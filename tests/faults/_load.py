@@ -24,6 +24,7 @@ __all__ = [
     "DEADLINE",
     "RECOVERY",
     "Load",
+    "Operation",
     "Outcome",
     "database_health",
     "eventually",

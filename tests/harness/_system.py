@@ -30,9 +30,12 @@ def ensure_installed(binary: str, search: list[str], apt_package: str) -> Path:
     if os.geteuid() != 0:
         raise RuntimeError(f"{binary} is not installed and installing {apt_package} needs root")
     environment = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-q"], check=True, env=environment, capture_output=True)
+    # Other test runs on the machine may be installing too: wait for apt's lock rather than fail.
+    wait_for_lock = ["-o", "DPkg::Lock::Timeout=300"]
+    update = ["apt-get", *wait_for_lock, "update", "-q"]
+    subprocess.run(update, check=True, env=environment, capture_output=True)
     subprocess.run(
-        ["apt-get", "install", "-y", "-q", "--no-install-recommends", apt_package],
+        ["apt-get", *wait_for_lock, "install", "-y", "-q", "--no-install-recommends", apt_package],
         check=True,
         env=environment,
         capture_output=True,

@@ -15,6 +15,7 @@ import psycopg
 from psycopg import sql
 
 from tests.harness._system import ensure_installed, free_port
+from tests.harness.network import IsolatedHost
 
 __all__ = ["PostgresServer", "start_postgres"]
 
@@ -36,6 +37,8 @@ class PostgresServer:
     directory: pathlib.Path
     _bin: pathlib.Path = field(repr=False)
     _stopped: bool = field(default=False, repr=False)
+    _inside: list[str] = field(default_factory=list, repr=False)
+    """The command prefix that starts the server inside a test's network namespace; empty on this host."""
 
     @property
     def data_dir(self) -> pathlib.Path:
@@ -78,17 +81,19 @@ class PostgresServer:
 
     def start_server(self) -> None:
         """Start a server stopped by `stop_server` again, on the same data and port."""
-        done = _run(_start_command(self))
+        done = _run(_start_command(self), inside=self._inside)
         if done.returncode != 0:
             log = self.log_file.read_text(errors="replace") if self.log_file.exists() else "(no log)"
             raise RuntimeError(f"PostgreSQL did not start again: {done.stdout}{done.stderr}\n{log[-4000:]}")
 
 
-def start_postgres(base_dir: pathlib.Path) -> PostgresServer:
+def start_postgres(base_dir: pathlib.Path, *, host: IsolatedHost | None = None) -> PostgresServer:
     """Create a cluster, start it on a free 127.0.0.1 port and return once it accepts connections.
 
-    As root (initdb refuses root) the cluster belongs to the `postgres` account and lives in a fresh
-    directory under /tmp, which that account can reach whatever the permissions of `base_dir`.
+    With `host`, the server runs inside that network namespace, listening on its address and trusting
+    connections from this host's end of the link. As root (initdb refuses root) the cluster belongs to the
+    `postgres` account and lives in a fresh directory under /tmp, which that account can reach whatever the
+    permissions of `base_dir`.
     """
     bin_dir = ensure_installed("initdb", ["/usr/lib/postgresql/*/bin/initdb"], "postgresql").parent
     if os.geteuid() == 0:
@@ -98,7 +103,13 @@ def start_postgres(base_dir: pathlib.Path) -> PostgresServer:
     else:
         base_dir.mkdir(parents=True, exist_ok=True)
         directory = pathlib.Path(tempfile.mkdtemp(prefix="postgres-", dir=base_dir))
-    server = PostgresServer(host="127.0.0.1", port=0, directory=directory, _bin=bin_dir)
+    server = PostgresServer(
+        host="127.0.0.1" if host is None else host.address,
+        port=0,
+        directory=directory,
+        _bin=bin_dir,
+        _inside=[] if host is None else host.command,
+    )
     atexit.register(server.stop)
     try:
         initdb = [
@@ -115,10 +126,13 @@ def start_postgres(base_dir: pathlib.Path) -> PostgresServer:
             raise RuntimeError(
                 f"initdb failed with exit status {done.returncode}:\n{done.stdout}{done.stderr}"
             )
+        if host is not None:
+            with (server.data_dir / "pg_hba.conf").open("a") as rules:
+                rules.write(f"host all all {host.host_address}/32 trust\n")
         failures: list[str] = []
         for _ in range(_ATTEMPTS):
             server.port = free_port()
-            done = _run(_start_command(server))
+            done = _run(_start_command(server), inside=server._inside)
             if done.returncode == 0:
                 return server
             log = server.log_file.read_text(errors="replace") if server.log_file.exists() else "(no log)"
@@ -152,9 +166,10 @@ def _start_command(server: PostgresServer) -> list[str]:
     ]  # fmt: skip
 
 
-def _run(command: list[str]) -> subprocess.CompletedProcess[str]:
-    """Run a PostgreSQL program, as the `postgres` account when we are root."""
+def _run(command: list[str], *, inside: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run a PostgreSQL program, as the `postgres` account when we are root; `inside` prefixes it."""
     if os.geteuid() == 0:
         command = ["runuser", "-u", _USER, "--", *command]
+    command = [*(inside or []), *command]
     # A working directory every account can enter, so the server does not warn about ours.
     return subprocess.run(command, capture_output=True, text=True, check=False, cwd="/", timeout=120)

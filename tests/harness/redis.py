@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from tests.harness._system import ensure_installed, free_port
+from tests.harness.network import IsolatedHost
 
 __all__ = ["RedisServer", "start_redis"]
 
@@ -47,11 +48,18 @@ class RedisServer:
             _wait_gone(pid, _STOP_TIMEOUT)
 
 
-def start_redis(base_dir: pathlib.Path, *, port: int | None = None) -> RedisServer:
+def start_redis(
+    base_dir: pathlib.Path, *, port: int | None = None, host: IsolatedHost | None = None
+) -> RedisServer:
     """Start redis-server under `base_dir` on a free 127.0.0.1 port and return once it answers PING.
 
-    With `port`, start on that port (once, no retries): a restart of a server stopped before.
+    With `port`, start on that port (once, no retries): a restart of a server stopped before. With `host`,
+    run it inside that network namespace, listening on its address (protected mode off: only this host's
+    end of the namespace's link can reach it).
     """
+    address = "127.0.0.1" if host is None else host.address
+    inside = [] if host is None else [*host.command]
+    exposed = [] if host is None else ["--protected-mode", "no"]
     binary = ensure_installed("redis-server", [], "redis-server")
     failures: list[str] = []
     ports = [port] if port is not None else [free_port() for _ in range(_ATTEMPTS)]
@@ -60,14 +68,16 @@ def start_redis(base_dir: pathlib.Path, *, port: int | None = None) -> RedisServ
         directory.mkdir(parents=True, exist_ok=True)
         server = RedisServer(
             port=port,
-            url=f"redis://127.0.0.1:{port}/0",
+            url=f"redis://{address}:{port}/0",
             pidfile=directory / "redis.pid",
             logfile=directory / "redis.log",
         )
         command = [
+            *inside,
             str(binary),
             "--port", str(port),
-            "--bind", "127.0.0.1",
+            "--bind", address,
+            *exposed,
             "--save", "",
             "--appendonly", "no",
             "--daemonize", "yes",
@@ -76,7 +86,7 @@ def start_redis(base_dir: pathlib.Path, *, port: int | None = None) -> RedisServ
             "--logfile", str(server.logfile),
         ]  # fmt: skip
         launched = subprocess.run(command, capture_output=True, text=True, check=False)
-        if launched.returncode == 0 and _wait_ready(server, _READY_TIMEOUT):
+        if launched.returncode == 0 and _wait_ready(server, address, _READY_TIMEOUT):
             return server
         server.stop()
         log = server.logfile.read_text(errors="replace") if server.logfile.exists() else "(no log written)"
@@ -87,7 +97,7 @@ def start_redis(base_dir: pathlib.Path, *, port: int | None = None) -> RedisServ
     raise RuntimeError("redis-server did not start:\n" + "\n".join(failures))
 
 
-def _wait_ready(server: RedisServer, timeout: float) -> bool:
+def _wait_ready(server: RedisServer, address: str, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         # Only our pid being alive proves that the PONG comes from our server and not another on the port.
@@ -95,15 +105,15 @@ def _wait_ready(server: RedisServer, timeout: float) -> bool:
         if pid is not None:
             if not _alive(pid):
                 return False
-            if _answers_ping(server.port):
+            if _answers_ping(address, server.port):
                 return True
         time.sleep(0.02)
     return False
 
 
-def _answers_ping(port: int) -> bool:
+def _answers_ping(address: str, port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1.0) as connection:
+        with socket.create_connection((address, port), timeout=1.0) as connection:
             connection.sendall(b"PING\r\n")
             return connection.recv(64).startswith(b"+PONG")
     except OSError:

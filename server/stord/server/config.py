@@ -85,18 +85,45 @@ class SqliteOptions(_Options):
 
 
 class PostgresOptions(_Options):
-    """PostgreSQL connection pool."""
+    """PostgreSQL connection pool, and how soon its connections notice a server that stopped answering.
+
+    The defaults keep a call within the client's default 5 s deadline when packets to the server are dropped
+    silently (a network partition): a connection with unacknowledged data is dropped after
+    `tcp_user_timeout`, an idle one after `keepalive_idle` plus `keepalive_count` unanswered probes.
+    """
 
     pool_min_size: int = Field(default=2, ge=1)
     pool_max_size: int = Field(default=10, ge=1)
-    connect_timeout: float = Field(default=5.0, gt=0)
+    connect_timeout: float = Field(default=3.0, gt=0)
+    """Seconds to connect (libpq: whole seconds, at least 2) and to wait for a pooled connection."""
+    statement_timeout: float = Field(default=30.0, ge=0)
+    """Seconds the server lets one statement of the pool's connections run; 0 leaves the server's setting."""
+    tcp_user_timeout: float = Field(default=3.0, ge=0)
+    """Seconds sent data may stay unacknowledged before the kernel drops the connection; 0: the system's."""
+    keepalive_idle: int = Field(default=5, ge=1)
+    """Seconds of silence on a connection before the kernel probes whether the server is still there."""
+    keepalive_interval: int = Field(default=1, ge=1)
+    """Seconds between two probes."""
+    keepalive_count: int = Field(default=3, ge=1)
+    """Unanswered probes after which the connection is dropped."""
 
 
 class RedisOptions(_Options):
-    """Redis connection pool."""
+    """Redis connection pool, and how soon its connections notice a server that stopped answering."""
 
     max_connections: int = Field(default=64, ge=1)
-    socket_timeout: float = Field(default=5.0, gt=0)
+    socket_timeout: float = Field(default=3.0, gt=0)
+    """Seconds a command may wait for its reply (and for a free connection of the pool)."""
+    socket_connect_timeout: float = Field(default=3.0, gt=0)
+    """Seconds to connect."""
+    health_check_interval: float = Field(default=10.0, ge=0)
+    """A connection idle for longer is checked with PING before it is used again; 0 never checks."""
+    keepalive_idle: int = Field(default=5, ge=1)
+    """Seconds of silence on a connection before the kernel probes whether the server is still there."""
+    keepalive_interval: int = Field(default=1, ge=1)
+    keepalive_count: int = Field(default=3, ge=1)
+    tcp_user_timeout: float = Field(default=3.0, ge=0)
+    """Seconds sent data may stay unacknowledged before the kernel drops the connection; 0: the system's."""
 
 
 class ConnectOptions(_Options):

@@ -18,6 +18,10 @@ answers with what the write replaced. How:
 Entries and tokens expire, so the cache holds only what was read lately. When the cache cannot be reached,
 reads go to the database; a write whose invalidation fails answers UNAVAILABLE although the database
 committed it (every write here is an upsert or a delete, so the caller's retry is safe and invalidates).
+The daemon also remembers such scopes as pending: until it has given them fresh tokens, it serves no entry
+of theirs, and it tries again at each read or write through the cache, so once the cache is back this
+daemon never answers what the write replaced, retried or not. Other daemons may, until this one has
+invalidated (at its next read or write through the cache) or the caller retried.
 """
 
 from __future__ import annotations
@@ -86,11 +90,21 @@ class ReadThroughCache:
     def __init__(self, store: KeyValueStore, meter: ReadCacheMeter | None = None) -> None:
         self._store = store
         self._meter = meter
+        self._pending: dict[str, int] = {}
+        """Scopes whose invalidation failed -> the number of the last failure, to tell a later one apart."""
+        self._failures = 0
 
     async def read(
         self, key: str, scopes: Sequence[str], load: Callable[[], Awaitable[bytes | None]]
     ) -> bytes | None:
         """Return the entry of `key`, or what `load` reads from the database (None: nothing to cache)."""
+        if self._pending:
+            if not await self._catch_up():  # the cache is unreachable: no need to wait for it twice
+                if self._meter is not None:
+                    self._meter.unavailable()
+                return await load()
+            if not self._pending.keys().isdisjoint(scopes):  # a write failed to invalidate it meanwhile
+                return await load()
         try:
             *tokens, entry = await self._store.get_many(NAMESPACE, [*scopes, key])
         except Unavailable as error:
@@ -118,13 +132,35 @@ class ReadThroughCache:
 
     async def invalidate(self, scopes: Sequence[str]) -> None:
         """Give every scope a fresh token; raise Unavailable when the cache cannot be reached."""
-        entries = [ValueEntry(scope, secrets.token_bytes(TOKEN_BYTES), GENERATION_TTL) for scope in scopes]
         try:
-            await self._store.set_many(NAMESPACE, entries)
+            await self._renew(scopes)
         except Unavailable as error:
+            self._failures += 1
+            self._pending.update(dict.fromkeys(scopes, self._failures))
             raise Unavailable(
                 f"the write committed, but the read cache could not be invalidated ({error}); retry the write"
             ) from error
+        if self._pending:
+            await self._catch_up()
+
+    async def _renew(self, scopes: Sequence[str]) -> None:
+        entries = [ValueEntry(scope, secrets.token_bytes(TOKEN_BYTES), GENERATION_TTL) for scope in scopes]
+        await self._store.set_many(NAMESPACE, entries)
+
+    async def _catch_up(self) -> bool:
+        """Give the pending scopes fresh tokens; return False when the cache cannot be reached."""
+        pending = dict(self._pending)
+        try:
+            await self._renew(list(pending))
+        except Unavailable as error:
+            _log.warning("read_cache_unavailable", error=str(error))
+            return False
+        for scope, failure in pending.items():
+            # A scope that failed again meanwhile renewed too early for that write: it stays pending.
+            if self._pending.get(scope) == failure:
+                del self._pending[scope]
+        _log.info("read_cache_invalidated_late", scopes=len(pending))
+        return True
 
     async def _start_generations(self, scopes: Sequence[str]) -> None:
         try:

@@ -12,7 +12,7 @@ from stord.server.backends.postgres._events import PostgresEventStore
 from stord.server.backends.postgres._jobs import JobNotifications, PostgresJobQueueStore
 from stord.server.backends.postgres._key_value import PostgresKeyValueStore
 from stord.server.backends.postgres._migrate import migrate
-from stord.server.backends.postgres._pool import Pool
+from stord.server.backends.postgres._pool import Pool, with_keepalives
 from stord.server.backends.postgres._runner import POSTGRES, PostgresRunner
 from stord.server.backends.postgres._transfer import PostgresTransferStore
 from stord.server.config import PostgresOptions
@@ -49,12 +49,15 @@ class PostgresBackend(DeclaredContracts):
         self._key_value = {
             keyspace: PostgresKeyValueStore(self._pool, keyspace, clock) for keyspace in Keyspace
         }
+        # The LISTEN connections wait silently for hours: without keepalives a partition would leave them
+        # waiting on a dead connection for as long as the kernel retransmits (minutes).
+        listen_url = with_keepalives(url, options)
         self._agents = PostgresAgentStore(self._pool, clock)
-        self._events = PostgresEventStore(self._pool, clock, url=url, options=options)
+        self._events = PostgresEventStore(self._pool, clock, url=listen_url, options=options)
         self._alerts = PostgresAlertStateStore(self._pool)
         self._manifests = SqlManifestStore(PostgresRunner(self._pool), POSTGRES, clock)
         wakeups = QueueWakeups()
-        self._job_notifications = JobNotifications(url, options, wakeups)
+        self._job_notifications = JobNotifications(listen_url, options, wakeups)
         self._documents = PostgresDocumentStore(self._pool, clock, wakeups)
         self._jobs = PostgresJobQueueStore(self._pool, clock, wakeups, self._job_notifications)
         self._transfer = PostgresTransferStore(self._pool)

@@ -8,9 +8,14 @@ starts one recovery task here, which connects afresh:
 
 - if that works, the server is there (it restarted while connections sat idle, or one connection broke):
   the pool's broken idle connections are dropped (`AsyncConnectionPool.check`) and nothing else changes;
-- if not, the server is unreachable: the pool is closed at once (its waiting requests fail with Unavailable;
-  lent connections close as they come back), every request fails at once with Unavailable naming the cause,
+- if not, the server is unreachable (stopped, or silent behind a partition): the pool is closed at once (its
+  waiting requests fail with Unavailable; lent connections close as they come back), every request fails at
+  once with Unavailable naming the cause,
   and the task probes again every 50 ms to 1 s; once a probe connects, a fresh pool takes over.
+
+A partition drops packets without a word, so a statement on a connection to a silent server just waits: the
+connections' TCP keepalives and `tcp_user_timeout` (`link_settings`) bound how long it is taken for a live
+one, and its failure then starts the recovery like any broken connection.
 
 Checking every connection as it is lent (`check=` on the pool) would catch stale ones before use too, but
 costs a round trip per request (about 150 us here, as much as the rest of a simple RPC's database work).
@@ -22,9 +27,11 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import structlog
 from psycopg import AsyncConnection
+from psycopg.conninfo import conninfo_to_dict
 from psycopg.rows import TupleRow
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -89,6 +96,7 @@ class Pool:
                 "autocommit": True,
                 "connect_timeout": connect_timeout_seconds(options.connect_timeout),
                 "application_name": "stord",
+                **link_settings(self._url, options),
             },
         )
         self._opening = pool
@@ -178,17 +186,58 @@ class Pool:
             return
 
     async def _probe(self) -> None:
-        connection = await connect_alone(
-            self._url, connect_timeout=self._options.connect_timeout, application_name="stord-probe"
-        )
-        async with connection:
-            await connection.execute("SELECT 1")
+        # Bounded as a whole: a link that goes silent between connecting and the answer must not stall it.
+        async with asyncio.timeout(connect_timeout_seconds(self._options.connect_timeout) + 1):
+            connection = await connect_alone(
+                self._url, connect_timeout=self._options.connect_timeout, application_name="stord-probe"
+            )
+            async with connection:
+                await connection.execute("SELECT 1")
 
     def _retire(self, pool: AsyncConnectionPool[Connection]) -> None:
         """Close a pool in the background: its waiting requests fail now, lent connections close on return."""
         task = asyncio.create_task(pool.close(timeout=_RETIRE_TIMEOUT), name="stord-postgres-retire")
         self._retiring.add(task)
         task.add_done_callback(self._retiring.discard)
+
+
+def with_keepalives(url: str, options: PostgresOptions) -> str:
+    """Return `url` with the keepalive and `tcp_user_timeout` parameters of `link_settings` added.
+
+    For the connections opened outside the pool (the LISTEN connections of jobs and events), which are given
+    a URL only. Parameters the URL sets already stay as they are.
+    """
+    parts = urlsplit(url)
+    given = dict(parse_qsl(parts.query, keep_blank_values=True))
+    added = {
+        name: str(value)
+        for name, value in link_settings(url, options.model_copy(update={"statement_timeout": 0})).items()
+        if name not in given
+    }
+    # libpq decodes %XX only, not + for a space: quote, do not quote_plus.
+    return urlunsplit(parts._replace(query=urlencode({**given, **added}, quote_via=quote)))
+
+
+def link_settings(url: str, options: PostgresOptions) -> dict[str, str | int]:
+    """Return the libpq parameters that bound how long a connection waits on a server that went silent.
+
+    Without them a partition (packets dropped, nothing refused) leaves a query waiting for the kernel's
+    retransmissions, about 15 minutes on Linux, and an idle pooled connection looking alive for hours. The
+    statement timeout joins the URL's own `options`, which these parameters would otherwise replace.
+    """
+    settings: dict[str, str | int] = {
+        "keepalives": 1,
+        "keepalives_idle": options.keepalive_idle,
+        "keepalives_interval": options.keepalive_interval,
+        "keepalives_count": options.keepalive_count,
+    }
+    if options.tcp_user_timeout > 0:
+        settings["tcp_user_timeout"] = round(options.tcp_user_timeout * 1000)
+    if options.statement_timeout > 0:
+        given = str(conninfo_to_dict(url).get("options") or "")
+        timeout = f"-c statement_timeout={round(options.statement_timeout * 1000)}"
+        settings["options"] = f"{given} {timeout}".strip()
+    return settings
 
 
 def _reason(error: BaseException) -> str:

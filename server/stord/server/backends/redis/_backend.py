@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from typing import ClassVar
+import socket
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
@@ -13,6 +15,24 @@ from stord.server.backends.redis._transfer import RedisTransferStore
 from stord.server.config import RedisOptions, redact_url
 from stord.server.kv.port import Keyspace
 from stord.server.ports import Capability, Unavailable
+
+
+def _keepalive(url: str, options: RedisOptions) -> dict[str, Any]:
+    """Return the socket options that make a connection to a silent server fail rather than hang.
+
+    Without them, a partition (packets dropped, nothing refused) leaves an idle pooled connection looking
+    alive for hours; a command on it still ends at `socket_timeout`. A Unix socket has no TCP to tune.
+    """
+    if urlsplit(url).scheme == "unix":
+        return {}
+    tcp = {
+        socket.TCP_KEEPIDLE: options.keepalive_idle,
+        socket.TCP_KEEPINTVL: options.keepalive_interval,
+        socket.TCP_KEEPCNT: options.keepalive_count,
+    }
+    if options.tcp_user_timeout > 0:
+        tcp[socket.TCP_USER_TIMEOUT] = round(options.tcp_user_timeout * 1000)
+    return {"socket_keepalive": True, "socket_keepalive_options": tcp}
 
 
 class RedisBackend(DeclaredContracts):
@@ -50,8 +70,10 @@ class RedisBackend(DeclaredContracts):
             max_connections=options.max_connections,
             timeout=options.socket_timeout,
             socket_timeout=options.socket_timeout,
-            socket_connect_timeout=options.socket_timeout,
+            socket_connect_timeout=options.socket_connect_timeout,
+            health_check_interval=options.health_check_interval,
             retry=Retry(NoBackoff(), 0),
+            **_keepalive(self._url, options),
         )
         client = Redis.from_pool(pool)
         try:
