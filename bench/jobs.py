@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -42,6 +41,7 @@ PRODUCERS = 2
 CONSUMERS = 4
 """Per client process: tasks enqueueing batches, and tasks dequeueing batches and acknowledging them."""
 LEASE = 60.0
+LEASE_MICROS = 60_000_000
 POLL = 0.05
 """Seconds a consumer's dequeue waits for jobs when the queue is empty."""
 PROCESS_COUNTS = (1, 2)
@@ -165,7 +165,7 @@ def _sqlite_rate(url: str, settings: Settings) -> float:
     started = time.monotonic()
     try:
         for numbers in _batches(0, settings.jobs, settings.batch):
-            now = time.time()
+            now = time.time_ns() // 1000  # instants are integer microseconds (migrations/*/0008)
             rows = [
                 (NAMESPACE, str(uuid.uuid4()), queue, now, orjson.dumps(_payload(n)).decode(), now, now)
                 for n in numbers
@@ -175,7 +175,7 @@ def _sqlite_rate(url: str, settings: Settings) -> float:
             token = uuid.uuid4().hex
             with connection:
                 leased = connection.execute(
-                    _SQLITE_LEASE, (token, now + LEASE, now, NAMESPACE, queue, now, settings.batch)
+                    _SQLITE_LEASE, (token, now + LEASE_MICROS, now, NAMESPACE, queue, now, settings.batch)
                 ).fetchall()
             jobs = [(job_id, lease, orjson.loads(payload)) for job_id, lease, payload in leased]
             with connection:
@@ -233,7 +233,7 @@ async def _postgres_rate(url: str, settings: Settings) -> float:
             parameters = {
                 "namespace": NAMESPACE,
                 "queue": queue,
-                "now": datetime.now(UTC),
+                "now": time.time_ns() // 1000,
                 "ids": [str(uuid.uuid4()) for _ in numbers],
                 "payloads": [orjson.dumps(_payload(n)).decode() for n in numbers],
             }
@@ -243,14 +243,14 @@ async def _postgres_rate(url: str, settings: Settings) -> float:
     async def consume() -> None:
         nonlocal completed
         while completed < settings.jobs:
-            now = datetime.now(UTC)
+            now = time.time_ns() // 1000
             parameters = {
                 "namespace": NAMESPACE,
                 "queue": queue,
                 "now": now,
                 "limit": settings.batch,
                 "token": uuid.uuid4().hex,
-                "expires_at": datetime.fromtimestamp(now.timestamp() + LEASE, UTC),
+                "expires_at": now + LEASE_MICROS,
             }
             async with pool.connection() as connection:
                 rows = await (await connection.execute(_POSTGRES_LEASE, parameters)).fetchall()
@@ -260,7 +260,7 @@ async def _postgres_rate(url: str, settings: Settings) -> float:
                 jobs = [(job_id, token, orjson.loads(payload)) for job_id, token, payload in rows]
                 leases = {
                     "namespace": NAMESPACE,
-                    "now": datetime.now(UTC),
+                    "now": time.time_ns() // 1000,
                     "ids": [job_id for job_id, _, _ in jobs],
                     "tokens": [token for _, token, _ in jobs],
                 }

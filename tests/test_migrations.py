@@ -42,7 +42,10 @@ def test_both_dialects_have_the_same_numbered_steps() -> None:
     sqlite_steps = [(step.version, step.name) for step in load_migrations("sqlite")]
     postgres_steps = [(step.version, step.name) for step in load_migrations("postgres")]
     assert sqlite_steps == postgres_steps
-    assert [version for version, _ in sqlite_steps] == list(range(1, len(sqlite_steps) + 1))
+    # Parallel branches reserve their numbers, so a branch may skip one another branch holds.
+    versions = [version for version, _ in sqlite_steps]
+    assert versions[0] == 1
+    assert versions == sorted(set(versions))
 
 
 @pytest.mark.parametrize("round_", range(8))

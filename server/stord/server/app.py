@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version as distribution_version
 from types import FrameType
 from typing import Protocol, runtime_checkable
@@ -23,9 +23,19 @@ from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
 from stord.server.interceptors import CallInterceptor
+from stord.server.job_sweeper import JobPurge, purge_finished_jobs, settle_lapsed_leases
 from stord.server.listen import ListenError, check_port_free
 from stord.server.metrics import Metrics, MetricsServer
-from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
+from stord.server.ports import (
+    Backend,
+    Clock,
+    JobQueueStore,
+    LeaseSweep,
+    StoreError,
+    Unavailable,
+    Unimplemented,
+    system_clock,
+)
 from stord.server.services.admin import AdminServicer, BackendStatus
 from stord.server.services.registry import CONTRACTS, UnservedService
 from stord.v1 import admin_pb2, admin_pb2_grpc
@@ -123,6 +133,8 @@ class Daemon:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._backends: list[Backend] = []
+        self._jobs: JobQueueStore | None = None
+        """The database's job queue, whose leases and retention the sweepers look after; None if unserved."""
         self._statuses: dict[Backend, list[BackendStatus]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._unserved: set[str] = set()
@@ -157,6 +169,8 @@ class Daemon:
             self._statuses[database].append(BackendStatus("cache", database.kind, redact_url(database_url)))
         else:
             cache = await self._open_role("cache", settings.cache, fallback=settings.connect.cache_fallback)
+        with contextlib.suppress(Unimplemented):
+            self._jobs = database.jobs()
 
         metrics_address = settings.metrics_address
         metrics = self.metrics = None if metrics_address is None else Metrics(stord_version())
@@ -206,7 +220,8 @@ class Daemon:
             asyncio.create_task(self._watch_backends(), name="stord-health-monitor"),
             asyncio.create_task(self._sweep_expired(), name="stord-expiry-sweeper"),
             asyncio.create_task(
-                retain_events_daily(database, settings.retention_days), name="stord-event-retention"
+                retain_events_daily(database, settings.retention_days, also=self._job_retention()),
+                name="stord-retention",
             ),
         ]
         _log.info(
@@ -423,6 +438,36 @@ class Daemon:
                 _log.warning("expiry_sweep_failed", kind=backend.kind, error=str(error))
         return deleted
 
+    async def settle_lapsed_leases(self) -> LeaseSweep:
+        """Settle the jobs whose lease ran out by now (failed or made due again); return how many."""
+        if self._jobs is None:
+            return LeaseSweep()
+        swept = await settle_lapsed_leases(self._jobs)
+        if self.metrics is not None:
+            self.metrics.count_lapsed_leases(swept.failed, swept.retried)
+        return swept
+
+    async def purge_finished_jobs(self) -> JobPurge:
+        """Delete the finished jobs past their retention now; return how many went."""
+        if self._jobs is None:
+            return JobPurge()
+        purge = await purge_finished_jobs(
+            self._jobs,
+            completed_days=self._settings.completed_job_retention_days,
+            failed_days=self._settings.failed_job_retention_days,
+        )
+        if self.metrics is not None:
+            self.metrics.count_job_purge(purge.completed, purge.failed)
+        return purge
+
+    def _job_retention(self) -> Callable[[], Awaitable[JobPurge]] | None:
+        settings = self._settings
+        if self._jobs is None or not (
+            settings.completed_job_retention_days or settings.failed_job_retention_days
+        ):
+            return None
+        return self.purge_finished_jobs
+
     async def _sweep_expired(self) -> None:
         while True:
             await asyncio.sleep(self._settings.expiry_sweep_interval)
@@ -432,6 +477,12 @@ class Daemon:
                 _log.exception("expiry_sweep_crashed")
             else:
                 _log.debug("expired_deleted", count=deleted)
+            try:
+                await self.settle_lapsed_leases()
+            except Unavailable as error:
+                _log.warning("lease_sweep_failed", error=str(error))
+            except Exception:
+                _log.exception("lease_sweep_crashed")
 
     async def _refresh_health(self) -> None:
         for backend, statuses in self._statuses.items():

@@ -37,6 +37,16 @@ def _add_settings_flags(parser: argparse.ArgumentParser, *names: str) -> None:
         "log_format": {"choices": ["json", "console"], "help": "STORD_LOG_FORMAT"},
         "log_level": {"choices": ["debug", "info", "warning", "error"], "help": "STORD_LOG_LEVEL"},
         "retention_days": {"type": int, "metavar": "DAYS", "help": "event retention, 0 keeps forever"},
+        "completed_job_retention_days": {
+            "type": int,
+            "metavar": "DAYS",
+            "help": "keep completed jobs, 0 forever (STORD_COMPLETED_JOB_RETENTION_DAYS; default 7)",
+        },
+        "failed_job_retention_days": {
+            "type": int,
+            "metavar": "DAYS",
+            "help": "keep failed jobs, 0 forever (STORD_FAILED_JOB_RETENTION_DAYS; default 30)",
+        },
         "api_keys_file": {
             "type": Path,
             "metavar": "FILE",
@@ -83,6 +93,8 @@ def _parser() -> argparse.ArgumentParser:
         "log_format",
         "log_level",
         "retention_days",
+        "completed_job_retention_days",
+        "failed_job_retention_days",
         "api_keys_file",
         "insecure",
         "tls_cert",

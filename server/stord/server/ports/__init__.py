@@ -39,6 +39,9 @@ from stord.server.ports._base import (
     system_clock,
 )
 from stord.server.ports._documents_jobs import (
+    MAX_INSTANT,
+    MICROS,
+    MIN_INSTANT,
     UNFINISHED_JOB_STATUSES,
     CreateDocument,
     DeleteDocument,
@@ -55,11 +58,15 @@ from stord.server.ports._documents_jobs import (
     JobQueueStore,
     JobStatus,
     JsonScalar,
+    LeaseSweep,
     NewJob,
     OperationResult,
     QueueStats,
     SortKey,
     UpdateDocument,
+    later,
+    micros,
+    now_micros,
 )
 from stord.server.ports._events import (
     ALERT_RULE_FIELDS,
@@ -124,6 +131,9 @@ from stord.server.ports._transfer import (
 __all__ = [
     "ALERT_RULE_FIELDS",
     "FEED_KEEP_SECONDS",
+    "MAX_INSTANT",
+    "MICROS",
+    "MIN_INSTANT",
     "UNFINISHED_JOB_STATUSES",
     "AgentMatch",
     "AgentRecord",
@@ -187,6 +197,7 @@ __all__ = [
     "JsonScalar",
     "KeyValueStore",
     "Keyspace",
+    "LeaseSweep",
     "ListItemRecord",
     "ManifestDocumentKind",
     "ManifestDocumentRecord",
@@ -221,6 +232,9 @@ __all__ = [
     "UpdateDocument",
     "ValueEntry",
     "ValueRecord",
+    "later",
+    "micros",
+    "now_micros",
     "system_clock",
 ]
 

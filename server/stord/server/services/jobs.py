@@ -11,7 +11,17 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
-from stord.server.ports import InvalidArgument, Job, JobLease, JobQueueStore, JobStatus, NewJob
+from stord.server.ports import (
+    MICROS,
+    InvalidArgument,
+    Job,
+    JobLease,
+    JobQueueStore,
+    JobStatus,
+    NewJob,
+    later,
+    now_micros,
+)
 from stord.server.services import _fields as fields
 from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
@@ -53,10 +63,20 @@ def _duration(duration: Duration, present: bool, field: str, *, default: float, 
     return seconds
 
 
-def new_job(message: pb.NewJob, field: str) -> NewJob:
-    """Return a validated job to enqueue, with a fresh id."""
-    if message.HasField("run_at") and message.HasField("delay"):
-        raise InvalidArgument(f"{field}.delay", "must not be set together with run_at")
+def _run_at(message: pb.NewJob, field: str, now: int) -> int:
+    """Return when a job falls due, in microseconds: its run_at, else now plus its delay (none: now)."""
+    if message.HasField("run_at"):
+        if message.HasField("delay"):
+            raise InvalidArgument(f"{field}.delay", "must not be set together with run_at")
+        return check.microseconds(message.run_at, f"{field}.run_at")
+    if message.HasField("delay"):
+        delay_field = f"{field}.delay"
+        return later(now, check.duration_microseconds(message.delay, delay_field), delay_field)
+    return now
+
+
+def new_job(message: pb.NewJob, field: str, now: int) -> NewJob:
+    """Return a validated job to enqueue, with a fresh id; `now` (microseconds) resolves its delay."""
     if message.max_attempts < 0 or message.max_attempts > MAX_ATTEMPTS:
         raise InvalidArgument(
             f"{field}.max_attempts", f"must be between 0 (the default, 3) and {MAX_ATTEMPTS}"
@@ -65,8 +85,7 @@ def new_job(message: pb.NewJob, field: str) -> NewJob:
         id=fields.new_id(),
         queue=fields.name(message.queue, f"{field}.queue"),
         payload=fields.json_object(message.payload, f"{field}.payload"),
-        run_at=check.seconds(message.run_at, f"{field}.run_at") if message.HasField("run_at") else None,
-        delay=check.ttl(message.delay, message.HasField("delay"), f"{field}.delay") or 0.0,
+        run_at=_run_at(message, field, now),
         priority=message.priority,
         max_attempts=message.max_attempts or DEFAULT_MAX_ATTEMPTS,
         dedupe_key=check.text(message.dedupe_key, f"{field}.dedupe_key", MAX_DEDUPE_KEY_BYTES) or None,
@@ -81,17 +100,17 @@ def job_message(job: Job) -> pb.Job:
         payload=fields.to_struct(job.payload),
         status=_STATUSES[job.status],
         priority=job.priority,
-        run_at=check.timestamp_from_seconds(job.run_at),
+        run_at=check.timestamp_from_microseconds(job.run_at),
         attempts=job.attempts,
         max_attempts=job.max_attempts,
         dedupe_key=job.dedupe_key or "",
         last_error=job.last_error or "",
-        create_time=check.timestamp_from_seconds(job.create_time),
-        update_time=check.timestamp_from_seconds(job.update_time),
+        create_time=check.timestamp_from_microseconds(job.create_time),
+        update_time=check.timestamp_from_microseconds(job.update_time),
         lease_token=job.lease_token or "",
     )
     if job.lease_expires_at is not None:
-        message.lease_expire_time.CopyFrom(check.timestamp_from_seconds(job.lease_expires_at))
+        message.lease_expire_time.CopyFrom(check.timestamp_from_microseconds(job.lease_expires_at))
     return message
 
 
@@ -143,7 +162,10 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         self._draining = False
 
     async def Enqueue(self, request: pb.EnqueueRequest, context: Context) -> pb.EnqueueResponse:
-        jobs = [new_job(job, f"jobs[{index}]") for index, job in enumerate(check.batch(request.jobs, "jobs"))]
+        now = now_micros(self._store.clock)
+        jobs = [
+            new_job(job, f"jobs[{index}]", now) for index, job in enumerate(check.batch(request.jobs, "jobs"))
+        ]
         namespace = calls.namespace()
         enqueued = await self._store.enqueue(namespace, jobs)
         if self._saw_queue is not None:
@@ -168,13 +190,14 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         namespace = calls.namespace()
         if self._saw_queue is not None:
             self._saw_queue(namespace, queue)
-        jobs = await self._dequeue(namespace, queue, request.max_jobs or 1, lease, wait)
+        jobs = await self._dequeue(namespace, queue, request.max_jobs or 1, round(lease * MICROS), wait)
         return pb.DequeueResponse(jobs=[job_message(job) for job in jobs])
 
-    async def _dequeue(self, namespace: str, queue: str, limit: int, lease: float, wait: float) -> list[Job]:
-        """Lease due jobs; when there are none, wait up to `wait` seconds for the queue's watchers to wake."""
+    async def _dequeue(self, namespace: str, queue: str, limit: int, lease: int, wait: float) -> list[Job]:
+        """Lease due jobs for `lease` microseconds; when there are none, wait up to `wait` seconds for the
+        queue's watchers to wake."""
         if wait <= 0 or self._draining:
-            return await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
+            return await self._store.dequeue(namespace, queue, limit=limit, lease=lease)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         with self._store.watch(namespace, queue) as arrived:
@@ -182,7 +205,7 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
             try:
                 while True:
                     arrived.clear()  # before looking, so an enqueue during the look is not missed
-                    jobs = await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
+                    jobs = await self._store.dequeue(namespace, queue, limit=limit, lease=lease)
                     remaining = deadline - loop.time()
                     if jobs or remaining <= 0 or self._draining:
                         return jobs
@@ -225,8 +248,8 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
             default=DEFAULT_LEASE,
             maximum=MAX_LEASE,
         )
-        expires_at = await self._store.extend_leases(calls.namespace(), leases, lease)
-        return pb.ExtendLeaseResponse(lease_expire_time=check.timestamp_from_seconds(expires_at))
+        expires_at = await self._store.extend_leases(calls.namespace(), leases, round(lease * MICROS))
+        return pb.ExtendLeaseResponse(lease_expire_time=check.timestamp_from_microseconds(expires_at))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
         job = await self._store.get(calls.namespace(), check.identifier(request.job_id, "job_id"))

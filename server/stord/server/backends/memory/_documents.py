@@ -24,6 +24,7 @@ from stord.server.ports import (
     NewJob,
     OperationResult,
     UpdateDocument,
+    micros,
 )
 
 __all__ = ["MemoryDocumentStore"]
@@ -101,7 +102,7 @@ class MemoryDocumentStore:
         if isinstance(operation, DeleteDocument):
             self._delete(namespace, operation, undo)
             return None
-        return self._jobs.add(namespace, operation, now, undo)
+        return self._jobs.add(namespace, operation, micros(now), undo)
 
     def _matching(self, namespace: str, collection: str, filters: Sequence[FieldFilter]) -> list[Document]:
         return [

@@ -39,6 +39,7 @@ from stord.server.ports import (
     OperationResult,
     SortKey,
     UpdateDocument,
+    micros,
 )
 
 __all__ = ["PostgresDocumentStore"]
@@ -197,7 +198,7 @@ async def _apply(
     if isinstance(operation, DeleteDocument):
         await _delete(connection, namespace, operation)
         return None
-    (enqueued,) = await insert_jobs(connection, namespace, [operation], now)
+    (enqueued,) = await insert_jobs(connection, namespace, [operation], micros(now))
     return enqueued
 
 

@@ -42,6 +42,7 @@ from stord.server.ports import (
     OperationResult,
     SortKey,
     UpdateDocument,
+    micros,
 )
 
 __all__ = ["SqliteDocumentStore"]
@@ -189,7 +190,7 @@ def _apply(
     if isinstance(operation, DeleteDocument):
         _delete(connection, namespace, operation)
         return None
-    (enqueued,) = insert_jobs(connection, namespace, [operation], now)
+    (enqueued,) = insert_jobs(connection, namespace, [operation], micros(now))
     return enqueued
 
 
