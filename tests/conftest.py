@@ -85,7 +85,15 @@ class Daemons:
         if kind not in self._running:
             url = make_backend_url(self._request, kind, self._tmp_path_factory.mktemp(kind))
             clock = ManualClock()
-            settings = Settings(listen="127.0.0.1:0", database=url, cache=url, log_level="warning")
+            # Sweeps run when a test asks (daemon.sweep_expired, settle_lapsed_leases), never on their own
+            # in the middle of a test that inspects what they would change.
+            settings = Settings(
+                listen="127.0.0.1:0",
+                database=url,
+                cache=url,
+                log_level="warning",
+                expiry_sweep_interval=24 * 3600,
+            )
             thread = DaemonThread(settings, clock=clock).start()
             self._running[kind] = Served(kind, thread.target, clock, thread)
         return self._running[kind]

@@ -266,7 +266,7 @@ class MemoryJobQueueStore:
         space = self._view(namespace)
         (job,) = self._held(space, [lease], now)
         retrying = retry and job.attempts < job.max_attempts
-        run_at = later(now, retry_delay(job.attempts), "lease") if retrying else job.run_at
+        run_at = later(now, retry_delay(job.attempts), "retry") if retrying else job.run_at
         job.last_error = error
         if retrying:
             self._finish(space, job, JobStatus.RETRYING, now)

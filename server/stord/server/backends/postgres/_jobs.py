@@ -428,7 +428,7 @@ class PostgresJobQueueStore:
                 raise lease_not_held([lease.job_id])
             job = _job(row)
             if retry and job.attempts < job.max_attempts:
-                status, run_at = JobStatus.RETRYING, later(now, retry_delay(job.attempts), "lease")
+                status, run_at = JobStatus.RETRYING, later(now, retry_delay(job.attempts), "retry")
             else:
                 status, run_at = JobStatus.FAILED, job.run_at
             await connection.execute(
