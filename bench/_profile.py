@@ -83,7 +83,7 @@ def fold(raw: str) -> dict[str, float]:
 class ProfileRun:
     """py-spy recording a process for a while; `result` waits for it and folds what it saw."""
 
-    def __init__(self, pid: int, seconds: float, rate: int = 200) -> None:
+    def __init__(self, pid: int, seconds: float, rate: int = 200, *, subprocesses: bool = False) -> None:
         self.error: str | None = None
         self._directory = tempfile.TemporaryDirectory(prefix="stord-profile-")
         self._output = Path(self._directory.name) / "profile.txt"
@@ -91,6 +91,7 @@ class ProfileRun:
         command = [
             executable, "record", "--pid", str(pid), "--duration", f"{max(1, round(seconds))}",
             "--rate", str(rate), "--format", "raw", "--nonblocking", "--output", str(self._output),
+            *(["--subprocesses"] if subprocesses else []),
         ]  # fmt: skip
         try:
             self._process: subprocess.Popen[bytes] | None = subprocess.Popen(

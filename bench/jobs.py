@@ -31,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from bench._deploy import BACKENDS, StordDaemon, create_schema
 from bench._load import run
+from bench._profile import ProfileRun, describe
 from bench._scenarios import client_processes
 from stord.client import AsyncClient, EnqueueJob
 
@@ -62,6 +63,10 @@ class Row:
     stord: float | None = None
     stord_processes: int | None = None
     raw: float | None = None
+    workers2: float | None = None
+    """The same through `stord serve --workers 2` on the same database."""
+    profile: str | None = None
+    """Where the daemon's CPU went during the one-client-process run."""
     error: str | None = None
 
 
@@ -288,9 +293,22 @@ def _bench_backend(name: str, workdir: Path, pool: ProcessPoolExecutor, settings
             create_schema(deployment.raw_url)
             daemon = stack.enter_context(StordDaemon.serving(deployment.stord_url, backend.kind, workdir))
             rates: list[tuple[float, int]] = []
+            profile = ""
             for processes in PROCESS_COUNTS:
                 _progress(f"{name}: stord, clients in {processes} process(es)")
+                run_profile = ProfileRun(daemon.pid, 2.0) if processes == 1 else None
                 rates.append((_stord_rate(pool, daemon.address, processes, settings), processes))
+                if run_profile is not None:
+                    profile = describe(run_profile.result()) or (run_profile.error or "")
+            daemon.stop()
+            _progress(f"{name}: stord --workers 2")
+            workers = stack.enter_context(
+                StordDaemon.serving(deployment.stord_url, backend.kind, workdir, ["--workers", "2"])
+            )
+            workers2 = max(
+                _stord_rate(pool, workers.address, processes, settings) for processes in PROCESS_COUNTS
+            )
+            workers.stop()
             _progress(f"{name}: raw SQL")
             if name == "sqlite":
                 raw = _sqlite_rate(deployment.raw_url, settings)
@@ -299,11 +317,11 @@ def _bench_backend(name: str, workdir: Path, pool: ProcessPoolExecutor, settings
         except Exception as error:
             return Row(name, error=repr(error))
     best, processes = max(rates)
-    return Row(name, best, processes, raw)
+    return Row(name, best, processes, raw, workers2, profile)
 
 
 def render(rows: Sequence[Row], settings: Settings) -> str:
-    header = ["backend", "stord jobs/s", "raw SQL jobs/s", "ratio"]
+    header = ["backend", "stord jobs/s", "raw SQL jobs/s", "ratio", "--workers 2 jobs/s"]
     lines = [header]
     for row in rows:
         if row.error is not None:
@@ -317,6 +335,7 @@ def render(rows: Sequence[Row], settings: Settings) -> str:
                 f"{row.stord:,.0f} ({row.stord_processes}p)",
                 f"{row.raw:,.0f}",
                 f"{row.stord / row.raw:.2f}",
+                "-" if row.workers2 is None else f"{row.workers2:,.0f}",
             ]
         )
     widths = [max(len(line[column]) for line in lines if column < len(line)) for column in range(len(header))]
@@ -337,7 +356,11 @@ def render(rows: Sequence[Row], settings: Settings) -> str:
             " stord's recovery of expired leases, dedupe keys and notifications); SQLite: sqlite3 on one"
             " connection, enqueue, dequeue and acknowledge of each batch in a transaction each; PostgreSQL:"
             " psycopg with the same producer and consumer tasks, the dequeue with FOR UPDATE SKIP LOCKED.",
+            "--workers 2: the same through `stord serve --workers 2` on the same database, right after.",
             f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end.",
+            "",
+            "Where the daemon's CPU went (py-spy, 2 s of the one-client-process run):",
+            *(f"  {row.backend}: {row.profile}" for row in rows if row.profile),
         ]
     )
 

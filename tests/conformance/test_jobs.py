@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import math
 import os
 import threading
@@ -18,6 +19,8 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from stord.client import (
@@ -339,7 +342,7 @@ def test_a_long_poll_is_woken_by_a_transaction_that_enqueues(database_client: Cl
         (lambda c: c.jobs.enqueue("q", dedupe_key="k" * 257), "jobs[0].dedupe_key"),
         (
             lambda c: c.jobs.enqueue_many([EnqueueJob("q"), EnqueueJob("q", {"s": "\x00"})]),
-            "jobs[1].payload.s",
+            "jobs[1].payload_json.s",  # the client sends payloads as JSON text
         ),
         (lambda c: c.jobs.enqueue_many([]), "jobs"),
         (lambda c: c.jobs.dequeue("q", max_jobs=1001), "max_jobs"),
@@ -488,6 +491,54 @@ def test_a_lease_or_retry_ending_past_the_last_instant_is_refused(
         jobs.fail(last, "boom", retry=False)
     finally:
         database_served.clock.advance(-jump)
+
+
+# Payloads as JSON text ------------------------------------------------------------------------------------
+
+
+def test_payloads_travel_as_json_text_both_ways(database_client: Client) -> None:
+    stub, metadata = job_stub(database_client)
+    text = '{"n":1152921504606846976,"nested":{"list":[1,2.5,"x",null,true]},"name":"\u00e9t\u00e9"}'
+    (enqueued,) = stub.Enqueue(
+        jobs_pb2.EnqueueRequest(jobs=[jobs_pb2.NewJob(queue="json", payload_json=text)]), metadata=metadata
+    ).jobs
+    (leased,) = stub.Dequeue(
+        jobs_pb2.DequeueRequest(queue="json", json_payloads=True), metadata=metadata
+    ).jobs
+    assert leased.id == enqueued.job_id
+    assert not leased.HasField("payload")
+    assert json.loads(leased.payload_json) == json.loads(text)  # 2^60 exactly, not as a double
+    got = stub.GetJob(jobs_pb2.GetJobRequest(job_id=enqueued.job_id), metadata=metadata).job
+    assert got.payload_json == ""
+    assert MessageToDict(got.payload) == json.loads(text) | {"n": float(2**60)}  # a Struct holds doubles
+
+    database_client.jobs.enqueue("json", {"kept": [1, {"a": None}]})  # the client's own JSON path
+    (job,) = database_client.jobs.dequeue("json")
+    assert job.payload == {"kept": [1, {"a": None}]}
+
+
+@pytest.mark.parametrize(
+    ("job", "field"),
+    [
+        (jobs_pb2.NewJob(queue="q", payload_json="[1]"), "jobs[0].payload_json"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":'), "jobs[0].payload_json"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":NaN}'), "jobs[0].payload_json"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":["\\u0000"]}'), "jobs[0].payload_json.a[0]"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"\\u0000":1}'), "jobs[0].payload_json key"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":1' + ("0" * 400) + "}"), "jobs[0].payload_json"),
+        (
+            jobs_pb2.NewJob(queue="q", payload_json="{}", payload=Struct()),
+            "jobs[0].payload_json",
+        ),
+    ],
+)
+def test_bad_json_payloads_are_invalid_argument(database_client: Client, job: Any, field: str) -> None:
+    stub, metadata = job_stub(database_client)
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.Enqueue(jobs_pb2.EnqueueRequest(jobs=[job]), metadata=metadata)
+    assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (failure.value.details() or "").startswith(f"{field}:"), failure.value.details()
+    assert database_client.jobs.stats("q") == QueueStats(0, 0, 0, 0, 0)
 
 
 # Lapsed leases and retention, by the daemon's sweepers ---------------------------------------------------

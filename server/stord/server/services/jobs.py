@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+import orjson
 from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
@@ -81,10 +82,16 @@ def new_job(message: pb.NewJob, field: str, now: int) -> NewJob:
         raise InvalidArgument(
             f"{field}.max_attempts", f"must be between 0 (the default, 3) and {MAX_ATTEMPTS}"
         )
+    if message.payload_json:
+        if message.HasField("payload"):
+            raise InvalidArgument(f"{field}.payload_json", "must not be set together with payload")
+        payload = fields.json_object_text(message.payload_json, f"{field}.payload_json")
+    else:
+        payload = fields.json_object(message.payload, f"{field}.payload")
     return NewJob(
         id=fields.new_id(),
         queue=fields.name(message.queue, f"{field}.queue"),
-        payload=fields.json_object(message.payload, f"{field}.payload"),
+        payload=payload,
         run_at=_run_at(message, field, now),
         priority=message.priority,
         max_attempts=message.max_attempts or DEFAULT_MAX_ATTEMPTS,
@@ -92,12 +99,13 @@ def new_job(message: pb.NewJob, field: str, now: int) -> NewJob:
     )
 
 
-def job_message(job: Job) -> pb.Job:
-    """Return a job as its proto message."""
+def job_message(job: Job, *, json_payload: bool = False) -> pb.Job:
+    """Return a job as its proto message, its payload as JSON text in payload_json when `json_payload`."""
     message = pb.Job(
         id=job.id,
         queue=job.queue,
-        payload=fields.to_struct(job.payload),
+        payload=None if json_payload else fields.to_struct(job.payload),
+        payload_json=orjson.dumps(job.payload).decode() if json_payload else "",
         status=_STATUSES[job.status],
         priority=job.priority,
         run_at=check.timestamp_from_microseconds(job.run_at),
@@ -191,7 +199,8 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         if self._saw_queue is not None:
             self._saw_queue(namespace, queue)
         jobs = await self._dequeue(namespace, queue, request.max_jobs or 1, round(lease * MICROS), wait)
-        return pb.DequeueResponse(jobs=[job_message(job) for job in jobs])
+        json_payload = request.json_payloads
+        return pb.DequeueResponse(jobs=[job_message(job, json_payload=json_payload) for job in jobs])
 
     async def _dequeue(self, namespace: str, queue: str, limit: int, lease: int, wait: float) -> list[Job]:
         """Lease due jobs for `lease` microseconds; when there are none, wait up to `wait` seconds for the
