@@ -42,6 +42,8 @@ class Row:
     profile: dict[str, float] | None = None
     """The daemon's CPU by category during Get, from py-spy (see bench/_profile.py)."""
     profile_error: str | None = None
+    h2load: tuple[float, float] | None = None
+    """Get requests/s of stord and of the echo, from h2load (a C client), when it is installed."""
     error: str | None = None
 
     @property
@@ -138,7 +140,16 @@ def _profile_lines(rows: Sequence[Row]) -> list[str]:
         for row in rows
         if row.profile is not None or row.profile_error is not None
     ]
-    return ["Where the daemon's CPU went (py-spy, busy samples):", *lines] if lines else []
+    h2load = [
+        f"  {row.backend} get: stord {row.h2load[0]:,.0f}/s, echo {row.h2load[1]:,.0f}/s,"
+        f" /echo {row.h2load[0] / row.h2load[1]:.2f}"
+        for row in rows
+        if row.h2load is not None
+    ]
+    lines = ["Where the daemon's CPU went (py-spy, busy samples):", *lines] if lines else []
+    if h2load:
+        lines += ["Get with h2load (a C client, no Python client's CPU; best of 2 each):", *h2load]
+    return lines
 
 
 def _failure_lines(rows: Sequence[Row]) -> list[str]:

@@ -16,6 +16,7 @@ from bench._load import Call, Percentiles, closed_loop, open_loop, run
 from bench._stores import StordStore, Store
 
 __all__ = [
+    "GET_KEY",
     "OPS",
     "SET_KEYS",
     "Op",

@@ -19,12 +19,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
+from bench import _h2load
 from bench._deploy import BACKENDS, Backend, Deployment, StordDaemon, create_schema
 from bench._echo import EchoServer
 from bench._load import Percentiles, run
 from bench._profile import ProfileRun
 from bench._report import Row, render, save_json
 from bench._scenarios import (
+    GET_KEY,
     OPS,
     SET_KEYS,
     Op,
@@ -89,6 +91,12 @@ def _profile(daemon: StordDaemon, pool: ProcessPoolExecutor, op: Op, settings: S
     return profile
 
 
+def _h2load_rates(stord: str, echo: str) -> tuple[float, float]:
+    """Best of two h2load runs each, alternated, so both see the machine alike."""
+    rates = [(_h2load.get_rate(stord, GET_KEY), _h2load.get_rate(echo, GET_KEY)) for _ in range(2)]
+    return max(rate for rate, _ in rates), max(rate for _, rate in rates)
+
+
 def _bench_op(
     backend: Backend,
     op: Op,
@@ -99,12 +107,13 @@ def _bench_op(
     echo: EchoServer,
 ) -> Row:
     _progress(f"  {backend.name} {op}")
-    echo_ops = profile = None
+    echo_ops = profile = h2load = None
     try:
         stord_ops, client_processes = stord_throughput(pool, daemon.address, op, settings)
         if op == "get":  # the same calls answered by a bare grpc.aio server, right after
             echo_ops, _ = stord_throughput(pool, echo.address, op, settings)
             profile = _profile(daemon, pool, op, settings)
+            h2load = _h2load_rates(daemon.address, echo.address) if _h2load.available() else None
         stord_latency = run(_stord_latency(daemon.address, op, settings))
         raw_ops, raw_latency = run(_bench_raw(raw_url, op, settings)) if raw_url else (None, None)
     except Exception as error:
@@ -121,6 +130,7 @@ def _bench_op(
         echo_ops=echo_ops,
         profile=shares or None,
         profile_error=None if profile is None else profile.error,
+        h2load=h2load,
     )
 
 
