@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,15 +111,16 @@ def create_schema(url: str) -> None:
 class StordDaemon:
     """One `stord serve` process with the default `info` access log going to `log_path`."""
 
-    def __init__(self, url: str, workdir: Path) -> None:
+    def __init__(self, url: str, workdir: Path, extra: Sequence[str] = ()) -> None:
         self.address = f"127.0.0.1:{free_port()}"
-        self.log_path = workdir / "stord.log"
+        self.log_path = workdir / f"stord-{self.address.rpartition(':')[2]}.log"
         command = [
             STORD, "serve",
             "--listen", self.address,
             "--data-dir", str(workdir / "data"),
             "--database", url,
             "--cache", url,
+            *extra,
         ]  # fmt: skip
         with self.log_path.open("wb") as log:
             # A session of its own: Ctrl-C reaches only the benchmark, which then stops the daemon itself.
@@ -129,9 +130,9 @@ class StordDaemon:
 
     @classmethod
     @contextlib.contextmanager
-    def serving(cls, url: str, kind: str, workdir: Path) -> Iterator[StordDaemon]:
-        """Start a daemon, wait until it serves both roles on `kind`, and stop it on the way out."""
-        daemon = cls(url, workdir)
+    def serving(cls, url: str, kind: str, workdir: Path, extra: Sequence[str] = ()) -> Iterator[StordDaemon]:
+        """Start a daemon (`extra`: more flags), wait until it serves both roles on `kind`, stop it after."""
+        daemon = cls(url, workdir, extra)
         try:
             daemon._wait_serving(kind)
             yield daemon

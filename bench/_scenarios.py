@@ -16,6 +16,7 @@ from bench._load import Call, Percentiles, closed_loop, open_loop, run
 from bench._stores import StordStore, Store
 
 __all__ = [
+    "GET_KEY",
     "OPS",
     "SET_KEYS",
     "Op",
@@ -26,6 +27,7 @@ __all__ = [
     "measure_throughput",
     "on_store",
     "stord_throughput",
+    "throughput_from",
 ]
 
 Op = Literal["get", "set"]
@@ -116,12 +118,12 @@ def client_processes(count: int) -> Iterator[ProcessPoolExecutor]:
 def stord_throughput(pool: ProcessPoolExecutor, target: str, op: Op, settings: Settings) -> tuple[float, int]:
     """stord's best closed-loop throughput over `settings.client_processes`, and the process count it took."""
     return max(
-        (_throughput_from(pool, processes, target, op, settings), processes)
+        (throughput_from(pool, processes, target, op, settings), processes)
         for processes in settings.client_processes
     )
 
 
-def _throughput_from(
+def throughput_from(
     pool: ProcessPoolExecutor, processes: int, target: str, op: Op, settings: Settings
 ) -> float:
     """Closed-loop throughput of `settings.concurrency` callers spread over `processes` of the pool's."""

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -32,6 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from bench._deploy import BACKENDS, StordDaemon, create_schema
 from bench._load import run
+from bench._profile import ProfileRun, describe
 from bench._scenarios import client_processes
 from stord.client import AsyncClient, EnqueueJob
 
@@ -42,6 +42,7 @@ PRODUCERS = 2
 CONSUMERS = 4
 """Per client process: tasks enqueueing batches, and tasks dequeueing batches and acknowledging them."""
 LEASE = 60.0
+LEASE_MICROS = 60_000_000
 POLL = 0.05
 """Seconds a consumer's dequeue waits for jobs when the queue is empty."""
 PROCESS_COUNTS = (1, 2)
@@ -62,6 +63,10 @@ class Row:
     stord: float | None = None
     stord_processes: int | None = None
     raw: float | None = None
+    workers2: float | None = None
+    """The same through `stord serve --workers 2` on the same database."""
+    profile: str | None = None
+    """Where the daemon's CPU went during the one-client-process run."""
     error: str | None = None
 
 
@@ -165,7 +170,7 @@ def _sqlite_rate(url: str, settings: Settings) -> float:
     started = time.monotonic()
     try:
         for numbers in _batches(0, settings.jobs, settings.batch):
-            now = time.time()
+            now = time.time_ns() // 1000  # instants are integer microseconds (migrations/*/0008)
             rows = [
                 (NAMESPACE, str(uuid.uuid4()), queue, now, orjson.dumps(_payload(n)).decode(), now, now)
                 for n in numbers
@@ -175,7 +180,7 @@ def _sqlite_rate(url: str, settings: Settings) -> float:
             token = uuid.uuid4().hex
             with connection:
                 leased = connection.execute(
-                    _SQLITE_LEASE, (token, now + LEASE, now, NAMESPACE, queue, now, settings.batch)
+                    _SQLITE_LEASE, (token, now + LEASE_MICROS, now, NAMESPACE, queue, now, settings.batch)
                 ).fetchall()
             jobs = [(job_id, lease, orjson.loads(payload)) for job_id, lease, payload in leased]
             with connection:
@@ -233,7 +238,7 @@ async def _postgres_rate(url: str, settings: Settings) -> float:
             parameters = {
                 "namespace": NAMESPACE,
                 "queue": queue,
-                "now": datetime.now(UTC),
+                "now": time.time_ns() // 1000,
                 "ids": [str(uuid.uuid4()) for _ in numbers],
                 "payloads": [orjson.dumps(_payload(n)).decode() for n in numbers],
             }
@@ -243,14 +248,14 @@ async def _postgres_rate(url: str, settings: Settings) -> float:
     async def consume() -> None:
         nonlocal completed
         while completed < settings.jobs:
-            now = datetime.now(UTC)
+            now = time.time_ns() // 1000
             parameters = {
                 "namespace": NAMESPACE,
                 "queue": queue,
                 "now": now,
                 "limit": settings.batch,
                 "token": uuid.uuid4().hex,
-                "expires_at": datetime.fromtimestamp(now.timestamp() + LEASE, UTC),
+                "expires_at": now + LEASE_MICROS,
             }
             async with pool.connection() as connection:
                 rows = await (await connection.execute(_POSTGRES_LEASE, parameters)).fetchall()
@@ -260,7 +265,7 @@ async def _postgres_rate(url: str, settings: Settings) -> float:
                 jobs = [(job_id, token, orjson.loads(payload)) for job_id, token, payload in rows]
                 leases = {
                     "namespace": NAMESPACE,
-                    "now": datetime.now(UTC),
+                    "now": time.time_ns() // 1000,
                     "ids": [job_id for job_id, _, _ in jobs],
                     "tokens": [token for _, token, _ in jobs],
                 }
@@ -288,9 +293,22 @@ def _bench_backend(name: str, workdir: Path, pool: ProcessPoolExecutor, settings
             create_schema(deployment.raw_url)
             daemon = stack.enter_context(StordDaemon.serving(deployment.stord_url, backend.kind, workdir))
             rates: list[tuple[float, int]] = []
+            profile = ""
             for processes in PROCESS_COUNTS:
                 _progress(f"{name}: stord, clients in {processes} process(es)")
+                run_profile = ProfileRun(daemon.pid, 2.0) if processes == 1 else None
                 rates.append((_stord_rate(pool, daemon.address, processes, settings), processes))
+                if run_profile is not None:
+                    profile = describe(run_profile.result()) or (run_profile.error or "")
+            daemon.stop()
+            _progress(f"{name}: stord --workers 2")
+            workers = stack.enter_context(
+                StordDaemon.serving(deployment.stord_url, backend.kind, workdir, ["--workers", "2"])
+            )
+            workers2 = max(
+                _stord_rate(pool, workers.address, processes, settings) for processes in PROCESS_COUNTS
+            )
+            workers.stop()
             _progress(f"{name}: raw SQL")
             if name == "sqlite":
                 raw = _sqlite_rate(deployment.raw_url, settings)
@@ -299,11 +317,11 @@ def _bench_backend(name: str, workdir: Path, pool: ProcessPoolExecutor, settings
         except Exception as error:
             return Row(name, error=repr(error))
     best, processes = max(rates)
-    return Row(name, best, processes, raw)
+    return Row(name, best, processes, raw, workers2, profile)
 
 
 def render(rows: Sequence[Row], settings: Settings) -> str:
-    header = ["backend", "stord jobs/s", "raw SQL jobs/s", "ratio"]
+    header = ["backend", "stord jobs/s", "raw SQL jobs/s", "ratio", "--workers 2 jobs/s"]
     lines = [header]
     for row in rows:
         if row.error is not None:
@@ -317,6 +335,7 @@ def render(rows: Sequence[Row], settings: Settings) -> str:
                 f"{row.stord:,.0f} ({row.stord_processes}p)",
                 f"{row.raw:,.0f}",
                 f"{row.stord / row.raw:.2f}",
+                "-" if row.workers2 is None else f"{row.workers2:,.0f}",
             ]
         )
     widths = [max(len(line[column]) for line in lines if column < len(line)) for column in range(len(header))]
@@ -337,7 +356,11 @@ def render(rows: Sequence[Row], settings: Settings) -> str:
             " stord's recovery of expired leases, dedupe keys and notifications); SQLite: sqlite3 on one"
             " connection, enqueue, dequeue and acknowledge of each batch in a transaction each; PostgreSQL:"
             " psycopg with the same producer and consumer tasks, the dequeue with FOR UPDATE SKIP LOCKED.",
+            "--workers 2: the same through `stord serve --workers 2` on the same database, right after.",
             f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end.",
+            "",
+            "Where the daemon's CPU went (py-spy, 2 s of the one-client-process run):",
+            *(f"  {row.backend}: {row.profile}" for row in rows if row.profile),
         ]
     )
 

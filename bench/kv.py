@@ -19,10 +19,14 @@ from contextlib import ExitStack
 from pathlib import Path
 from types import FrameType
 
+from bench import _h2load
 from bench._deploy import BACKENDS, Backend, Deployment, StordDaemon, create_schema
+from bench._echo import EchoServer
 from bench._load import Percentiles, run
+from bench._profile import ProfileRun
 from bench._report import Row, render, save_json
 from bench._scenarios import (
+    GET_KEY,
     OPS,
     SET_KEYS,
     Op,
@@ -33,6 +37,7 @@ from bench._scenarios import (
     measure_throughput,
     on_store,
     stord_throughput,
+    throughput_from,
 )
 from bench._stores import StordStore, open_raw_store, raw_concurrency
 
@@ -79,6 +84,19 @@ async def _bench_raw(url: str, op: Op, settings: Settings) -> tuple[float, Perce
     return await throughput(), await latency()
 
 
+def _profile(daemon: StordDaemon, pool: ProcessPoolExecutor, op: Op, settings: Settings) -> ProfileRun:
+    """Profile the daemon under a closed loop of `op` from one client process, like the throughput run."""
+    profile = ProfileRun(daemon.pid, settings.duration)
+    throughput_from(pool, 1, daemon.address, op, settings)
+    return profile
+
+
+def _h2load_rates(stord: str, echo: str) -> tuple[float, float]:
+    """Best of two h2load runs each, alternated, so both see the machine alike."""
+    rates = [(_h2load.get_rate(stord, GET_KEY), _h2load.get_rate(echo, GET_KEY)) for _ in range(2)]
+    return max(rate for rate, _ in rates), max(rate for _, rate in rates)
+
+
 def _bench_op(
     backend: Backend,
     op: Op,
@@ -86,19 +104,38 @@ def _bench_op(
     raw_url: str | None,
     pool: ProcessPoolExecutor,
     settings: Settings,
+    echo: EchoServer,
 ) -> Row:
     _progress(f"  {backend.name} {op}")
+    echo_ops = profile = h2load = None
     try:
         stord_ops, client_processes = stord_throughput(pool, daemon.address, op, settings)
+        if op == "get":  # the same calls answered by a bare grpc.aio server, right after
+            echo_ops, _ = stord_throughput(pool, echo.address, op, settings)
+            profile = _profile(daemon, pool, op, settings)
+            h2load = _h2load_rates(daemon.address, echo.address) if _h2load.available() else None
         stord_latency = run(_stord_latency(daemon.address, op, settings))
         raw_ops, raw_latency = run(_bench_raw(raw_url, op, settings)) if raw_url else (None, None)
     except Exception as error:
         return Row(backend.name, op, error=f"{error!r}\n{daemon.log_excerpt()}")
-    return Row(backend.name, op, stord_ops, client_processes, raw_ops, stord_latency, raw_latency)
+    shares = None if profile is None else profile.result()
+    return Row(
+        backend.name,
+        op,
+        stord_ops,
+        client_processes,
+        raw_ops,
+        stord_latency,
+        raw_latency,
+        echo_ops=echo_ops,
+        profile=shares or None,
+        profile_error=None if profile is None else profile.error,
+        h2load=h2load,
+    )
 
 
 def _bench_backend(
-    backend: Backend, workdir: Path, pool: ProcessPoolExecutor, settings: Settings
+    backend: Backend, workdir: Path, pool: ProcessPoolExecutor, settings: Settings, echo: EchoServer
 ) -> list[Row]:
     _progress(f"{backend.name}: starting")
     workdir.mkdir(parents=True)
@@ -110,7 +147,7 @@ def _bench_backend(
             daemon = stack.enter_context(StordDaemon.serving(deployment.stord_url, backend.kind, workdir))
         except Exception as error:
             return [Row(backend.name, op, error=str(error)) for op in OPS]
-        return [_bench_op(backend, op, daemon, deployment.raw_url, pool, settings) for op in OPS]
+        return [_bench_op(backend, op, daemon, deployment.raw_url, pool, settings, echo) for op in OPS]
 
 
 def _method(settings: Settings, load_before: float) -> list[str]:
@@ -131,6 +168,13 @@ def _method(settings: Settings, load_before: float) -> list[str]:
         f"Latency: open loop at {settings.rate:,.0f} req/s for {duration:g} s after the warm-up, one client"
         " process, timed from each request's scheduled send time to its answer. added = stord minus raw,"
         " percentile by percentile.",
+        "echo: a bare grpc.aio server (bench/_echo.py, a process of its own) answering the same Get calls"
+        " from the same client with a fixed response, measured right after stord's Get the same way; /echo"
+        " = stord / echo. The Python client costs about as much CPU per call as the server, so on 2 CPUs"
+        " both figures are bounded by the machine, not the server alone.",
+        f"Profile: py-spy sampling the daemon for {duration:g} s under a closed-loop Get from one client"
+        " process, after the figures above; shares of its busy samples by the innermost frame's category"
+        " (bench/_profile.py).",
     ]
 
 
@@ -146,10 +190,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     with ExitStack() as stack:
         workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stord-bench-")))
         pool = stack.enter_context(client_processes(max(settings.client_processes)))
+        echo = stack.enter_context(EchoServer.serving())
         rows = [
             row
             for name in arguments.backends.split(",")
-            for row in _bench_backend(BACKENDS[name], workdir / name, pool, settings)
+            for row in _bench_backend(BACKENDS[name], workdir / name, pool, settings, echo)
         ]
     method = _method(settings, load_before)
     print(render(rows, settings.rate, method))

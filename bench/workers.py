@@ -1,9 +1,10 @@
 """`make bench`: cache Get and Set through `stord serve --workers 1` beside `--workers 2`, many connections.
 
-Run from the repository root (`python -m bench.workers`). For each database (SQLite, PostgreSQL): start what
-it needs, then for each worker count a daemon on it (both roles, so every worker shares them), and measure the
-closed-loop throughput of several client processes, each spreading its callers over connections of its own:
-the kernel hands each connection to one worker (SO_REUSEPORT), so one connection would exercise one worker.
+Run from the repository root (`python -m bench.workers`). For each database (SQLite, PostgreSQL, Redis):
+start what it needs, then for each worker count a daemon on it (both roles, so every worker shares them), and
+measure the closed-loop throughput of several client processes, each spreading its callers over connections
+of its own: the kernel hands each connection to one worker (SO_REUSEPORT), so one connection would exercise
+one worker.
 Progress goes to stderr, the table to stdout.
 """
 
@@ -33,7 +34,8 @@ from stord.client import AsyncClient
 __all__ = ["main"]
 
 WORKER_COUNTS = (1, 2)
-DATABASES = ("sqlite", "postgres")
+DATABASES = ("sqlite", "postgres", "redis")
+"""Every backend a daemon's workers can share; memory cannot be shared (`stord serve` refuses it)."""
 
 _DISPATCH_DELAY = 0.5
 """Seconds for a job to reach the client processes and connect, before their warm-up starts."""
@@ -223,7 +225,8 @@ def _render(rows: Sequence[Row], load: Load, settings: Settings, load_before: fl
         f" {settings.warmup:g} s warm-up. Daemon: both roles on the database, STORD_WORKERS=1 or 2, the"
         " default info access log to a file; (cores) is the CPU it used over the measured seconds, supervisor"
         " and workers together. The clients share the machine's CPUs with the daemon: workers can only"
-        " gain where CPU is left over.",
+        " gain where CPU is left over. memory: not measured, `--workers` refuses it (each process would"
+        " have a store of its own).",
     ]
     errors = [f"{row.database} {row.op}: {row.error}" for row in rows if row.error]
     if errors:
@@ -237,7 +240,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--databases",
         default=",".join(DATABASES),
-        help="comma-separated, from sqlite, postgres (default both)",
+        help="comma-separated, from sqlite, postgres, redis (default all)",
     )
     parser.add_argument("--client-processes", type=int, default=3, help="client processes (default 3)")
     parser.add_argument(

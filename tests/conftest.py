@@ -103,6 +103,8 @@ class Daemons:
             clock = ManualClock()
             # Alert evaluation off: its alert events would land in the namespaces of the events suite's rules
             # (tests/conformance/test_alerts.py runs daemons of its own with it on).
+            # Sweeps run when a test asks (daemon.sweep_expired, settle_lapsed_leases), never on their own
+            # in the middle of a test that inspects what they would change.
             settings = Settings(
                 listen="127.0.0.1:0",
                 database=url,
@@ -112,6 +114,7 @@ class Daemons:
                 # has nothing to recheck for, and whatever answers a waiting Dequeue early is a wake-up.
                 long_poll_recheck_interval=NO_RECHECK,
                 alert_interval=0,
+                expiry_sweep_interval=24 * 3600,
             )
             thread = DaemonThread(settings, clock=clock).start()
             self._running[kind] = SharedDaemon(kind, thread.target, clock, thread)

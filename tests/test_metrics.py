@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stord.client import (
     Client,
+    EnqueueJob,
     EventIngestor,
     InvalidArgument,
     NotFound,
@@ -30,6 +31,7 @@ from stord.server.metrics import UNKNOWN_METHOD, Metrics
 from stord.server.rpc.auth import Role
 from tests.harness._system import free_port
 from tests.harness.auth import Tenant, write_keys
+from tests.harness.clock import ManualClock
 from tests.harness.daemon import DaemonThread
 from tests.harness.postgres import PostgresServer
 
@@ -407,3 +409,31 @@ def test_postgres_pool_gauges(postgres_server: PostgresServer) -> None:
         "stord_postgres_pool_waiting": 0,
     }
     assert waiting["stord_postgres_pool_waiting"] == 1
+
+
+def test_the_job_sweepers_count_what_they_settled_and_deleted(tmp_path: Path) -> None:
+    clock = ManualClock()
+    settings = Settings(
+        listen="127.0.0.1:0",
+        database=f"sqlite:///{tmp_path / 'stord.db'}",
+        metrics_listen="127.0.0.1:0",
+        log_level="warning",
+        expiry_sweep_interval=24 * 3600,  # sweeps run when the test asks
+    )
+    daemon = DaemonThread(settings, clock=clock).start()
+    try:
+        with Client(daemon.target) as client:
+            client.jobs.enqueue_many([EnqueueJob("q", {"n": n}, max_attempts=1 + n) for n in range(3)])
+            *_, third = client.jobs.dequeue("q", max_jobs=3, lease=10)  # max_attempts 1, 2 and 3
+            client.jobs.acknowledge([third])
+            clock.advance(11)
+            daemon.run(daemon.daemon.settle_lapsed_leases())  # the first on its last attempt, the second not
+            clock.advance(8 * 86_400)
+            daemon.run(daemon.daemon.purge_finished_jobs())  # third, completed 8 days ago
+        samples = scrape(daemon)
+        assert value(samples, "stord_job_leases_lapsed_total", outcome="failed") == 1
+        assert value(samples, "stord_job_leases_lapsed_total", outcome="retried") == 1
+        assert value(samples, "stord_jobs_deleted_total", status="completed") == 1
+        assert value(samples, "stord_jobs_deleted_total", status="failed") == 0  # within its 30 days
+    finally:
+        daemon.stop()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -44,8 +46,9 @@ def test_both_dialects_have_the_same_numbered_steps() -> None:
     sqlite_steps = [(step.version, step.name) for step in load_migrations("sqlite")]
     postgres_steps = [(step.version, step.name) for step in load_migrations("postgres")]
     assert sqlite_steps == postgres_steps
-    # Increasing, not consecutive: parallel branches reserve numbers ahead (alerts took 0010).
+    # Parallel branches reserve their numbers, so a branch may skip one another branch holds.
     versions = [version for version, _ in sqlite_steps]
+    assert versions[0] == 1
     assert versions == sorted(set(versions))
 
 
@@ -114,3 +117,106 @@ def test_sqlite_connections_switching_a_new_file_to_wal_together_all_succeed(tmp
         for thread in threads:
             thread.join()
         assert not failures, failures
+
+
+# 0008: job instants become integer microseconds ----------------------------------------------------------
+
+_JOB_COLUMNS = "namespace, id, queue, status, priority, run_at, attempts, max_attempts, payload, last_error,"
+_JOB_COLUMNS += " lease_token, lease_expires_at, create_time, update_time"
+_CREATED = 1_718_000_000.123456  # seconds, as the stores kept them before
+_LAST = 253_402_300_799.999999999  # rounds up to 253402300800.0 as a float: past the last Timestamp
+_LAST_MICROS = 253_402_300_799_999_999
+
+
+async def _stored_jobs(backend: SqliteBackend | PostgresBackend) -> dict[str, tuple[Any, ...]]:
+    await backend.open()  # applies 0008
+    try:
+        jobs = backend.jobs()
+        found = {}
+        for job_id in ("pending", "running"):
+            job = await jobs.get("ns", job_id)
+            assert job is not None
+            found[job_id] = (job.run_at, job.lease_expires_at, job.create_time, job.update_time)
+        return found
+    finally:
+        await backend.close()
+
+
+_EXPECTED = {
+    "pending": (_LAST_MICROS, None, 1_718_000_000_123_456, 1_718_000_000_123_456),
+    "running": (1_718_000_000_123_456, 1_718_000_060_123_456, 1_718_000_000_123_456, 1_718_000_000_123_456),
+}
+
+
+def test_sqlite_job_instants_become_microseconds(tmp_path: Path) -> None:
+    path = tmp_path / "stord.db"
+    connection = sqlite3.connect(path, isolation_level=None)
+    connection.execute(
+        "CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT, applied_at TEXT)"
+    )
+    for step in load_migrations("sqlite"):
+        if step.version < 8:
+            connection.executescript(step.sql)
+            connection.execute(
+                "INSERT INTO schema_migrations VALUES (?, ?, 'then')", (step.version, step.name)
+            )
+    rows = [
+        ("ns", "pending", "q", "pending", 0, _LAST, 0, 3, "{}", None, None, None, _CREATED, _CREATED),
+        (
+            "ns",
+            "running",
+            "q",
+            "running",
+            0,
+            _CREATED,
+            1,
+            3,
+            "{}",
+            None,
+            "t",
+            _CREATED + 60,
+            _CREATED,
+            _CREATED,
+        ),
+    ]
+    connection.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 14)})", rows)
+    connection.close()
+    assert asyncio.run(_stored_jobs(SqliteBackend(path, options=SqliteOptions()))) == _EXPECTED
+
+
+def test_postgres_job_instants_become_microseconds(postgres_server: PostgresServer) -> None:
+    url = postgres_server.create_database("job_instants")
+    at = datetime.datetime.fromtimestamp(_CREATED, datetime.UTC)
+    last = datetime.datetime.max.replace(tzinfo=datetime.UTC)  # what the store wrote for a later instant
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(
+            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+            " applied_at timestamptz NOT NULL DEFAULT now())"
+        )
+        for step in load_migrations("postgres"):
+            if step.version < 8:
+                connection.execute(step.sql.encode())
+                connection.execute("INSERT INTO schema_migrations VALUES (%s, %s)", (step.version, step.name))
+        rows = [
+            ("ns", "pending", "q", "pending", 0, last, 0, 3, "{}", None, None, None, at, at),
+            (
+                "ns",
+                "running",
+                "q",
+                "running",
+                0,
+                at,
+                1,
+                3,
+                "{}",
+                None,
+                "t",
+                at + datetime.timedelta(seconds=60),
+                at,
+                at,
+            ),
+        ]
+        values = ", ".join(["%s"] * 14)
+        with connection.cursor() as cursor:
+            cursor.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({values})", rows)
+    assert asyncio.run(_stored_jobs(PostgresBackend(url, options=PostgresOptions()))) == _EXPECTED

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import math
 import os
 import threading
@@ -17,6 +18,10 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from stord.client import (
     Client,
@@ -344,7 +349,7 @@ def test_a_long_poll_is_woken_by_a_transaction_that_enqueues(database_client: Cl
         (lambda c: c.jobs.enqueue("q", dedupe_key="k" * 257), "jobs[0].dedupe_key"),
         (
             lambda c: c.jobs.enqueue_many([EnqueueJob("q"), EnqueueJob("q", {"s": "\x00"})]),
-            "jobs[1].payload.s",
+            "jobs[1].payload_json.s",  # the client sends payloads as JSON text
         ),
         (lambda c: c.jobs.enqueue_many([]), "jobs"),
         (lambda c: c.jobs.dequeue("q", max_jobs=1001), "max_jobs"),
@@ -404,6 +409,217 @@ def test_an_unknown_lease_is_failed_precondition(database_client: Client) -> Non
 def test_redis_does_not_serve_jobs(redis_served: SharedDaemon) -> None:
     with redis_served.client() as client, pytest.raises(Unimplemented, match=r"stord\.v1\.JobQueueService"):
         client.jobs.enqueue("q")
+
+
+# Instants at the edges of a Timestamp ----------------------------------------------------------------------
+
+LAST_INSTANT = Timestamp(seconds=253_402_300_799, nanos=999_999_999)  # 9999-12-31T23:59:59.999999999Z
+FIRST_INSTANT = Timestamp(seconds=-62_135_596_800, nanos=0)  # 0001-01-01T00:00:00Z
+LONGEST_DELAY = Duration(seconds=315_576_000_000, nanos=999_999_999)  # the largest Duration
+
+
+def assert_refused(call: Any, field: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        call()
+    assert refused.value.message.startswith(f"{field}:"), refused.value.message
+
+
+def job_stub(client: Client) -> tuple[jobs_pb2_grpc.JobQueueServiceStub, Any]:
+    return jobs_pb2_grpc.JobQueueServiceStub(client._channel), client._call.metadata
+
+
+def test_jobs_at_the_first_and_last_instant_read_back_through_get_and_list(database_client: Client) -> None:
+    stub, metadata = job_stub(database_client)
+    enqueued = stub.Enqueue(
+        jobs_pb2.EnqueueRequest(
+            jobs=[
+                jobs_pb2.NewJob(queue="edge", run_at=LAST_INSTANT),
+                jobs_pb2.NewJob(queue="edge", run_at=FIRST_INSTANT),
+            ]
+        ),
+        metadata=metadata,
+    )
+    last_id, first_id = (job.job_id for job in enqueued.jobs)
+    kept = Timestamp(seconds=LAST_INSTANT.seconds, nanos=999_999_000)  # jobs keep microseconds
+    for job_id, run_at in ((last_id, kept), (first_id, FIRST_INSTANT)):
+        got = stub.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), metadata=metadata)
+        assert (got.found, got.job.run_at) == (True, run_at)
+    listed = stub.ListJobs(jobs_pb2.ListJobsRequest(queue="edge"), metadata=metadata)
+    assert [(job.id, job.run_at) for job in listed.jobs] == [(last_id, kept), (first_id, FIRST_INSTANT)]
+    assert [job.id for job in database_client.jobs.find("edge")] == [last_id, first_id]
+
+    (due,) = database_client.jobs.dequeue("edge", max_jobs=5)  # year 1 is due; year 9999 is not
+    assert due.id == first_id
+    database_client.jobs.fail(due, "again")  # a retry's run_at comes from now, not from year 1
+    retrying = database_client.jobs.get(first_id)
+    assert retrying is not None
+    assert retrying.status is JobStatus.RETRYING
+
+
+def test_an_instant_past_the_last_timestamp_is_refused_and_nothing_is_enqueued(
+    database_client: Client,
+) -> None:
+    stub, metadata = job_stub(database_client)
+    requests = [
+        ([jobs_pb2.NewJob(queue="q"), jobs_pb2.NewJob(queue="q", delay=LONGEST_DELAY)], "jobs[1].delay"),
+        ([jobs_pb2.NewJob(queue="q", run_at=Timestamp(seconds=253_402_300_800))], "jobs[0].run_at"),
+        ([jobs_pb2.NewJob(queue="q", run_at=Timestamp(seconds=-62_135_596_801))], "jobs[0].run_at"),
+        ([jobs_pb2.NewJob(queue="q", run_at=Timestamp(seconds=0, nanos=-1))], "jobs[0].run_at"),
+    ]
+    for jobs, field in requests:
+        with pytest.raises(grpc.RpcError) as failure:
+            stub.Enqueue(jobs_pb2.EnqueueRequest(jobs=jobs), metadata=metadata)
+        assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        assert (failure.value.details() or "").startswith(f"{field}:"), failure.value.details()
+    with pytest.raises(InvalidArgument) as refused:
+        database_client.documents.transact(
+            [EnqueueJob("q", {"n": 1}), EnqueueJob("q", {"n": 2}, delay=LONGEST_DELAY.seconds)]
+        )
+    assert refused.value.message.startswith("operations[1].enqueue.delay:"), refused.value.message
+    assert database_client.jobs.stats("q") == QueueStats(0, 0, 0, 0, 0)
+
+
+def test_a_lease_or_retry_ending_past_the_last_instant_is_refused(
+    database_served: SharedDaemon, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    jobs.enqueue_many([EnqueueJob("q", {"n": n}) for n in range(2)])
+    (held,) = jobs.dequeue("q", lease=60)
+    # The daemon's clock 1.5 s before the last instant, and back whatever happens.
+    jump = 253_402_300_800.0 - 1.5 - database_served.clock()
+    database_served.clock.advance(jump)
+    try:
+        assert_refused(lambda: jobs.dequeue("q", lease=60), "lease_duration")
+        assert jobs.stats("q").pending == 1  # nothing leased
+        assert_refused(lambda: jobs.extend_lease([held], lease=60), "lease_duration")
+        (last,) = jobs.dequeue("q", lease=1)  # ends 0.5 s before the last instant
+        assert_refused(lambda: jobs.fail(last, "boom"), "retry")  # its retry would be due 2 s later
+        assert jobs.get(last.id).status is JobStatus.RUNNING  # type: ignore[union-attr]
+        jobs.fail(last, "boom", retry=False)
+    finally:
+        database_served.clock.advance(-jump)
+
+
+# Payloads as JSON text ------------------------------------------------------------------------------------
+
+
+def test_payloads_travel_as_json_text_both_ways(database_client: Client) -> None:
+    stub, metadata = job_stub(database_client)
+    text = '{"n":1152921504606846976,"nested":{"list":[1,2.5,"x",null,true]},"name":"\u00e9t\u00e9"}'
+    (enqueued,) = stub.Enqueue(
+        jobs_pb2.EnqueueRequest(jobs=[jobs_pb2.NewJob(queue="json", payload_json=text)]), metadata=metadata
+    ).jobs
+    (leased,) = stub.Dequeue(
+        jobs_pb2.DequeueRequest(queue="json", json_payloads=True), metadata=metadata
+    ).jobs
+    assert leased.id == enqueued.job_id
+    assert not leased.HasField("payload")
+    assert json.loads(leased.payload_json) == json.loads(text)  # 2^60 exactly, not as a double
+    got = stub.GetJob(jobs_pb2.GetJobRequest(job_id=enqueued.job_id), metadata=metadata).job
+    assert got.payload_json == ""
+    assert MessageToDict(got.payload) == json.loads(text) | {"n": float(2**60)}  # a Struct holds doubles
+
+    database_client.jobs.enqueue("json", {"kept": [1, {"a": None}]})  # the client's own JSON path
+    (job,) = database_client.jobs.dequeue("json")
+    assert job.payload == {"kept": [1, {"a": None}]}
+
+
+@pytest.mark.parametrize(
+    ("job", "field"),
+    [
+        (jobs_pb2.NewJob(queue="q", payload_json="[1]"), "jobs[0].payload_json"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":'), "jobs[0].payload_json"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":NaN}'), "jobs[0].payload_json"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":["\\u0000"]}'), "jobs[0].payload_json.a[0]"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"\\u0000":1}'), "jobs[0].payload_json key"),
+        (jobs_pb2.NewJob(queue="q", payload_json='{"a":1' + ("0" * 400) + "}"), "jobs[0].payload_json"),
+        (
+            jobs_pb2.NewJob(queue="q", payload_json="{}", payload=Struct()),
+            "jobs[0].payload_json",
+        ),
+    ],
+)
+def test_bad_json_payloads_are_invalid_argument(database_client: Client, job: Any, field: str) -> None:
+    stub, metadata = job_stub(database_client)
+    with pytest.raises(grpc.RpcError) as failure:
+        stub.Enqueue(jobs_pb2.EnqueueRequest(jobs=[job]), metadata=metadata)
+    assert failure.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert (failure.value.details() or "").startswith(f"{field}:"), failure.value.details()
+    assert database_client.jobs.stats("q") == QueueStats(0, 0, 0, 0, 0)
+
+
+# Lapsed leases and retention, by the daemon's sweepers ---------------------------------------------------
+
+
+def test_the_sweeper_settles_lapsed_leases_without_a_dequeue(
+    database_served: SharedDaemon, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    last_try = jobs.enqueue("lapse", {"n": "last"}, max_attempts=1)
+    more_tries = jobs.enqueue("lapse", {"n": "more"}, max_attempts=3)
+    live = jobs.enqueue("lapse-live", {"n": "live"})
+    jobs.dequeue("lapse", max_jobs=2, lease=10)
+    (held,) = jobs.dequeue("lapse-live", lease=60)
+    database_served.clock.advance(11)
+
+    swept = database_served.thread.run(database_served.thread.daemon.settle_lapsed_leases())
+    # Other tests' namespaces may hold lapsed jobs too.
+    assert swept.failed >= 1
+    assert swept.retried >= 1
+    failed = jobs.get(last_try)
+    assert failed is not None
+    assert (failed.status, failed.attempts, failed.last_error) == (
+        JobStatus.FAILED,
+        1,
+        "the lease of its last attempt ran out",
+    )
+    retrying = jobs.get(more_tries)
+    assert retrying is not None
+    assert (retrying.status, retrying.attempts, retrying.lease_expire_time) == (JobStatus.RETRYING, 1, None)
+    assert jobs.get(live).status is JobStatus.RUNNING  # type: ignore[union-attr]
+    assert jobs.stats("lapse") == QueueStats(pending=0, running=0, retrying=1, completed=0, failed=1)
+
+    (again,) = jobs.dequeue("lapse")  # due at once
+    assert (again.id, again.attempts) == (more_tries, 2)
+    jobs.acknowledge([again, held])
+
+
+def test_retention_deletes_old_finished_jobs_and_never_an_unfinished_one(
+    database_served: SharedDaemon, database_client: Client
+) -> None:
+    jobs = database_client.jobs
+    daemon = database_served.thread.daemon
+    day = 86_400.0
+    pending = jobs.enqueue("waiting", {"n": "pending"})
+    jobs.enqueue_many([EnqueueJob("done", {"n": n}) for n in ("completed", "failed", "running", "retrying")])
+    completed, failed, running, retrying = jobs.dequeue("done", max_jobs=4, lease=3600)
+    jobs.acknowledge([completed])
+    jobs.fail(failed, "fatal", retry=False)
+    jobs.fail(retrying, "flaky")
+    database_served.clock.advance(8 * day)  # past the 7 days of completed jobs, within the 30 of failed ones
+    recent = jobs.enqueue("recent", {"n": "recent"})
+    jobs.acknowledge(jobs.dequeue("recent"))
+
+    purge = database_served.thread.run(daemon.purge_finished_jobs())
+    assert purge.completed >= 1  # other tests' namespaces may hold old jobs too
+    assert jobs.get(completed.id) is None
+    for kept in (failed.id, recent, running.id, retrying.id, pending):
+        assert jobs.get(kept) is not None, kept
+
+    database_served.clock.advance(31 * day)
+    purge = database_served.thread.run(daemon.purge_finished_jobs())
+    assert purge.failed >= 1
+    assert jobs.get(failed.id) is None
+    assert jobs.get(recent) is None
+    # 39 days old, and still there: pending, running (its lease ran out; no dequeue or sweep settled it) and
+    # retrying jobs are never deleted.
+    left = [jobs.get(job_id) for job_id in (pending, running.id, retrying.id)]
+    statuses = {job.id: job.status for job in left if job is not None}
+    assert statuses == {
+        pending: JobStatus.PENDING,
+        running.id: JobStatus.RUNNING,
+        retrying.id: JobStatus.RETRYING,
+    }
 
 
 # Workers ---------------------------------------------------------------------------------------------------

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
 import pty
 import signal
+import sqlite3
 import subprocess
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from stord.client import Client, make_event
+from stord.server.backends.sqlite import SqliteBackend
+from stord.server.config import SqliteOptions
+from stord.server.jobs.port import JobLease, NewJob, now_micros
 from tests.harness._system import free_port
+from tests.harness.clock import ManualClock
 from tests.harness.served import STORD, Served
 
 pytestmark = pytest.mark.process
@@ -160,3 +167,40 @@ def test_kv_get_ends_with_a_newline_on_a_terminal_only(served: Served) -> None:
         os.close(leader)
     assert got.returncode == 0
     assert printed == b"no newline\r\n"  # the terminal turns the added \n into \r\n
+
+
+def test_jobs_purge_deletes_old_finished_jobs_in_the_database(tmp_path: Path) -> None:
+    path = tmp_path / "stord.db"
+    clock = ManualClock()
+    clock.advance(-10 * 86_400)  # the jobs below finished ten days ago
+
+    async def prepare() -> None:
+        backend = SqliteBackend(path, options=SqliteOptions(), clock=clock)
+        await backend.open()
+        try:
+            jobs = backend.jobs()
+            now = now_micros(clock)
+            await jobs.enqueue("ns", [NewJob(id=name, queue="q", payload={}, run_at=now) for name in "abc"])
+            leased = await jobs.dequeue("ns", "q", limit=2, lease=60_000_000)
+            await jobs.acknowledge("ns", [JobLease(leased[0].id, leased[0].lease_token or "")])
+            await jobs.fail("ns", JobLease(leased[1].id, leased[1].lease_token or ""), error="x", retry=False)
+        finally:
+            await backend.close()
+
+    asyncio.run(prepare())
+    database = f"sqlite:///{path}"
+
+    def purge(*flags: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([STORD, "jobs", "purge", "--database", database, *flags], capture_output=True)
+
+    kept = purge("--completed-job-retention-days", "0")
+    assert (kept.returncode, kept.stdout) == (0, b"deleted 0 completed and 0 failed jobs\n")
+    done = purge()  # the defaults: completed after 7 days, failed after 30
+    assert (done.returncode, done.stdout) == (0, b"deleted 1 completed and 0 failed jobs\n")
+    done = purge("--failed-job-retention-days", "9")
+    assert (done.returncode, done.stdout) == (0, b"deleted 0 completed and 1 failed jobs\n")
+    with sqlite3.connect(path) as connection:
+        assert connection.execute("SELECT id, status FROM jobs").fetchall() == [("c", "pending")]
+    refused = purge("--failed-job-retention-days", "-1")
+    assert refused.returncode == 2
+    assert b"failed_job_retention_days" in refused.stderr

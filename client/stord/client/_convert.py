@@ -8,6 +8,7 @@ rule until they move onto this one.
 from __future__ import annotations
 
 import datetime
+import json
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -156,11 +157,23 @@ def document(message: documents_pb2.Document) -> Document:
     )
 
 
+def _json_object_text(data: Mapping[str, Any] | None) -> str | None:
+    """Return a payload as JSON text; None when JSON cannot carry it as is (NaN, keys that are not text)."""
+    if not data:
+        return None
+    try:
+        return json.dumps(data, allow_nan=False, separators=(",", ":"), ensure_ascii=False)
+    except (TypeError, ValueError):
+        return None  # the Struct path converts or refuses it, and the server names the field
+
+
 def new_job(job: EnqueueJob) -> jobs_pb2.NewJob:
-    """Return a job to enqueue as its message."""
+    """Return a job to enqueue as its message, the payload as JSON text (cheaper than a Struct)."""
+    text = _json_object_text(job.payload)
     return jobs_pb2.NewJob(
         queue=job.queue,
-        payload=struct(job.payload),
+        payload=struct(job.payload) if text is None else None,
+        payload_json=text or "",
         run_at=None if job.run_at is None else timestamp(job.run_at),
         delay=_codec.duration(job.delay),
         priority=job.priority,
@@ -174,7 +187,7 @@ def job(message: jobs_pb2.Job) -> Job:
     return Job(
         id=message.id,
         queue=message.queue,
-        payload=from_struct(message.payload),
+        payload=json.loads(message.payload_json) if message.payload_json else from_struct(message.payload),
         status=_STATUSES_FROM_PROTO[message.status],
         priority=message.priority,
         run_at=moment(message.run_at),

@@ -37,12 +37,25 @@ class JobQueueServiceStub:
     and its strings and keys must not contain U+0000. Whole numbers come back as whole numbers.
     - Times (run_at, leases, backoff) follow the daemon's clock, not the caller's: `delay` and
     `lease_duration` are relative to it.
+    - Instants are kept to the microsecond (finer nanos are dropped) and lie between 0001-01-01T00:00:00Z and
+    9999-12-31T23:59:59.999999Z, what a Timestamp carries. A run_at outside that range, or an instant
+    derived from the request that would end after it (now + delay, now + lease_duration, a retry's
+    now + backoff), is INVALID_ARGUMENT naming that field (`jobs[i].delay`, `lease_duration`, `retry`),
+    and nothing is changed.
 
     Life of a job: PENDING (or RETRYING) until its run_at has come; Dequeue hands it to one worker under a
     lease and counts the attempt (RUNNING); the worker Acknowledges it (COMPLETED) or Fails it (RETRYING after
     a backoff, or FAILED). A worker that dies stops extending its lease; once the lease has run out the job is
     handed out again, or becomes FAILED when that was its last attempt. No job is lost, and no job is held by
-    two live leases at once, also with several daemons on one PostgreSQL database.
+    two live leases at once, also with several daemons on one PostgreSQL database. A lapsed lease is also
+    settled by the daemon's sweeper (about once a minute) without waiting for a Dequeue of its queue: FAILED
+    on the last attempt (last_error "the lease of its last attempt ran out"), else RETRYING and due at once
+    (last_error "the lease of an attempt ran out; retried").
+
+    Retention: COMPLETED jobs are deleted 7 days after they completed and FAILED ones 30 days after they
+    failed (by update_time; the daemon's settings `completed_job_retention_days` and
+    `failed_job_retention_days`, 0 keeps them forever), once a day and by `stord jobs purge`. PENDING,
+    RUNNING and RETRYING jobs are never deleted.
 
     Batches: Enqueue, Dequeue, Acknowledge and ExtendLease take up to 1000 jobs per call, because one RPC per
     job caps a Python server at a few thousand jobs per second. Batches are all or nothing.
@@ -108,12 +121,25 @@ class JobQueueServiceServicer:
     and its strings and keys must not contain U+0000. Whole numbers come back as whole numbers.
     - Times (run_at, leases, backoff) follow the daemon's clock, not the caller's: `delay` and
     `lease_duration` are relative to it.
+    - Instants are kept to the microsecond (finer nanos are dropped) and lie between 0001-01-01T00:00:00Z and
+    9999-12-31T23:59:59.999999Z, what a Timestamp carries. A run_at outside that range, or an instant
+    derived from the request that would end after it (now + delay, now + lease_duration, a retry's
+    now + backoff), is INVALID_ARGUMENT naming that field (`jobs[i].delay`, `lease_duration`, `retry`),
+    and nothing is changed.
 
     Life of a job: PENDING (or RETRYING) until its run_at has come; Dequeue hands it to one worker under a
     lease and counts the attempt (RUNNING); the worker Acknowledges it (COMPLETED) or Fails it (RETRYING after
     a backoff, or FAILED). A worker that dies stops extending its lease; once the lease has run out the job is
     handed out again, or becomes FAILED when that was its last attempt. No job is lost, and no job is held by
-    two live leases at once, also with several daemons on one PostgreSQL database.
+    two live leases at once, also with several daemons on one PostgreSQL database. A lapsed lease is also
+    settled by the daemon's sweeper (about once a minute) without waiting for a Dequeue of its queue: FAILED
+    on the last attempt (last_error "the lease of its last attempt ran out"), else RETRYING and due at once
+    (last_error "the lease of an attempt ran out; retried").
+
+    Retention: COMPLETED jobs are deleted 7 days after they completed and FAILED ones 30 days after they
+    failed (by update_time; the daemon's settings `completed_job_retention_days` and
+    `failed_job_retention_days`, 0 keeps them forever), once a day and by `stord jobs purge`. PENDING,
+    RUNNING and RETRYING jobs are never deleted.
 
     Batches: Enqueue, Dequeue, Acknowledge and ExtendLease take up to 1000 jobs per call, because one RPC per
     job caps a Python server at a few thousand jobs per second. Batches are all or nothing.
@@ -241,12 +267,25 @@ class JobQueueService:
     and its strings and keys must not contain U+0000. Whole numbers come back as whole numbers.
     - Times (run_at, leases, backoff) follow the daemon's clock, not the caller's: `delay` and
     `lease_duration` are relative to it.
+    - Instants are kept to the microsecond (finer nanos are dropped) and lie between 0001-01-01T00:00:00Z and
+    9999-12-31T23:59:59.999999Z, what a Timestamp carries. A run_at outside that range, or an instant
+    derived from the request that would end after it (now + delay, now + lease_duration, a retry's
+    now + backoff), is INVALID_ARGUMENT naming that field (`jobs[i].delay`, `lease_duration`, `retry`),
+    and nothing is changed.
 
     Life of a job: PENDING (or RETRYING) until its run_at has come; Dequeue hands it to one worker under a
     lease and counts the attempt (RUNNING); the worker Acknowledges it (COMPLETED) or Fails it (RETRYING after
     a backoff, or FAILED). A worker that dies stops extending its lease; once the lease has run out the job is
     handed out again, or becomes FAILED when that was its last attempt. No job is lost, and no job is held by
-    two live leases at once, also with several daemons on one PostgreSQL database.
+    two live leases at once, also with several daemons on one PostgreSQL database. A lapsed lease is also
+    settled by the daemon's sweeper (about once a minute) without waiting for a Dequeue of its queue: FAILED
+    on the last attempt (last_error "the lease of its last attempt ran out"), else RETRYING and due at once
+    (last_error "the lease of an attempt ran out; retried").
+
+    Retention: COMPLETED jobs are deleted 7 days after they completed and FAILED ones 30 days after they
+    failed (by update_time; the daemon's settings `completed_job_retention_days` and
+    `failed_job_retention_days`, 0 keeps them forever), once a day and by `stord jobs purge`. PENDING,
+    RUNNING and RETRYING jobs are never deleted.
 
     Batches: Enqueue, Dequeue, Acknowledge and ExtendLease take up to 1000 jobs per call, because one RPC per
     job caps a Python server at a few thousand jobs per second. Batches are all or nothing.

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from importlib.metadata import version as distribution_version
 from types import FrameType
 from typing import Protocol, runtime_checkable
@@ -23,6 +23,8 @@ from stord.server.backends import create_backend
 from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
 from stord.server.event_retention import retain_events_daily
+from stord.server.jobs.port import JobQueueStore, LeaseSweep
+from stord.server.jobs.sweeper import JobPurge, purge_finished_jobs, settle_lapsed_leases
 from stord.server.logs import access_log_policies
 from stord.server.metrics import Metrics, MetricsServer
 from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
@@ -125,6 +127,8 @@ class Daemon:
         self._server: grpc.aio.Server | None = None
         self._health = HealthServicer()
         self._backends: list[Backend] = []
+        self._jobs: JobQueueStore | None = None
+        """The database's job queue, whose leases and retention the sweepers look after; None if unserved."""
         self._statuses: dict[Backend, list[BackendStatus]] = {}
         self._background: list[asyncio.Task[None]] = []
         self._unserved: set[str] = set()
@@ -161,6 +165,8 @@ class Daemon:
             self._statuses[database].append(BackendStatus("cache", database.kind, redact_url(database_url)))
         else:
             cache = await self._open_role("cache", settings.cache, fallback=settings.connect.cache_fallback)
+        with contextlib.suppress(Unimplemented):
+            self._jobs = database.jobs()
 
         metrics_address = settings.metrics_address
         metrics = self.metrics = None if metrics_address is None else Metrics(stord_version())
@@ -210,7 +216,8 @@ class Daemon:
             asyncio.create_task(self._watch_backends(), name="stord-health-monitor"),
             asyncio.create_task(self._sweep_expired(), name="stord-expiry-sweeper"),
             asyncio.create_task(
-                retain_events_daily(database, settings.retention_days), name="stord-event-retention"
+                retain_events_daily(database, settings.retention_days, also=self._job_retention()),
+                name="stord-retention",
             ),
         ]
         self.alerts = alert_scheduler(database, settings, user_agent=f"stord/{stord_version()}")
@@ -446,6 +453,36 @@ class Daemon:
             return PassOutcome()
         return await self.alerts.run_once()
 
+    async def settle_lapsed_leases(self) -> LeaseSweep:
+        """Settle the jobs whose lease ran out by now (failed or made due again); return how many."""
+        if self._jobs is None:
+            return LeaseSweep()
+        swept = await settle_lapsed_leases(self._jobs)
+        if self.metrics is not None:
+            self.metrics.count_lapsed_leases(swept.failed, swept.retried)
+        return swept
+
+    async def purge_finished_jobs(self) -> JobPurge:
+        """Delete the finished jobs past their retention now; return how many went."""
+        if self._jobs is None:
+            return JobPurge()
+        purge = await purge_finished_jobs(
+            self._jobs,
+            completed_days=self._settings.completed_job_retention_days,
+            failed_days=self._settings.failed_job_retention_days,
+        )
+        if self.metrics is not None:
+            self.metrics.count_job_purge(purge.completed, purge.failed)
+        return purge
+
+    def _job_retention(self) -> Callable[[], Awaitable[JobPurge]] | None:
+        settings = self._settings
+        if self._jobs is None or not (
+            settings.completed_job_retention_days or settings.failed_job_retention_days
+        ):
+            return None
+        return self.purge_finished_jobs
+
     async def _sweep_expired(self) -> None:
         while True:
             await asyncio.sleep(self._settings.expiry_sweep_interval)
@@ -455,6 +492,12 @@ class Daemon:
                 _log.exception("expiry_sweep_crashed")
             else:
                 _log.debug("expired_deleted", count=deleted)
+            try:
+                await self.settle_lapsed_leases()
+            except Unavailable as error:
+                _log.warning("lease_sweep_failed", error=str(error))
+            except Exception:
+                _log.exception("lease_sweep_crashed")
 
     async def _refresh_health(self) -> None:
         for backend, statuses in self._statuses.items():

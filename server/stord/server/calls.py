@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -63,6 +64,7 @@ def resolve_principal(requested: str | None) -> str:
     return requested
 
 
+@functools.lru_cache(maxsize=4096)  # a handful of namespaces make every call: check each once
 def resolve_namespace(requested: str | None) -> str:
     """Validate the namespace a caller asked for, `default` when it asked for none."""
     if requested is None:

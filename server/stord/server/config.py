@@ -50,6 +50,8 @@ ENVIRONMENT: dict[str, str] = {
     "log_format": "STORD_LOG_FORMAT",
     "log_level": "STORD_LOG_LEVEL",
     "retention_days": "STORD_RETENTION_DAYS",
+    "completed_job_retention_days": "STORD_COMPLETED_JOB_RETENTION_DAYS",
+    "failed_job_retention_days": "STORD_FAILED_JOB_RETENTION_DAYS",
     "api_keys_file": "STORD_API_KEYS_FILE",
     "insecure": "STORD_INSECURE",
     "tls_cert": "STORD_TLS_CERT",
@@ -65,6 +67,10 @@ ENVIRONMENT: dict[str, str] = {
 """Setting name -> environment variable; the same names are the YAML keys and (dashed) the flags."""
 
 _ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+MAX_RETENTION_DAYS = 36_500
+"""A century: a cutoff further back adds nothing, and every cutoff stays within a Timestamp's range."""
 
 
 class ConfigError(Exception):
@@ -171,6 +177,10 @@ class Settings(BaseModel):
     slow_call_ms: float = Field(default=1000.0, ge=0)
     """A unary call that takes this long is slow: always logged. Streams are judged by failure only."""
     retention_days: int = Field(default=90, ge=0)
+    completed_job_retention_days: int = Field(default=7, ge=0, le=MAX_RETENTION_DAYS)
+    """Days a COMPLETED job is kept after it finished; 0 keeps them forever."""
+    failed_job_retention_days: int = Field(default=30, ge=0, le=MAX_RETENTION_DAYS)
+    """Days a FAILED job is kept after it failed for good; 0 keeps them forever."""
     grace_period: float = Field(default=10.0, ge=0)
     """Seconds that in-flight RPCs get to finish after SIGTERM."""
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024 * 1024)

@@ -1,8 +1,13 @@
-"""The daemon's daily event retention pass (DESIGN 4.4): `STORD_RETENTION_DAYS`, default 90, 0 keeps all."""
+"""The daemon's daily retention pass over events and, on the same schedule, finished jobs.
+
+Events: DESIGN 4.4, `STORD_RETENTION_DAYS`, default 90, 0 keeps all. Jobs: see `jobs.sweeper`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -31,17 +36,34 @@ async def apply_event_retention(store: EventStore, days: int) -> None:
     )
 
 
-async def retain_events_daily(backend: Backend, days: int, *, interval: float = DAY_SECONDS) -> None:
-    """Apply retention now and then every `interval` seconds; return at once when there is nothing to do."""
-    if days <= 0:
-        return
-    try:
-        store = backend.events()
-    except Unimplemented:
+async def retain_events_daily(
+    backend: Backend,
+    days: int,
+    *,
+    interval: float = DAY_SECONDS,
+    also: Callable[[], Awaitable[object]] | None = None,
+) -> None:
+    """Apply retention now and then every `interval` seconds; return at once when there is nothing to do.
+
+    `also` is another retention pass on the same schedule (the job queue's).
+    """
+    store: EventStore | None = None
+    if days > 0:
+        with contextlib.suppress(Unimplemented):
+            store = backend.events()
+    if store is None and also is None:
         return
     while True:
-        try:
-            await apply_event_retention(store, days)
-        except Exception:
-            _log.exception("event_retention_crashed")
+        if store is not None:
+            try:
+                await apply_event_retention(store, days)
+            except Exception:
+                _log.exception("event_retention_crashed")
+        if also is not None:
+            try:
+                await also()
+            except Unavailable as error:
+                _log.warning("retention_failed", error=str(error))
+            except Exception:
+                _log.exception("retention_crashed")
         await asyncio.sleep(interval)

@@ -252,6 +252,18 @@ class Metrics:
             ["store", "result"],
             registry=registry,
         )
+        self._jobs_deleted = Counter(
+            "stord_jobs_deleted",
+            "Finished jobs deleted by retention, by status (completed, failed).",
+            ["status"],
+            registry=registry,
+        )
+        self._job_leases_lapsed = Counter(
+            "stord_job_leases_lapsed",
+            "Running jobs whose lease ran out, settled by the sweeper, by outcome (failed, retried).",
+            ["outcome"],
+            registry=registry,
+        )
         self._queues: set[tuple[str, str]] = set()
         self._queues_full_logged = False
 
@@ -279,6 +291,16 @@ class Metrics:
     def read_cache(self, store: str) -> ReadCacheMeter:
         """Return the counters of the read-through cache in front of one store (`agents`, `manifests`)."""
         return ReadCacheMeter(self._read_cache, store)
+
+    def count_job_purge(self, completed: int, failed: int) -> None:
+        """Count finished jobs deleted by retention."""
+        self._jobs_deleted.labels("completed").inc(completed)
+        self._jobs_deleted.labels("failed").inc(failed)
+
+    def count_lapsed_leases(self, failed: int, retried: int) -> None:
+        """Count lapsed leases the sweeper settled."""
+        self._job_leases_lapsed.labels("failed").inc(failed)
+        self._job_leases_lapsed.labels("retried").inc(retried)
 
     def saw_queue(self, namespace: str, queue: str) -> None:
         """Note a queue in use, so that scrapes report its depth; call it on the event loop's thread."""

@@ -131,6 +131,11 @@ def _time(name: str, *, nullable: bool = False) -> Column:
     return Column(name, "REAL", "timestamp with time zone", nullable)
 
 
+def _micros(name: str, *, nullable: bool = False) -> Column:
+    """A moment as integer microseconds since the epoch (jobs: exact at both ends of a Timestamp's range)."""
+    return Column(name, "INTEGER", "bigint", nullable)
+
+
 def _json(name: str, *, nullable: bool = False) -> Column:
     """A JSON value: its text on SQLite, jsonb on PostgreSQL."""
     return Column(name, "TEXT", "jsonb", nullable)
@@ -193,16 +198,16 @@ JOBS = Table(
         _text("queue"),
         _text("status", code_point=False),
         Column("priority", "INTEGER", "integer"),
-        _time("run_at"),
+        _micros("run_at"),
         Column("attempts", "INTEGER", "integer"),
         Column("max_attempts", "INTEGER", "integer"),
         _text("dedupe_key", nullable=True, code_point=False),
         _json("payload"),
         _text("last_error", nullable=True, code_point=False),
         _text("lease_token", nullable=True, code_point=False),
-        _time("lease_expires_at", nullable=True),
-        _time("create_time"),
-        _time("update_time"),
+        _micros("lease_expires_at", nullable=True),
+        _micros("create_time"),
+        _micros("update_time"),
     ),
     key=("namespace", "id"),
     rowid="sequence",
@@ -212,6 +217,8 @@ JOBS = Table(
         Index("jobs_leased", ("namespace", "queue", "lease_expires_at")),
         Index("jobs_dedupe", ("namespace", "queue", "dedupe_key"), unique=True),
         Index("jobs_by_status", ("namespace", "queue", "status", "sequence")),
+        Index("jobs_lapsing", ("lease_expires_at",)),
+        Index("jobs_finished", ("status", "update_time")),
     ),
 )
 

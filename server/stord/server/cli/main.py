@@ -59,6 +59,16 @@ _FLAGS: dict[str, dict[str, Any]] = {
         "metavar": "DAYS",
         "help": "delete events older than this, daily; 0 keeps them forever",
     },
+    "completed_job_retention_days": {
+        "type": int,
+        "metavar": "DAYS",
+        "help": "delete completed jobs older than this; 0 keeps them forever",
+    },
+    "failed_job_retention_days": {
+        "type": int,
+        "metavar": "DAYS",
+        "help": "delete failed jobs older than this; 0 keeps them forever",
+    },
     "api_keys_file": {"type": Path, "metavar": "FILE", "help": "require API keys listed in this YAML file"},
     "insecure": {
         "action": "store_const",
@@ -115,6 +125,8 @@ SERVE_SETTINGS = (
     "access_log_sample",
     "slow_call_ms",
     "retention_days",
+    "completed_job_retention_days",
+    "failed_job_retention_days",
     "api_keys_file",
     "insecure",
     "tls_cert",

@@ -5,19 +5,23 @@
     stord kv keys 'user:*'
     stord events tail --session s-1 --count 10
     stord jobs stats emails thumbnails
+    stord jobs purge --database postgresql://... --completed-job-retention-days 3
 
-Every command takes the connection options of `cli.connect` (`--address`, `--namespace`, `--api-key` and the
-`--tls*` options, or their `STORD_*` variables). Errors print `STATUS: details` on stderr and exit 1; a
-connection that fails at the TLS layer says so.
+Every command but `jobs purge` (which works on the database itself) takes the connection options of
+`cli.connect` (`--address`, `--namespace`, `--api-key` and the `--tls*` options, or their `STORD_*`
+variables). Errors print `STATUS: details` on stderr and exit 1; a connection that fails at the TLS layer
+says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from google.protobuf.json_format import MessageToDict
@@ -90,6 +94,24 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     stats = _command(jobs, "stats", _jobs_stats, help="count a queue's jobs by status")
     stats.add_argument("queues", nargs="+", metavar="QUEUE")
     stats.add_argument("--json", action="store_true", help="one JSON object a line instead of a table")
+    purge = jobs.add_parser(
+        "purge",
+        help="delete the finished jobs past their retention now, in the database itself (no daemon needed)",
+    )
+    purge.add_argument("--config", type=Path, metavar="FILE", help="YAML settings file (STORD_CONFIG)")
+    purge.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="STORD_DATA_DIR")
+    purge.add_argument(
+        "--database", metavar="URL", help="sqlite:///path or postgresql://... (STORD_DATABASE_URL)"
+    )
+    for status, default in (("completed", 7), ("failed", 30)):
+        purge.add_argument(
+            f"--{status}-job-retention-days",
+            dest=f"{status}_job_retention_days",
+            type=int,
+            metavar="DAYS",
+            help=f"delete {status} jobs older than this, 0 keeps them (default {default}, as `stord serve`)",
+        )
+    purge.set_defaults(run_ops=_jobs_purge)
 
 
 def run_ops_command(arguments: argparse.Namespace) -> int:
@@ -229,4 +251,47 @@ def _jobs_stats(arguments: argparse.Namespace) -> int:
     print(f"{'queue':<{width}}" + "".join(f"  {column:>9}" for column in columns))
     for queue, stats in rows:
         print(f"{queue:<{width}}" + "".join(f"  {getattr(stats, column):>9}" for column in columns))
+    return EXIT_OK
+
+
+_PURGE_SETTINGS = ("data_dir", "database", "completed_job_retention_days", "failed_job_retention_days")
+
+
+def _jobs_purge(arguments: argparse.Namespace) -> int:
+    from stord.server.backends import create_backend
+    from stord.server.config import ConfigError, load_settings, redact_url
+    from stord.server.jobs.sweeper import purge_finished_jobs
+    from stord.server.logs import configure_logging
+    from stord.server.ports import StoreError
+
+    flags = {
+        name: getattr(arguments, name) for name in _PURGE_SETTINGS if getattr(arguments, name) is not None
+    }
+    try:
+        settings = load_settings(config_file=arguments.config, flags=flags)
+    except ConfigError as error:
+        print(f"stord: {error}", file=sys.stderr)
+        return EXIT_USAGE
+
+    configure_logging(log_format=settings.log_format, level="warning")  # the summary line says what was done
+
+    async def purge() -> tuple[int, int]:
+        backend = create_backend(settings.database_url, settings)
+        await backend.open()
+        try:
+            done = await purge_finished_jobs(
+                backend.jobs(),
+                completed_days=settings.completed_job_retention_days,
+                failed_days=settings.failed_job_retention_days,
+            )
+        finally:
+            await backend.close()
+        return done.completed, done.failed
+
+    try:
+        completed, failed = asyncio.run(purge())
+    except StoreError as error:  # unreachable, or a database without jobs (Redis, memory has none to keep)
+        print(f"stord: {redact_url(settings.database_url)}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"deleted {completed} completed and {failed} failed jobs")
     return EXIT_OK

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 
+import orjson
 from google.protobuf.struct_pb2 import ListValue, NullValue, Struct, Value
 
 from stord.server.documents.port import FieldPath, JsonScalar
@@ -93,6 +94,34 @@ def json_object(struct: Struct, field: str) -> JsonObject:
     if size > MAX_JSON_BYTES:
         raise InvalidArgument(field, f"must be at most {MAX_JSON_BYTES} bytes encoded, got {size}")
     return _object(struct, field)
+
+
+def _check_text(value: object, where: str) -> None:
+    """Raise InvalidArgument for a NUL in any string or key of parsed JSON."""
+    if isinstance(value, str):
+        check.text(value, where)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check.text(key, f"{where} key")
+            _check_text(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_text(item, f"{where}[{index}]")
+
+
+def json_object_text(text: str, field: str) -> JsonObject:
+    """Return the JSON object a text holds: at most 1 MiB, finite numbers (JSON has no others), no NUL."""
+    if len(text) > MAX_JSON_BYTES // 4 and len(text.encode()) > MAX_JSON_BYTES:
+        raise InvalidArgument(field, f"must be at most {MAX_JSON_BYTES} bytes")
+    try:
+        parsed = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise InvalidArgument(field, f"is not JSON: {error}") from None
+    if not isinstance(parsed, dict):
+        raise InvalidArgument(field, "must be a JSON object")
+    if "\\u0000" in text:  # the only way JSON text can carry a NUL; walk the object only then
+        _check_text(parsed, field)
+    return parsed
 
 
 def scalar(value: Value, field: str) -> JsonScalar:

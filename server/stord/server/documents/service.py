@@ -24,9 +24,9 @@ from stord.server.documents.port import (
     SortKey,
     UpdateDocument,
 )
-from stord.server.jobs.port import EnqueuedJob
+from stord.server.jobs.port import EnqueuedJob, now_micros
 from stord.server.jobs.service import new_job
-from stord.server.ports import InvalidArgument
+from stord.server.ports import Clock, InvalidArgument
 from stord.server.services import _validate as check
 from stord.v1 import documents_pb2 as pb
 from stord.v1 import documents_pb2_grpc, jobs_pb2
@@ -147,7 +147,7 @@ def _delete(message: pb.DeleteDocumentRequest, prefix: str = "") -> DeleteDocume
     )
 
 
-def _operation(message: pb.TransactOperation, field: str) -> DocumentOperation:
+def _operation(message: pb.TransactOperation, field: str, now: int) -> DocumentOperation:
     kind = message.WhichOneof("operation")
     if kind == "create":
         return _create(message.create, f"{field}.create.")
@@ -156,7 +156,7 @@ def _operation(message: pb.TransactOperation, field: str) -> DocumentOperation:
     if kind == "delete":
         return _delete(message.delete, f"{field}.delete.")
     if kind == "enqueue":
-        return new_job(message.enqueue, f"{field}.enqueue")
+        return new_job(message.enqueue, f"{field}.enqueue", now)
     raise InvalidArgument(field, "must set one of create, update, delete or enqueue")
 
 
@@ -184,8 +184,10 @@ def _result(result: OperationResult) -> pb.TransactResult:
 class DocumentServicer(documents_pb2_grpc.DocumentServiceServicer):
     """Documents: create, read, query, update, delete, transactions and indexes."""
 
-    def __init__(self, store: DocumentStore) -> None:
+    def __init__(self, store: DocumentStore, *, job_clock: Clock) -> None:
         self._store = store
+        self._job_clock = job_clock
+        """The job queue's clock, which resolves the delay of a job a transaction enqueues."""
 
     async def CreateDocument(
         self, request: pb.CreateDocumentRequest, context: Context
@@ -242,8 +244,9 @@ class DocumentServicer(documents_pb2_grpc.DocumentServiceServicer):
         return pb.DeleteDocumentResponse()
 
     async def Transact(self, request: pb.TransactRequest, context: Context) -> pb.TransactResponse:
+        now = now_micros(self._job_clock)
         operations = [
-            _operation(message, f"operations[{index}]")
+            _operation(message, f"operations[{index}]", now)
             for index, message in enumerate(check.batch(request.operations, "operations"))
         ]
         results = await self._store.transact(calls.namespace(), operations)

@@ -9,7 +9,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from stord.server.ports._base import JsonObject
+from stord.server.ports._base import Clock, InvalidArgument, JsonObject
 
 
 class JobStatus(enum.Enum):
@@ -26,15 +26,48 @@ UNFINISHED_JOB_STATUSES = frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobSt
 """The statuses in which a job holds its dedupe key."""
 
 
+MICROS = 1_000_000
+"""Job instants are integers: microseconds since the epoch (what a PostgreSQL timestamp holds, exactly)."""
+
+MIN_INSTANT = -62_135_596_800 * MICROS
+"""0001-01-01T00:00:00Z, the least instant a google.protobuf.Timestamp carries, in microseconds."""
+
+MAX_INSTANT = 253_402_300_800 * MICROS - 1
+"""9999-12-31T23:59:59.999999Z, the greatest instant a Timestamp carries at microsecond precision."""
+
+
+def micros(seconds: float) -> int:
+    """Return an instant in seconds since the epoch (a clock's reading) as microseconds."""
+    return int(seconds * MICROS)
+
+
+def now_micros(clock: Clock) -> int:
+    """Return the clock's now in microseconds since the epoch."""
+    return micros(clock())
+
+
+def later(now: int, span: int, field: str) -> int:
+    """Return the instant `span` microseconds after `now`; past what a Timestamp carries, INVALID_ARGUMENT.
+
+    Every instant a job derives from a request (run_at from a delay, a lease's expiry, a retry's run_at)
+    goes through here, so none is stored that GetJob could not answer with.
+    """
+    moment = now + span
+    if moment > MAX_INSTANT:
+        raise InvalidArgument(
+            field, "ends after 9999-12-31T23:59:59.999999Z, the last instant a Timestamp holds"
+        )
+    return moment
+
+
 @dataclass(frozen=True, slots=True)
 class NewJob:
-    """A job to enqueue and its new id (unused if deduplicated): due at `run_at`, else `delay` s after now."""
+    """A job to enqueue and its new id (unused if deduplicated), due at `run_at` (microseconds)."""
 
     id: str
     queue: str
     payload: JsonObject
-    run_at: float | None = None
-    delay: float = 0.0
+    run_at: int
     priority: int = 0
     max_attempts: int = 3
     dedupe_key: str | None = None
@@ -50,21 +83,25 @@ class EnqueuedJob:
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A stored job. `sequence` orders jobs by enqueueing; `lease_token` is set only by a dequeue."""
+    """A stored job. `sequence` orders jobs by enqueueing; `lease_token` is set only by a dequeue.
+
+    Instants (`run_at`, `lease_expires_at`, `create_time`, `update_time`) are microseconds since the epoch,
+    always between MIN_INSTANT and MAX_INSTANT.
+    """
 
     id: str
     queue: str
     payload: JsonObject
     status: JobStatus
     priority: int
-    run_at: float
+    run_at: int
     attempts: int
     max_attempts: int
     dedupe_key: str | None
     last_error: str | None
-    create_time: float
-    update_time: float
-    lease_expires_at: float | None
+    create_time: int
+    update_time: int
+    lease_expires_at: int | None
     sequence: int
     lease_token: str | None = None
 
@@ -88,6 +125,14 @@ class JobQuery:
 
 
 @dataclass(frozen=True, slots=True)
+class LeaseSweep:
+    """What one pass over lapsed leases did: jobs failed for good, jobs made due again."""
+
+    failed: int = 0
+    retried: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     """Jobs of one queue by status."""
 
@@ -103,13 +148,19 @@ class JobQueueStore(Protocol):
 
     Arguments arrive validated. A lease is held while its job is RUNNING under that token and the lease has
     not run out by the clock; acknowledging, failing or extending a lease not held raises FailedPrecondition.
+    Instants and durations are integer microseconds.
     """
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the store takes `now` from (seconds since the epoch)."""
+        ...
 
     async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[EnqueuedJob]:
         """Add every job or none, deduplicating by dedupe key; wake the queues' watchers."""
         ...
 
-    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease_seconds: float) -> list[Job]:
+    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease: int) -> list[Job]:
         """Lease up to `limit` due jobs, highest priority first, then earliest run_at, then first enqueued.
 
         Due: PENDING or RETRYING with run_at <= now, or RUNNING with a lease that ran out. Each becomes
@@ -125,8 +176,8 @@ class JobQueueStore(Protocol):
         """Retry after min(2 ** attempts, 60) s while attempts remain and `retry`, else fail for good."""
         ...
 
-    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease_seconds: float) -> float:
-        """Renew every lease to now + `lease_seconds`, or none; return the new expiry."""
+    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease: int) -> int:
+        """Renew every lease to now + `lease`, or none; return the new expiry."""
         ...
 
     async def get(self, namespace: str, job_id: str) -> Job | None:
@@ -139,6 +190,21 @@ class JobQueueStore(Protocol):
 
     async def stats(self, namespace: str, queue: str) -> QueueStats:
         """Count the queue's jobs by status."""
+        ...
+
+    async def settle_lapsed_leases(self, *, limit: int) -> LeaseSweep:
+        """Settle up to `limit` RUNNING jobs (any namespace) whose lease ran out by now.
+
+        One on its last attempt becomes FAILED (last_error LEASE_LOST); one with attempts left becomes
+        RETRYING, due at once (run_at = now), without a lease.
+        """
+        ...
+
+    async def delete_finished(self, status: JobStatus, *, before: int, limit: int) -> int:
+        """Delete up to `limit` COMPLETED or FAILED jobs (any namespace) last changed before `before`.
+
+        Return how many went. A job in any other status is never touched.
+        """
         ...
 
     def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:

@@ -7,19 +7,30 @@ import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 
+from stord.server.jobs.port import MICROS
 from stord.server.ports import FailedPrecondition
 
-__all__ = ["LEASE_LOST", "QueueWakeups", "lease_not_held", "new_lease_token", "retry_delay"]
+__all__ = [
+    "LEASE_LAPSED",
+    "LEASE_LOST",
+    "QueueWakeups",
+    "lease_not_held",
+    "new_lease_token",
+    "retry_delay",
+]
 
-MAX_RETRY_DELAY = 60.0
+MAX_RETRY_DELAY = 60 * MICROS
 
 LEASE_LOST = "the lease of its last attempt ran out"
 """The last_error of a job whose worker stopped extending the lease of its last attempt."""
 
+LEASE_LAPSED = "the lease of an attempt ran out; retried"
+"""The last_error of a job the sweeper made due again after its worker stopped extending the lease."""
 
-def retry_delay(attempts: int) -> float:
-    """Return the backoff before the next attempt: min(1 s * 2^attempts, 60 s)."""
-    return min(2.0 ** min(attempts, 6), MAX_RETRY_DELAY)  # 2^6 s is past the cap already
+
+def retry_delay(attempts: int) -> int:
+    """Return the backoff in microseconds before the next attempt: min(1 s * 2^attempts, 60 s)."""
+    return min(MICROS << min(attempts, 6), MAX_RETRY_DELAY)  # 2^6 s is past the cap already
 
 
 def new_lease_token() -> str:
@@ -67,6 +78,11 @@ class QueueWakeups:
             if not event.is_set():
                 event.set()
                 return
+
+    def notify_every_queue(self) -> None:
+        """Wake a waiter of every queue someone waits on (jobs of unknown queues became due)."""
+        for namespace, queue in list(self._waiting):
+            self.notify(namespace, queue)
 
     def notify_queues(self, namespace: str, queues: Iterable[str]) -> None:
         """Wake a waiter of each queue."""

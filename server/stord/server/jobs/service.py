@@ -8,11 +8,22 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import grpc
+import orjson
 from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
 from stord.server.documents import fields
-from stord.server.jobs.port import Job, JobLease, JobQuery, JobQueueStore, JobStatus, NewJob
+from stord.server.jobs.port import (
+    MICROS,
+    Job,
+    JobLease,
+    JobQuery,
+    JobQueueStore,
+    JobStatus,
+    NewJob,
+    later,
+    now_micros,
+)
 from stord.server.ports import InvalidArgument
 from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
@@ -52,45 +63,61 @@ def _duration(duration: Duration, present: bool, field: str, *, default: float, 
     return seconds
 
 
-def new_job(message: pb.NewJob, field: str) -> NewJob:
-    """Return a validated job to enqueue, with a fresh id."""
-    if message.HasField("run_at") and message.HasField("delay"):
-        raise InvalidArgument(f"{field}.delay", "must not be set together with run_at")
+def _run_at(message: pb.NewJob, field: str, now: int) -> int:
+    """Return when a job falls due, in microseconds: its run_at, else now plus its delay (none: now)."""
+    if message.HasField("run_at"):
+        if message.HasField("delay"):
+            raise InvalidArgument(f"{field}.delay", "must not be set together with run_at")
+        return check.microseconds(message.run_at, f"{field}.run_at")
+    if message.HasField("delay"):
+        delay_field = f"{field}.delay"
+        return later(now, check.duration_microseconds(message.delay, delay_field), delay_field)
+    return now
+
+
+def new_job(message: pb.NewJob, field: str, now: int) -> NewJob:
+    """Return a validated job to enqueue, with a fresh id; `now` (microseconds) resolves its delay."""
     if message.max_attempts < 0 or message.max_attempts > MAX_ATTEMPTS:
         raise InvalidArgument(
             f"{field}.max_attempts", f"must be between 0 (the default, 3) and {MAX_ATTEMPTS}"
         )
+    if message.payload_json:
+        if message.HasField("payload"):
+            raise InvalidArgument(f"{field}.payload_json", "must not be set together with payload")
+        payload = fields.json_object_text(message.payload_json, f"{field}.payload_json")
+    else:
+        payload = fields.json_object(message.payload, f"{field}.payload")
     return NewJob(
         id=fields.new_id(),
         queue=fields.name(message.queue, f"{field}.queue"),
-        payload=fields.json_object(message.payload, f"{field}.payload"),
-        run_at=check.seconds(message.run_at, f"{field}.run_at") if message.HasField("run_at") else None,
-        delay=check.ttl(message.delay, message.HasField("delay"), f"{field}.delay") or 0.0,
+        payload=payload,
+        run_at=_run_at(message, field, now),
         priority=message.priority,
         max_attempts=message.max_attempts or DEFAULT_MAX_ATTEMPTS,
         dedupe_key=check.text(message.dedupe_key, f"{field}.dedupe_key", MAX_DEDUPE_KEY_BYTES) or None,
     )
 
 
-def job_message(job: Job) -> pb.Job:
-    """Return a job as its proto message."""
+def job_message(job: Job, *, json_payload: bool = False) -> pb.Job:
+    """Return a job as its proto message, its payload as JSON text in payload_json when `json_payload`."""
     message = pb.Job(
         id=job.id,
         queue=job.queue,
-        payload=fields.to_struct(job.payload),
+        payload=None if json_payload else fields.to_struct(job.payload),
+        payload_json=orjson.dumps(job.payload).decode() if json_payload else "",
         status=_STATUSES[job.status],
         priority=job.priority,
-        run_at=check.timestamp_from_seconds(job.run_at),
+        run_at=check.timestamp_from_microseconds(job.run_at),
         attempts=job.attempts,
         max_attempts=job.max_attempts,
         dedupe_key=job.dedupe_key or "",
         last_error=job.last_error or "",
-        create_time=check.timestamp_from_seconds(job.create_time),
-        update_time=check.timestamp_from_seconds(job.update_time),
+        create_time=check.timestamp_from_microseconds(job.create_time),
+        update_time=check.timestamp_from_microseconds(job.update_time),
         lease_token=job.lease_token or "",
     )
     if job.lease_expires_at is not None:
-        message.lease_expire_time.CopyFrom(check.timestamp_from_seconds(job.lease_expires_at))
+        message.lease_expire_time.CopyFrom(check.timestamp_from_microseconds(job.lease_expires_at))
     return message
 
 
@@ -150,7 +177,10 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         self._draining = False
 
     async def Enqueue(self, request: pb.EnqueueRequest, context: Context) -> pb.EnqueueResponse:
-        jobs = [new_job(job, f"jobs[{index}]") for index, job in enumerate(check.batch(request.jobs, "jobs"))]
+        now = now_micros(self._store.clock)
+        jobs = [
+            new_job(job, f"jobs[{index}]", now) for index, job in enumerate(check.batch(request.jobs, "jobs"))
+        ]
         namespace = calls.namespace()
         enqueued = await self._store.enqueue(namespace, jobs)
         if self._saw_queue is not None:
@@ -175,13 +205,15 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         namespace = calls.namespace()
         if self._saw_queue is not None:
             self._saw_queue(namespace, queue)
-        jobs = await self._dequeue(namespace, queue, request.max_jobs or 1, lease, wait)
-        return pb.DequeueResponse(jobs=[job_message(job) for job in jobs])
+        jobs = await self._dequeue(namespace, queue, request.max_jobs or 1, round(lease * MICROS), wait)
+        json_payload = request.json_payloads
+        return pb.DequeueResponse(jobs=[job_message(job, json_payload=json_payload) for job in jobs])
 
-    async def _dequeue(self, namespace: str, queue: str, limit: int, lease: float, wait: float) -> list[Job]:
-        """Lease due jobs; when there are none, wait up to `wait` seconds for the queue's watchers to wake."""
+    async def _dequeue(self, namespace: str, queue: str, limit: int, lease: int, wait: float) -> list[Job]:
+        """Lease due jobs for `lease` microseconds; when there are none, wait up to `wait` seconds for the
+        queue's watchers to wake."""
         if wait <= 0 or self._draining:
-            return await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
+            return await self._store.dequeue(namespace, queue, limit=limit, lease=lease)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         with self._store.watch(namespace, queue) as arrived:
@@ -189,7 +221,7 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
             try:
                 while True:
                     arrived.clear()  # before looking, so an enqueue during the look is not missed
-                    jobs = await self._store.dequeue(namespace, queue, limit=limit, lease_seconds=lease)
+                    jobs = await self._store.dequeue(namespace, queue, limit=limit, lease=lease)
                     remaining = deadline - loop.time()
                     if jobs or remaining <= 0 or self._draining:
                         return jobs
@@ -232,8 +264,8 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
             default=DEFAULT_LEASE,
             maximum=MAX_LEASE,
         )
-        expires_at = await self._store.extend_leases(calls.namespace(), leases, lease)
-        return pb.ExtendLeaseResponse(lease_expire_time=check.timestamp_from_seconds(expires_at))
+        expires_at = await self._store.extend_leases(calls.namespace(), leases, round(lease * MICROS))
+        return pb.ExtendLeaseResponse(lease_expire_time=check.timestamp_from_microseconds(expires_at))
 
     async def GetJob(self, request: pb.GetJobRequest, context: Context) -> pb.GetJobResponse:
         job = await self._store.get(calls.namespace(), check.identifier(request.job_id, "job_id"))

@@ -85,7 +85,9 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         _service_name(documents_pb2.DESCRIPTOR, "DocumentService"),
         "database",
-        lambda backend, cache, metrics, settings: DocumentServicer(backend.documents()),
+        lambda backend, cache, metrics, settings: DocumentServicer(
+            backend.documents(), job_clock=backend.jobs().clock
+        ),
         documents_pb2_grpc.add_DocumentServiceServicer_to_server,
     ),
     Contract(

@@ -139,6 +139,27 @@ def nanoseconds(timestamp: Timestamp, field: str) -> int:
     return timestamp.seconds * _NANOS + timestamp.nanos
 
 
+def microseconds(timestamp: Timestamp, field: str) -> int:
+    """Return a Timestamp as microseconds since the epoch, dropping finer parts."""
+    _in_range(timestamp, field)
+    return timestamp.seconds * 1_000_000 + timestamp.nanos // 1000
+
+
+def duration_microseconds(duration: Duration, field: str) -> int:
+    """Return a non-negative Duration as microseconds, dropping finer parts."""
+    if duration.seconds < 0 or duration.nanos < 0:
+        raise InvalidArgument(field, "must not be negative")
+    if duration.nanos >= _NANOS:
+        raise InvalidArgument(field, "nanos must be below 1e9")
+    return duration.seconds * 1_000_000 + duration.nanos // 1000
+
+
+def timestamp_from_microseconds(microseconds_: int) -> Timestamp:
+    """Return microseconds since the epoch as a Timestamp."""
+    seconds_, micros = divmod(microseconds_, 1_000_000)
+    return Timestamp(seconds=seconds_, nanos=micros * 1000)
+
+
 def timestamp_from_seconds(seconds_: float) -> Timestamp:
     """Return seconds since the epoch as a Timestamp."""
     message = Timestamp()

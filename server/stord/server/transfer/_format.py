@@ -9,8 +9,11 @@
 Every record line has `kind` and `namespace`, then the fields of what the store keeps, named as the domain
 (ports) names them: bytes in standard base64; JSON documents as JSON objects; an event's payload and
 metadata as the exact canonical JSON text its hash covers; times in the unit the store keeps them (seconds as
-a float for key-value expiry, documents, jobs and agents; milliseconds for events, sessions, agents of the
-event store and alert rules; nanoseconds for manifests). A reader accepts exactly the fields of its format
+a float for key-value expiry, documents and agents; milliseconds for events, sessions, agents of the event
+store and alert rules; nanoseconds for manifests), except jobs: their stores keep integer microseconds, and
+the format carries them as float seconds, as version 1 always did (exact to the microsecond within a few
+centuries of now; a far instant may move by up to ~30 us, never past 9999-12-31T23:59:59.999999Z).
+A reader accepts exactly the fields of its format
 version: anything else in a line is an error, as is a line after the footer or a file without one.
 """
 
@@ -28,7 +31,7 @@ from typing import Any
 from stord.server.agents.port import AgentStatus, AgentVisibility, StoredAgent
 from stord.server.calls import resolve_namespace
 from stord.server.documents.port import Document
-from stord.server.jobs.port import Job, JobStatus
+from stord.server.jobs.port import MAX_INSTANT, MICROS, MIN_INSTANT, Job, JobStatus
 from stord.server.kv.port import Keyspace
 from stord.server.manifests.port import HandlerManifestRecord, ManifestDocumentKind, TransformerRecord
 from stord.server.ports import (
@@ -248,6 +251,16 @@ def _agent(namespace: str, v: dict[str, Any]) -> TransferRecord:
     return AgentRecord(namespace, StoredAgent(**v), position)
 
 
+_JOB_INSTANTS = ("run_at", "lease_expires_at", "create_time", "update_time")
+
+
+def _job(namespace: str, v: dict[str, Any]) -> TransferRecord:
+    for name in _JOB_INSTANTS:
+        if v[name] is not None:
+            v[name] = min(max(round(v[name] * MICROS), MIN_INSTANT), MAX_INSTANT)
+    return JobRecord(namespace, Job(**v))
+
+
 def _manifest_document(kind: ManifestDocumentKind) -> Callable[[str, dict[str, Any]], TransferRecord]:
     def build(namespace: str, v: dict[str, Any]) -> TransferRecord:
         return ManifestDocumentRecord(namespace, kind, (v["id"], v["version"]), v["document"])
@@ -299,7 +312,7 @@ _SHAPES: dict[str, _Shape] = {
             "create_time": _number,
             "update_time": _number,
         },
-        lambda namespace, v: JobRecord(namespace, Job(**v)),
+        _job,
     ),
     "event": _Shape(
         {
@@ -476,6 +489,10 @@ def encode_record(record: TransferRecord) -> dict[str, Any]:
     for name in _SHAPES[kind].fields:
         value = getattr(inner, name, _ABSENT)
         line[name] = _plain(getattr(record, name) if value is _ABSENT else value)
+    if kind == "job":
+        for name in _JOB_INSTANTS:
+            if line[name] is not None:
+                line[name] = line[name] / MICROS
     return line
 
 

@@ -22,7 +22,7 @@ from stord.server.documents.rules import (
     operation_context,
     sort_documents,
 )
-from stord.server.jobs.port import NewJob
+from stord.server.jobs.port import NewJob, micros
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.ports import Clock
 
@@ -101,7 +101,7 @@ class MemoryDocumentStore:
         if isinstance(operation, DeleteDocument):
             self._delete(namespace, operation, undo)
             return None
-        return self._jobs.add(namespace, operation, now, undo)
+        return self._jobs.add(namespace, operation, micros(now), undo)
 
     def _matching(self, namespace: str, collection: str, filters: Sequence[FieldFilter]) -> list[Document]:
         return [

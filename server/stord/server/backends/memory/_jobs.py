@@ -13,10 +13,20 @@ from stord.server.jobs.port import (
     JobLease,
     JobQuery,
     JobStatus,
+    LeaseSweep,
     NewJob,
     QueueStats,
+    later,
+    now_micros,
 )
-from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.jobs.rules import (
+    LEASE_LAPSED,
+    LEASE_LOST,
+    QueueWakeups,
+    lease_not_held,
+    new_lease_token,
+    retry_delay,
+)
 from stord.server.ports import Clock, JsonObject
 
 __all__ = ["MemoryJobQueueStore", "Undo"]
@@ -28,7 +38,7 @@ Undo = list[Callable[[], None]]
 
 _WAITING = (JobStatus.PENDING, JobStatus.RETRYING)
 
-_Entry = tuple[int, float, int, str]
+_Entry = tuple[int, int, int, str]
 """A waiting job in its queue's heap: (-priority, run_at, sequence, id), the order dequeues hand jobs out."""
 
 
@@ -39,18 +49,18 @@ class _Job:
     payload: JsonObject
     status: JobStatus
     priority: int
-    run_at: float
+    run_at: int
     max_attempts: int
     dedupe_key: str | None
-    create_time: float
-    update_time: float
+    create_time: int
+    update_time: int
     sequence: int
     attempts: int = 0
     last_error: str | None = None
-    lease_expires_at: float | None = None
+    lease_expires_at: int | None = None
     lease_token: str | None = None
 
-    def order(self) -> tuple[int, float, int]:
+    def order(self) -> tuple[int, int, int]:
         return (-self.priority, self.run_at, self.sequence)
 
     def snapshot(self, *, with_token: bool = False) -> Job:
@@ -107,7 +117,11 @@ class MemoryJobQueueStore:
     def _view(self, namespace: str) -> _Namespace:
         return self._namespaces.get(namespace) or _EMPTY
 
-    def add(self, namespace: str, new: NewJob, now: float, undo: Undo) -> EnqueuedJob:
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    def add(self, namespace: str, new: NewJob, now: int, undo: Undo) -> EnqueuedJob:
         """Enqueue one job, recording in `undo` how to take it back; the caller wakes the watchers."""
         space = self._space(namespace)
         if new.dedupe_key is not None:
@@ -121,7 +135,7 @@ class MemoryJobQueueStore:
             payload=new.payload,
             status=JobStatus.PENDING,
             priority=new.priority,
-            run_at=now + new.delay if new.run_at is None else new.run_at,
+            run_at=new.run_at,
             max_attempts=new.max_attempts,
             dedupe_key=new.dedupe_key,
             create_time=now,
@@ -146,7 +160,7 @@ class MemoryJobQueueStore:
         if job.dedupe_key is not None and space.dedupe.get((job.queue, job.dedupe_key)) == job.id:
             del space.dedupe[(job.queue, job.dedupe_key)]
 
-    def _finish(self, space: _Namespace, job: _Job, status: JobStatus, now: float) -> None:
+    def _finish(self, space: _Namespace, job: _Job, status: JobStatus, now: int) -> None:
         """End a running job's lease, leaving it in `status`."""
         job.status = status
         job.lease_token = None
@@ -157,13 +171,14 @@ class MemoryJobQueueStore:
             self._release_dedupe(space, job)
 
     async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[EnqueuedJob]:
-        now = self._clock()
+        now = now_micros(self._clock)
         enqueued = [self.add(namespace, job, now, []) for job in jobs]
         self._wakeups.notify_queues(namespace, (job.queue for job in jobs))
         return enqueued
 
-    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease_seconds: float) -> list[Job]:
-        now = self._clock()
+    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease: int) -> list[Job]:
+        now = now_micros(self._clock)
+        expires_at = later(now, lease, "lease_duration")
         space = self._view(namespace)
         if space is _EMPTY:
             return []
@@ -180,14 +195,14 @@ class MemoryJobQueueStore:
             job.status = JobStatus.RUNNING
             job.attempts += 1
             job.lease_token = token
-            job.lease_expires_at = now + lease_seconds
+            job.lease_expires_at = expires_at
             job.update_time = now
             running.add(job.id)
         if len(chosen) == limit:
             self._wakeups.notify(namespace, queue)  # more may be left: pass the wake-up on
         return [job.snapshot(with_token=True) for job in chosen]
 
-    def _expired_leases(self, space: _Namespace, queue: str, now: float) -> list[_Job]:
+    def _expired_leases(self, space: _Namespace, queue: str, now: int) -> list[_Job]:
         """Return the running jobs whose lease ran out with attempts left; fail those without."""
         expired: list[_Job] = []
         for job_id in list(space.running.get(queue, ())):
@@ -202,7 +217,7 @@ class MemoryJobQueueStore:
                 expired.append(job)
         return expired
 
-    def _due_waiting(self, space: _Namespace, queue: str, now: float, limit: int) -> list[_Job]:
+    def _due_waiting(self, space: _Namespace, queue: str, now: int, limit: int) -> list[_Job]:
         """Pop up to `limit` due waiting jobs off the queue's heap, in order; jobs not due stay on it."""
         heap = space.waiting.get(queue, [])
         due: list[_Job] = []
@@ -220,7 +235,7 @@ class MemoryJobQueueStore:
             heapq.heappush(heap, entry)
         return due
 
-    def _held(self, space: _Namespace, leases: Sequence[JobLease], now: float) -> list[_Job]:
+    def _held(self, space: _Namespace, leases: Sequence[JobLease], now: int) -> list[_Job]:
         """Return the leased jobs; raise FailedPrecondition naming any lease not held."""
         held: list[_Job] = []
         lost: list[str] = []
@@ -241,27 +256,29 @@ class MemoryJobQueueStore:
         return held
 
     async def acknowledge(self, namespace: str, leases: Sequence[JobLease]) -> None:
-        now = self._clock()
+        now = now_micros(self._clock)
         space = self._view(namespace)
         for job in self._held(space, leases, now):
             self._finish(space, job, JobStatus.COMPLETED, now)
 
     async def fail(self, namespace: str, lease: JobLease, *, error: str, retry: bool) -> Job:
-        now = self._clock()
+        now = now_micros(self._clock)
         space = self._view(namespace)
         (job,) = self._held(space, [lease], now)
+        retrying = retry and job.attempts < job.max_attempts
+        run_at = later(now, retry_delay(job.attempts), "retry") if retrying else job.run_at
         job.last_error = error
-        if retry and job.attempts < job.max_attempts:
+        if retrying:
             self._finish(space, job, JobStatus.RETRYING, now)
-            job.run_at = now + retry_delay(job.attempts)
+            job.run_at = run_at
             self._push(space, job)
         else:
             self._finish(space, job, JobStatus.FAILED, now)
         return job.snapshot()
 
-    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease_seconds: float) -> float:
-        now = self._clock()
-        expires_at = now + lease_seconds
+    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease: int) -> int:
+        now = now_micros(self._clock)
+        expires_at = later(now, lease, "lease_duration")
         for job in self._held(self._view(namespace), leases, now):
             job.lease_expires_at = expires_at
             job.update_time = now
@@ -290,6 +307,44 @@ class MemoryJobQueueStore:
             if job.queue == queue:
                 counts[job.status] += 1
         return QueueStats(**{status.value: count for status, count in counts.items()})
+
+    async def settle_lapsed_leases(self, *, limit: int) -> LeaseSweep:
+        now = now_micros(self._clock)
+        failed = retried = 0
+        for space in self._namespaces.values():
+            for running in space.running.values():
+                for job_id in list(running):
+                    if failed + retried == limit:
+                        break
+                    job = space.jobs[job_id]
+                    assert job.lease_expires_at is not None
+                    if job.lease_expires_at > now:
+                        continue
+                    if job.attempts >= job.max_attempts:
+                        job.last_error = LEASE_LOST
+                        self._finish(space, job, JobStatus.FAILED, now)
+                        failed += 1
+                    else:
+                        job.last_error = LEASE_LAPSED
+                        self._finish(space, job, JobStatus.RETRYING, now)
+                        job.run_at = now
+                        self._push(space, job)
+                        retried += 1
+        if retried:
+            self._wakeups.notify_every_queue()
+        return LeaseSweep(failed, retried)
+
+    async def delete_finished(self, status: JobStatus, *, before: int, limit: int) -> int:
+        assert status not in UNFINISHED_JOB_STATUSES
+        deleted = 0
+        for space in self._namespaces.values():
+            for job in list(space.jobs.values()):
+                if deleted == limit:
+                    return deleted
+                if job.status is status and job.update_time < before:
+                    del space.jobs[job.id]  # finished: no heap entry, running entry or dedupe key is left
+                    deleted += 1
+        return deleted
 
     def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:
         return self._wakeups.watch(namespace, queue)

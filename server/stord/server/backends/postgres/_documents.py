@@ -37,7 +37,7 @@ from stord.server.documents.rules import (
     index_name,
     operation_context,
 )
-from stord.server.jobs.port import NewJob
+from stord.server.jobs.port import NewJob, micros
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.ports import Clock, Conflict
 
@@ -197,7 +197,7 @@ async def _apply(
     if isinstance(operation, DeleteDocument):
         await _delete(connection, namespace, operation)
         return None
-    (enqueued,) = await insert_jobs(connection, namespace, [operation], now)
+    (enqueued,) = await insert_jobs(connection, namespace, [operation], micros(now))
     return enqueued
 
 

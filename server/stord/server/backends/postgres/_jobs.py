@@ -1,4 +1,4 @@
-"""The job queue (DESIGN 4.3) over the jobs table of migrations/postgres/0003_documents_jobs.sql.
+"""The job queue (DESIGN 4.3) over the jobs table of migrations/postgres/0003 and 0008 (integer instants).
 
 Leases are decided in the database, so several daemons on one database agree: a dequeue locks the rows it
 takes with FOR UPDATE SKIP LOCKED (concurrent dequeues pass over each other's rows instead of waiting) and
@@ -25,8 +25,26 @@ from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.backends.tables import JOBS, Rows
 from stord.server.config import PostgresOptions
-from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobQuery, JobStatus, NewJob, QueueStats
-from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.jobs.port import (
+    EnqueuedJob,
+    Job,
+    JobLease,
+    JobQuery,
+    JobStatus,
+    LeaseSweep,
+    NewJob,
+    QueueStats,
+    later,
+    now_micros,
+)
+from stord.server.jobs.rules import (
+    LEASE_LAPSED,
+    LEASE_LOST,
+    QueueWakeups,
+    lease_not_held,
+    new_lease_token,
+    retry_delay,
+)
 from stord.server.ports import Clock, Unavailable
 
 __all__ = ["JobNotifications", "PostgresJobQueueStore", "at", "insert_jobs"]
@@ -54,7 +72,7 @@ WITH inserted AS (
                       create_time, update_time)
     SELECT %(namespace)s, job.id, job.queue, 'pending', job.priority, job.run_at, 0, job.max_attempts,
            job.payload, %(now)s, %(now)s
-    FROM unnest(%(ids)b::text[], %(queues)b::text[], %(priorities)b::integer[], %(run_ats)b::timestamptz[],
+    FROM unnest(%(ids)b::text[], %(queues)b::text[], %(priorities)b::integer[], %(run_ats)b::bigint[],
                 %(max_attempts)b::integer[], %(payloads)b::jsonb[])
          WITH ORDINALITY AS job(id, queue, priority, run_at, max_attempts, payload, position)
     ORDER BY job.position
@@ -169,6 +187,44 @@ _STATS = """
 SELECT status, count(*) FROM jobs WHERE namespace = %(namespace)s AND queue = %(queue)s GROUP BY status
 """
 
+# The sweeper's passes over every namespace, in bounded batches: lapsed leases by the jobs_lapsing index
+# (a lapsed job another daemon's dequeue holds is skipped; that dequeue settles it), finished jobs by
+# jobs_finished (migrations/postgres/0008). Waiters of the queues with retried jobs are woken at commit.
+_SETTLE_LAPSED = """
+WITH lapsed AS (
+    SELECT namespace, id, attempts >= max_attempts AS exhausted FROM jobs
+    WHERE status = 'running' AND lease_expires_at <= %(now)s
+    ORDER BY lease_expires_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+),
+settled AS (
+    UPDATE jobs SET status = CASE WHEN lapsed.exhausted THEN 'failed' ELSE 'retrying' END,
+                    last_error = CASE WHEN lapsed.exhausted THEN %(lost)s ELSE %(lapsed)s END,
+                    run_at = CASE WHEN lapsed.exhausted THEN jobs.run_at ELSE %(now)s END,
+                    lease_token = NULL, lease_expires_at = NULL, update_time = %(now)s
+    FROM lapsed
+    WHERE jobs.namespace = lapsed.namespace AND jobs.id = lapsed.id
+    RETURNING jobs.namespace, jobs.queue, lapsed.exhausted
+),
+woken AS (
+    SELECT pg_notify(%(channel)s, namespace || ' ' || queue)
+    FROM (SELECT DISTINCT namespace, queue FROM settled WHERE NOT exhausted) AS queues
+)
+SELECT count(*) FILTER (WHERE exhausted), count(*) FILTER (WHERE NOT exhausted), (SELECT count(*) FROM woken)
+FROM settled
+"""
+
+_DELETE_FINISHED = """
+DELETE FROM jobs USING (
+    SELECT namespace, id FROM jobs WHERE status = %(status)s AND update_time < %(before)s
+    ORDER BY update_time
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+) AS finished
+WHERE jobs.namespace = finished.namespace AND jobs.id = finished.id
+"""
+
 _LATEST = datetime.max.replace(tzinfo=UTC)
 
 
@@ -180,10 +236,6 @@ def at(seconds: float) -> datetime:
         return _LATEST
 
 
-def _seconds(moment: datetime | None) -> float | None:
-    return None if moment is None else moment.timestamp()
-
-
 def _job(row: Sequence[Any], *, with_token: bool = False) -> Job:
     return Job(
         sequence=row[0],
@@ -191,33 +243,29 @@ def _job(row: Sequence[Any], *, with_token: bool = False) -> Job:
         queue=row[2],
         status=JobStatus(row[3]),
         priority=row[4],
-        run_at=row[5].timestamp(),
+        run_at=row[5],
         attempts=row[6],
         max_attempts=row[7],
         dedupe_key=row[8],
         payload=orjson.loads(row[9]),
         last_error=row[10],
         lease_token=row[11] if with_token else None,
-        lease_expires_at=_seconds(row[12]),
-        create_time=row[13].timestamp(),
-        update_time=row[14].timestamp(),
+        lease_expires_at=row[12],
+        create_time=row[13],
+        update_time=row[14],
     )
 
 
-def _run_at(job: NewJob, now: float) -> datetime:
-    return at(now + job.delay if job.run_at is None else job.run_at)
-
-
-async def _insert_many(connection: Connection, namespace: str, jobs: Sequence[NewJob], now: float) -> None:
+async def _insert_many(connection: Connection, namespace: str, jobs: Sequence[NewJob], now: int) -> None:
     await connection.execute(
         _INSERT_MANY,
         {
             "namespace": namespace,
-            "now": at(now),
+            "now": now,
             "ids": [job.id for job in jobs],
             "queues": [job.queue for job in jobs],
             "priorities": [job.priority for job in jobs],
-            "run_ats": [_run_at(job, now) for job in jobs],
+            "run_ats": [job.run_at for job in jobs],
             "max_attempts": [job.max_attempts for job in jobs],
             "payloads": [orjson.dumps(job.payload).decode() for job in jobs],
             "channel": CHANNEL,
@@ -225,18 +273,18 @@ async def _insert_many(connection: Connection, namespace: str, jobs: Sequence[Ne
     )
 
 
-async def _insert_one(connection: Connection, namespace: str, job: NewJob, now: float) -> EnqueuedJob:
+async def _insert_one(connection: Connection, namespace: str, job: NewJob, now: int) -> EnqueuedJob:
     """Enqueue one job; while an unfinished job holds its dedupe key (in any daemon), return that one."""
     parameters = {
         "namespace": namespace,
         "id": job.id,
         "queue": job.queue,
         "priority": job.priority,
-        "run_at": _run_at(job, now),
+        "run_at": job.run_at,
         "max_attempts": job.max_attempts,
         "dedupe_key": job.dedupe_key,
         "payload": orjson.dumps(job.payload).decode(),
-        "now": at(now),
+        "now": now,
     }
     for _ in range(_DEDUPE_ATTEMPTS):
         if await (await connection.execute(_INSERT_ONE, parameters)).fetchone() is not None:
@@ -249,7 +297,7 @@ async def _insert_one(connection: Connection, namespace: str, job: NewJob, now: 
 
 
 async def insert_jobs(
-    connection: Connection, namespace: str, jobs: Sequence[NewJob], now: float
+    connection: Connection, namespace: str, jobs: Sequence[NewJob], now: int
 ) -> list[EnqueuedJob]:
     """Enqueue jobs in order, all or none, and NOTIFY their queues at commit."""
     if all(job.dedupe_key is None for job in jobs):
@@ -262,13 +310,13 @@ async def insert_jobs(
     return enqueued
 
 
-def _lease_parameters(namespace: str, leases: Sequence[JobLease], now: float, **extra: Any) -> dict[str, Any]:
+def _lease_parameters(namespace: str, leases: Sequence[JobLease], now: int, **extra: Any) -> dict[str, Any]:
     return {
         "namespace": namespace,
         "ids": [lease.job_id for lease in leases],
         "tokens": [lease.token for lease in leases],
         "count": len(leases),
-        "now": at(now),
+        "now": now,
         **extra,
     }
 
@@ -326,23 +374,27 @@ class PostgresJobQueueStore:
         self._wakeups = wakeups
         self._notifications = notifications
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[EnqueuedJob]:
-        now = self._clock()
+        now = now_micros(self._clock)
         async with self._pool.connection() as connection:
             enqueued = await insert_jobs(connection, namespace, jobs, now)
         # This daemon's waiters need not wait for the notification's round trip.
         self._wakeups.notify_queues(namespace, (job.queue for job in jobs))
         return enqueued
 
-    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease_seconds: float) -> list[Job]:
-        now = self._clock()
+    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease: int) -> list[Job]:
+        now = now_micros(self._clock)
         parameters = {
             "namespace": namespace,
             "queue": queue,
-            "now": at(now),
+            "now": now,
             "limit": limit,
             "token": new_lease_token(),
-            "expires_at": at(now + lease_seconds),
+            "expires_at": later(now, lease, "lease_duration"),
             "lost": LEASE_LOST,
         }
         async with self._pool.connection() as connection:
@@ -365,10 +417,10 @@ class PostgresJobQueueStore:
             raise lease_not_held(lost)
 
     async def acknowledge(self, namespace: str, leases: Sequence[JobLease]) -> None:
-        await self._update_held(_COMPLETE, _lease_parameters(namespace, leases, self._clock()))
+        await self._update_held(_COMPLETE, _lease_parameters(namespace, leases, now_micros(self._clock)))
 
     async def fail(self, namespace: str, lease: JobLease, *, error: str, retry: bool) -> Job:
-        now = self._clock()
+        now = now_micros(self._clock)
         parameters = _lease_parameters(namespace, [lease], now)
         async with self._pool.connection() as connection, connection.transaction():
             row = await (await connection.execute(_HELD_JOB, parameters)).fetchone()
@@ -376,16 +428,16 @@ class PostgresJobQueueStore:
                 raise lease_not_held([lease.job_id])
             job = _job(row)
             if retry and job.attempts < job.max_attempts:
-                status, run_at = JobStatus.RETRYING, now + retry_delay(job.attempts)
+                status, run_at = JobStatus.RETRYING, later(now, retry_delay(job.attempts), "retry")
             else:
                 status, run_at = JobStatus.FAILED, job.run_at
             await connection.execute(
                 _SETTLE_FAILURE,
                 {
                     "status": status.value,
-                    "run_at": at(run_at),
+                    "run_at": run_at,
                     "error": error,
-                    "now": at(now),
+                    "now": now,
                     "namespace": namespace,
                     "id": job.id,
                 },
@@ -394,10 +446,10 @@ class PostgresJobQueueStore:
             job, status=status, run_at=run_at, last_error=error, lease_expires_at=None, update_time=now
         )
 
-    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease_seconds: float) -> float:
-        now = self._clock()
-        expires_at = now + lease_seconds
-        await self._update_held(_EXTEND, _lease_parameters(namespace, leases, now, expires_at=at(expires_at)))
+    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease: int) -> int:
+        now = now_micros(self._clock)
+        expires_at = later(now, lease, "lease_duration")
+        await self._update_held(_EXTEND, _lease_parameters(namespace, leases, now, expires_at=expires_at))
         return expires_at
 
     async def get(self, namespace: str, job_id: str) -> Job | None:
@@ -425,6 +477,28 @@ class PostgresJobQueueStore:
                 await connection.execute(_STATS, {"namespace": namespace, "queue": queue})
             ).fetchall()
         return QueueStats(**{JobStatus(status).value: count for status, count in rows})
+
+    async def settle_lapsed_leases(self, *, limit: int) -> LeaseSweep:
+        parameters = {
+            "now": now_micros(self._clock),
+            "limit": limit,
+            "lost": LEASE_LOST,
+            "lapsed": LEASE_LAPSED,
+            "channel": CHANNEL,
+        }
+        async with self._pool.connection() as connection:
+            row = await (await connection.execute(_SETTLE_LAPSED, parameters)).fetchone()
+        assert row is not None
+        swept = LeaseSweep(failed=row[0], retried=row[1])
+        if swept.retried:
+            self._wakeups.notify_every_queue()  # this daemon's waiters need not wait for the NOTIFY
+        return swept
+
+    async def delete_finished(self, status: JobStatus, *, before: int, limit: int) -> int:
+        parameters = {"status": status.value, "before": before, "limit": limit}
+        async with self._pool.connection() as connection:
+            cursor = await connection.execute(_DELETE_FINISHED, parameters)
+        return cursor.rowcount
 
     def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:
         self._notifications.start()

@@ -158,11 +158,10 @@ def _row(record: TransferRecord, shifts: dict[str, int]) -> tuple[str, Sequence[
         )  # fmt: skip
     if isinstance(record, JobRecord):
         j = record.job
-        lease_expires_at = None if j.lease_expires_at is None else at(j.lease_expires_at)
         return _INSERT_JOB, (
-            namespace, j.sequence + shifts["jobs"], j.id, j.queue, j.status.value, j.priority, at(j.run_at),
+            namespace, j.sequence + shifts["jobs"], j.id, j.queue, j.status.value, j.priority, j.run_at,
             j.attempts, j.max_attempts, j.dedupe_key, orjson.dumps(j.payload).decode(), j.last_error,
-            j.lease_token, lease_expires_at, at(j.create_time), at(j.update_time),
+            j.lease_token, j.lease_expires_at, j.create_time, j.update_time,
         )  # fmt: skip
     if isinstance(record, SessionRecord):
         s = record.session

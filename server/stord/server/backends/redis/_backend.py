@@ -4,13 +4,14 @@ import socket
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from stord.server.backends._contracts import DeclaredContracts
 from stord.server.backends.redis._errors import unavailable_on_connection_errors
 from stord.server.backends.redis._key_value import RedisKeyValueStore
+from stord.server.backends.redis._pool import WaitingConnectionPool
 from stord.server.backends.redis._transfer import RedisTransferStore
 from stord.server.config import RedisOptions, redact_url
 from stord.server.kv.port import Keyspace
@@ -62,10 +63,10 @@ class RedisBackend(DeclaredContracts):
         if self._redis is not None:
             return
         options = self._options
-        # A blocking pool makes a burst of RPCs wait for a free connection instead of failing at
+        # A waiting pool makes a burst of RPCs wait for a free connection instead of failing at
         # max_connections. No retries inside redis-py: resending RPUSH or SET NX after a lost reply could
         # append twice or report a write as refused; the caller gets UNAVAILABLE and decides.
-        pool = BlockingConnectionPool.from_url(
+        pool = WaitingConnectionPool.from_url(
             self._url,
             max_connections=options.max_connections,
             timeout=options.socket_timeout,

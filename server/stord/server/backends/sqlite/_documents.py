@@ -41,7 +41,7 @@ from stord.server.documents.rules import (
     merge,
     operation_context,
 )
-from stord.server.jobs.port import NewJob
+from stord.server.jobs.port import NewJob, micros
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.ports import Clock
 
@@ -190,7 +190,7 @@ def _apply(
     if isinstance(operation, DeleteDocument):
         _delete(connection, namespace, operation)
         return None
-    (enqueued,) = insert_jobs(connection, namespace, [operation], now)
+    (enqueued,) = insert_jobs(connection, namespace, [operation], micros(now))
     return enqueued
 
 

@@ -1,4 +1,4 @@
-"""The job queue (DESIGN 4.3) over the jobs table of migrations/sqlite/0003_documents_jobs.sql.
+"""The job queue (DESIGN 4.3) over the jobs table of migrations/sqlite/0003 and 0008 (integer instants).
 
 Every change runs on the engine's single writer thread, so a dequeue's select-and-lease cannot interleave with
 another's: no job is handed to two workers. Time comes from the injected clock, passed in as `now`.
@@ -18,8 +18,26 @@ import orjson
 
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.tables import JOBS, Rows
-from stord.server.jobs.port import EnqueuedJob, Job, JobLease, JobQuery, JobStatus, NewJob, QueueStats
-from stord.server.jobs.rules import LEASE_LOST, QueueWakeups, lease_not_held, new_lease_token, retry_delay
+from stord.server.jobs.port import (
+    EnqueuedJob,
+    Job,
+    JobLease,
+    JobQuery,
+    JobStatus,
+    LeaseSweep,
+    NewJob,
+    QueueStats,
+    later,
+    now_micros,
+)
+from stord.server.jobs.rules import (
+    LEASE_LAPSED,
+    LEASE_LOST,
+    QueueWakeups,
+    lease_not_held,
+    new_lease_token,
+    retry_delay,
+)
 from stord.server.ports import Clock
 
 __all__ = ["SqliteJobQueueStore", "insert_jobs"]
@@ -97,6 +115,29 @@ _GET = f"SELECT {_COLUMNS} FROM jobs WHERE namespace = :namespace AND id = :id"
 
 _STATS = "SELECT status, count(*) FROM jobs WHERE namespace = :namespace AND queue = :queue GROUP BY status"
 
+# The sweeper's passes over every namespace: lapsed leases by the jobs_lapsing index, finished jobs by
+# jobs_finished (migrations/sqlite/0008), each in bounded batches so the writer is never held long.
+_LAPSED = """
+SELECT sequence, attempts >= max_attempts FROM jobs
+WHERE status = 'running' AND lease_expires_at <= :now
+ORDER BY lease_expires_at
+LIMIT :limit
+"""
+
+_SETTLE_LAPSED = """
+UPDATE jobs SET status = :status, last_error = :error, run_at = CASE WHEN :retry THEN :now ELSE run_at END,
+                lease_token = NULL, lease_expires_at = NULL, update_time = :now
+WHERE sequence = :sequence
+"""
+
+_DELETE_FINISHED = """
+DELETE FROM jobs WHERE sequence IN (
+    SELECT sequence FROM jobs WHERE status = :status AND update_time < :before
+    ORDER BY update_time
+    LIMIT :limit
+)
+"""
+
 
 def _job(row: Sequence[Any], *, with_token: bool = False) -> Job:
     return Job(
@@ -118,12 +159,12 @@ def _job(row: Sequence[Any], *, with_token: bool = False) -> Job:
     )
 
 
-def _order(job: Job) -> tuple[int, float, int]:
+def _order(job: Job) -> tuple[int, int, int]:
     return (-job.priority, job.run_at, job.sequence)
 
 
 def insert_jobs(
-    connection: sqlite3.Connection, namespace: str, jobs: Sequence[NewJob], now: float
+    connection: sqlite3.Connection, namespace: str, jobs: Sequence[NewJob], now: int
 ) -> list[EnqueuedJob]:
     """Enqueue jobs in order on the writer connection; a job whose dedupe key is held returns the holder."""
     enqueued: list[EnqueuedJob] = []
@@ -142,7 +183,7 @@ def insert_jobs(
                 "id": job.id,
                 "queue": job.queue,
                 "priority": job.priority,
-                "run_at": now + job.delay if job.run_at is None else job.run_at,
+                "run_at": job.run_at,
                 "max_attempts": job.max_attempts,
                 "dedupe_key": job.dedupe_key,
                 "payload": orjson.dumps(job.payload).decode(),
@@ -161,21 +202,25 @@ class SqliteJobQueueStore:
         self._clock = clock
         self._wakeups = wakeups
 
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
     async def enqueue(self, namespace: str, jobs: Sequence[NewJob]) -> list[EnqueuedJob]:
-        now = self._clock()
+        now = now_micros(self._clock)
         enqueued = await self._engine.write(lambda connection: insert_jobs(connection, namespace, jobs, now))
         self._wakeups.notify_queues(namespace, (job.queue for job in jobs))
         return enqueued
 
-    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease_seconds: float) -> list[Job]:
-        now = self._clock()
+    async def dequeue(self, namespace: str, queue: str, *, limit: int, lease: int) -> list[Job]:
+        now = now_micros(self._clock)
         parameters = {
             "namespace": namespace,
             "queue": queue,
             "now": now,
             "limit": limit,
             "token": new_lease_token(),
-            "expires_at": now + lease_seconds,
+            "expires_at": later(now, lease, "lease_duration"),
             "lost": LEASE_LOST,
         }
 
@@ -210,13 +255,13 @@ class SqliteJobQueueStore:
             raise lease_not_held(lost)
 
     async def acknowledge(self, namespace: str, leases: Sequence[JobLease]) -> None:
-        now = self._clock()
+        now = now_micros(self._clock)
         await self._engine.write(
             lambda connection: self._held_or_raise(connection, _COMPLETE, namespace, leases, now=now)
         )
 
     async def fail(self, namespace: str, lease: JobLease, *, error: str, retry: bool) -> Job:
-        now = self._clock()
+        now = now_micros(self._clock)
 
         def run(connection: sqlite3.Connection) -> Job:
             row = connection.execute(
@@ -226,7 +271,7 @@ class SqliteJobQueueStore:
                 raise lease_not_held([lease.job_id])
             job = _job(row)
             if retry and job.attempts < job.max_attempts:
-                status, run_at = JobStatus.RETRYING, now + retry_delay(job.attempts)
+                status, run_at = JobStatus.RETRYING, later(now, retry_delay(job.attempts), "retry")
             else:
                 status, run_at = JobStatus.FAILED, job.run_at
             connection.execute(
@@ -245,9 +290,9 @@ class SqliteJobQueueStore:
 
         return await self._engine.write(run)
 
-    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease_seconds: float) -> float:
-        now = self._clock()
-        expires_at = now + lease_seconds
+    async def extend_leases(self, namespace: str, leases: Sequence[JobLease], lease: int) -> int:
+        now = now_micros(self._clock)
+        expires_at = later(now, lease, "lease_duration")
         await self._engine.write(
             lambda connection: self._held_or_raise(
                 connection, _EXTEND, namespace, leases, now=now, expires_at=expires_at
@@ -292,6 +337,36 @@ class SqliteJobQueueStore:
             return QueueStats(**{JobStatus(status).value: count for status, count in rows})
 
         return await self._engine.read(run)
+
+    async def settle_lapsed_leases(self, *, limit: int) -> LeaseSweep:
+        now = now_micros(self._clock)
+
+        def run(connection: sqlite3.Connection) -> LeaseSweep:
+            lapsed = connection.execute(_LAPSED, {"now": now, "limit": limit}).fetchall()
+            for sequence, exhausted in lapsed:
+                connection.execute(
+                    _SETTLE_LAPSED,
+                    {
+                        "status": (JobStatus.FAILED if exhausted else JobStatus.RETRYING).value,
+                        "error": LEASE_LOST if exhausted else LEASE_LAPSED,
+                        "retry": not exhausted,
+                        "now": now,
+                        "sequence": sequence,
+                    },
+                )
+            failed = sum(1 for _, exhausted in lapsed if exhausted)
+            return LeaseSweep(failed=failed, retried=len(lapsed) - failed)
+
+        swept = await self._engine.write(run)
+        if swept.retried:
+            self._wakeups.notify_every_queue()
+        return swept
+
+    async def delete_finished(self, status: JobStatus, *, before: int, limit: int) -> int:
+        parameters = {"status": status.value, "before": before, "limit": limit}
+        return await self._engine.write(
+            lambda connection: connection.execute(_DELETE_FINISHED, parameters).rowcount
+        )
 
     def watch(self, namespace: str, queue: str) -> AbstractContextManager[asyncio.Event]:
         return self._wakeups.watch(namespace, queue)
