@@ -16,9 +16,9 @@ from stord.server.backends.memory import MemoryBackend
 from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.redis import RedisBackend
 from stord.server.config import RedisOptions
-from stord.server.event_chain import JsonValue, canonical_json, format_timestamp
-from stord.server.event_model import payload_facts
-from stord.server.event_retention import retain_events_daily
+from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
+from stord.server.events.model import payload_facts
+from stord.server.events.retention import retain_events_daily
 from stord.server.ports import (
     CommitListener,
     EventFilter,
@@ -28,7 +28,7 @@ from stord.server.ports import (
     Unavailable,
     system_clock,
 )
-from stord.server.services._event_tail import EventHub, SubscriberDropped, Subscription
+from stord.server.events.tail import EventHub, SubscriberDropped, Subscription
 from tests.harness.clock import ManualClock
 
 DAY_MS = 86_400_000

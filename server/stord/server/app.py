@@ -21,7 +21,7 @@ from stord.server.auth import KeyRing, KeysFileError
 from stord.server.backends import create_backend
 from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
-from stord.server.event_retention import retain_events_daily
+from stord.server.events.retention import retain_events_daily
 from stord.server.interceptors import CallInterceptor
 from stord.server.listen import ListenError, check_port_free
 from stord.server.metrics import Metrics, MetricsServer

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stord.server.event_model import search_pattern
+from stord.server.events.model import search_pattern
 from stord.server.ports import Analytics, AnalyticsFigures, EventFilter, EventPosition
 
 __all__ = [

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from stord.server.event_model import payload_facts
+from stord.server.events.model import payload_facts
 from stord.server.ports import (
     AgentRecord,
     AlertHistoryRecord,

@@ -15,6 +15,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from stord.server.events.port import AlertHistoryEntry, AlertRule, Event, EventAgent, Session
 from stord.server.ports._agents_manifests import (
     DocumentKey,
     HandlerManifestRecord,
@@ -24,7 +25,6 @@ from stord.server.ports._agents_manifests import (
 )
 from stord.server.ports._base import JsonObject
 from stord.server.ports._documents_jobs import Document, Job
-from stord.server.ports._events import AlertHistoryEntry, AlertRule, Event, EventAgent, Session
 from stord.server.ports._key_value import Keyspace
 
 

@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 import grpc
 
+from stord.server.events.service import EventStoreServicer
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, Keyspace
 from stord.server.services.agents import agent_store_servicer
 from stord.server.services.documents import DocumentServicer
-from stord.server.services.events import EventStoreServicer
 from stord.server.services.jobs import JobQueueServicer
 from stord.server.services.key_value import CacheServicer, DatabaseServicer
 from stord.server.services.manifests import manifest_store_servicer

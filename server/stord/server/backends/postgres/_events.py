@@ -1,9 +1,9 @@
 """The event store (DESIGN 4.4) over the tables of migrations/postgres/0002_events.sql.
 
-A batch is one transaction: it takes an advisory lock per session (in one order, so writers cannot deadlock),
-reads the session heads, links the batch, COPYs it in and updates sessions and agents. Writers to one
-session, in this daemon or another one on the same database, therefore extend its chain one after the other.
-Last, the transaction appends the batch to its namespace's event feed (0005_event_feed.sql) and NOTIFYs
+A batch is one transaction running events.ingest over `_IngestTransaction`: it takes an advisory lock per
+session (in one order, so writers cannot deadlock), reads the session heads, links the batch, COPYs it in
+(binary) and updates sessions and agents. Writers to one session, in this daemon or another one on the same
+database, therefore extend its chain one after the other. Last, the transaction appends the batch to its namespace's event feed (0005_event_feed.sql) and NOTIFYs
 `stord_events`; followers LISTEN on a connection of their own and read the feed after their position.
 """
 
@@ -28,8 +28,9 @@ from stord.server.backends._event_sql import (
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions, redact_url
-from stord.server.event_chain import ChainHead, link_events, verify_chain
-from stord.server.event_model import agent_changes, session_changes
+from stord.server.events.chain import ChainHead, verify_chain
+from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, store_batch_async
+from stord.server.events.model import AgentChange, SessionChange
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
     AlertCondition,
@@ -52,7 +53,6 @@ from stord.server.ports import (
     EventQuery,
     EventStats,
     EventType,
-    FailedPrecondition,
     FeedBatch,
     FeedPage,
     Granularity,
@@ -120,7 +120,12 @@ _EVENT_COLUMNS = (
     "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
     "chain_index"
 )
-_COPY_EVENTS = f"COPY events (namespace, {_EVENT_COLUMNS}, cost_usd, latency_ms) FROM STDIN"
+_COPY_EVENTS = f"COPY events ({', '.join(EVENT_ROW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = (
+    "text", "text", "int8", "text", "text", "text", "text", "text", "text", "text", "text", "int8", "float8",
+    "float8",
+)  # fmt: skip
+"""The types of EventRow's columns, which binary COPY must be told."""
 _SESSION_COLUMNS = (
     "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
     "total_cost_usd, tags"
@@ -138,33 +143,33 @@ _HEADS = "SELECT id, chain_length, last_hash FROM event_sessions WHERE namespace
 _STORED_IDS = "SELECT id FROM events WHERE namespace = %s AND id = ANY(%s)"
 
 # A batch's effect on each session: counters add up, the latest status/end/name/tags win, the head moves.
+# Parameters: the row to insert, then status and tags again (None: keep the stored ones).
 _APPLY_SESSION = """
 INSERT INTO event_sessions AS s (namespace, id, agent_id, agent_name, started_at, ended_at, status,
                                  event_count, tool_call_count, error_count, total_cost_usd, tags,
                                  chain_length, last_hash)
-VALUES (%(namespace)s, %(id)s, %(agent_id)s, %(agent_name)s, %(started_at)s, %(ended_at)s,
-        coalesce(%(status)s, 'active'), %(event_count)s, %(tool_call_count)s, %(error_count)s, %(cost_usd)s,
-        coalesce(%(tags)s::text[], '{}'::text[]), %(chain_length)s, %(last_hash)s)
+VALUES (%s, %s, %s, %s, %s, %s, coalesce(%s, 'active'), %s, %s, %s, %s, coalesce(%s::text[], '{}'::text[]),
+        %s, %s)
 ON CONFLICT (namespace, id) DO UPDATE SET
-    agent_name = coalesce(%(agent_name)s, s.agent_name),
-    started_at = least(s.started_at, %(started_at)s),
-    ended_at = coalesce(%(ended_at)s, s.ended_at),
-    status = coalesce(%(status)s, s.status),
-    event_count = s.event_count + %(event_count)s,
-    tool_call_count = s.tool_call_count + %(tool_call_count)s,
-    error_count = s.error_count + %(error_count)s,
-    total_cost_usd = s.total_cost_usd + %(cost_usd)s,
-    tags = coalesce(%(tags)s::text[], s.tags),
-    chain_length = %(chain_length)s,
-    last_hash = %(last_hash)s
+    agent_name = coalesce(excluded.agent_name, s.agent_name),
+    started_at = least(s.started_at, excluded.started_at),
+    ended_at = coalesce(excluded.ended_at, s.ended_at),
+    status = coalesce(%s, s.status),
+    event_count = s.event_count + excluded.event_count,
+    tool_call_count = s.tool_call_count + excluded.tool_call_count,
+    error_count = s.error_count + excluded.error_count,
+    total_cost_usd = s.total_cost_usd + excluded.total_cost_usd,
+    tags = coalesce(%s::text[], s.tags),
+    chain_length = excluded.chain_length,
+    last_hash = excluded.last_hash
 """
 _APPLY_AGENT = """
 INSERT INTO event_agents AS a (namespace, id, name, description, first_seen_at, last_seen_at, session_count)
-VALUES (%(namespace)s, %(id)s, %(name)s, NULL, %(first_seen_at)s, %(last_seen_at)s, %(sessions_started)s)
+VALUES (%s, %s, %s, NULL, %s, %s, %s)
 ON CONFLICT (namespace, id) DO UPDATE SET
-    first_seen_at = least(a.first_seen_at, %(first_seen_at)s),
-    last_seen_at = greatest(a.last_seen_at, %(last_seen_at)s),
-    session_count = a.session_count + %(sessions_started)s
+    first_seen_at = least(a.first_seen_at, excluded.first_seen_at),
+    last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
+    session_count = a.session_count + excluded.session_count
 """
 
 _TYPES = {member.value: member for member in EventType}
@@ -274,24 +279,9 @@ class PostgresEventStore:
     # Writing events --------------------------------------------------------------------------------------
 
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
-        locks = sorted({_session_lock(namespace, event.session_id) for event in events})
-        session_ids = sorted({event.session_id for event in events})
         async with self._pool.connection() as connection, connection.transaction():
-            await connection.execute(_LOCK_SESSIONS, (locks,))
-            rows = await _fetchall(connection, _HEADS, (namespace, session_ids))
-            heads = {row[0]: ChainHead(row[1], row[2]) for row in rows}
-            fresh, linked, new_heads = await _insert_new(connection, namespace, events, heads)
-            await _apply_changes(connection, namespace, fresh, new_heads)
-            if not linked:
-                return InsertOutcome(linked, len(events))
-            parameters = {
-                "namespace": namespace,
-                "ids": [event.id for event in linked],
-                "keep": self._feed_keep_seconds,
-            }
-            row = await (await connection.execute(_APPEND_TO_FEED, parameters)).fetchone()
-            assert row is not None
-        return InsertOutcome(linked, len(events) - len(fresh), int(row[0]))
+            transaction = _IngestTransaction(connection, namespace, self._feed_keep_seconds)
+            return await store_batch_async(transaction, namespace, events)
 
     # Following the feed ----------------------------------------------------------------------------------
 
@@ -668,76 +658,75 @@ class PostgresEventStore:
 # Inside a batch's transaction ----------------------------------------------------------------------------
 
 
-async def _copy(
-    connection: Connection, namespace: str, linked: list[Event], events: Sequence[EventInput]
-) -> None:
-    async with connection.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-        for stored, event in zip(linked, events, strict=True):
-            await copy.write_row(
-                (namespace, stored.id, stored.timestamp, stored.session_id, stored.agent_id,
-                 stored.event_type.value, stored.severity.value, stored.payload, stored.metadata,
-                 stored.prev_hash, stored.hash, stored.chain_index, event.cost_usd, event.latency_ms)
+class _IngestTransaction:
+    """The primitives of ingest.store_batch_async on one connection, inside the batch's transaction."""
+
+    def __init__(self, connection: Connection, namespace: str, feed_keep_seconds: float) -> None:
+        self._connection = connection
+        self._namespace = namespace
+        self._feed_keep_seconds = feed_keep_seconds
+
+    async def chain_heads(self, session_ids: Sequence[str]) -> dict[str, ChainHead]:
+        # The sessions' advisory locks, held until the commit, make writers to a session take turns.
+        namespace = self._namespace
+        locks = sorted({_session_lock(namespace, session_id) for session_id in session_ids})
+        await self._connection.execute(_LOCK_SESSIONS, (locks,))
+        rows = await _fetchall(self._connection, _HEADS, (namespace, list(session_ids)))
+        return {row[0]: ChainHead(row[1], row[2]) for row in rows}
+
+    async def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        rows = await _fetchall(self._connection, _STORED_IDS, (self._namespace, list(event_ids)))
+        return {row[0] for row in rows}
+
+    async def insert_events(self, rows: Sequence[EventRow]) -> bool:
+        try:
+            async with (
+                self._connection.transaction(),
+                self._connection.cursor() as cursor,
+                cursor.copy(_COPY_EVENTS) as copy,
+            ):
+                copy.set_types(_COPY_TYPES)
+                for row in rows:
+                    await copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
+
+    async def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
+        namespace = self._namespace
+        async with self._connection.cursor() as cursor:
+            await cursor.executemany(
+                _APPLY_SESSION,
+                [
+                    (namespace, change.session_id, change.agent_id, change.agent_name, change.first_timestamp,
+                     change.ended_at, status, change.event_count, change.tool_call_count, change.error_count,
+                     change.cost_usd, tags, change.head.length, change.head.last_hash, status, tags)
+                    for change in changes
+                    for status, tags in [(
+                        None if change.status is None else change.status.value,
+                        None if change.tags is None else list(change.tags),
+                    )]
+                ],
             )  # fmt: skip
 
+    async def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
+        namespace = self._namespace
+        async with self._connection.cursor() as cursor:
+            await cursor.executemany(
+                _APPLY_AGENT,
+                [
+                    (namespace, change.agent_id, change.name or change.agent_id, change.first_seen_at,
+                     change.last_seen_at, change.sessions_started)
+                    for change in changes
+                ],
+            )  # fmt: skip
 
-async def _insert_new(
-    connection: Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
-) -> tuple[Sequence[EventInput], list[Event], dict[str, ChainHead]]:
-    """COPY the events whose ids are not stored yet, linked; return them, as stored, and the new heads."""
-    # Resends are rare: COPY as if every event were new, in a savepoint, and only when that fails (a stored
-    # id, or a claimed prev_hash that a stored duplicate explains) look up which ids are stored.
-    try:
-        async with connection.transaction():
-            linked, new_heads = link_events(events, heads)
-            await _copy(connection, namespace, linked, events)
-        return events, linked, new_heads
-    except (psycopg.errors.UniqueViolation, FailedPrecondition):
-        pass
-    rows = await _fetchall(connection, _STORED_IDS, (namespace, [event.id for event in events]))
-    stored = {row[0] for row in rows}
-    fresh = [event for event in events if event.id not in stored]
-    linked, new_heads = link_events(fresh, heads)
-    if fresh:
-        await _copy(connection, namespace, linked, fresh)
-    return fresh, linked, new_heads
-
-
-async def _apply_changes(
-    connection: Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
-) -> None:
-    """Update the batch's sessions and agents, in id order (the order concurrent batches lock rows in)."""
-    sessions = [
-        {
-            "namespace": namespace,
-            "id": change.session_id,
-            "agent_id": change.agent_id,
-            "agent_name": change.agent_name,
-            "started_at": change.first_timestamp,
-            "ended_at": change.ended_at,
-            "status": None if change.status is None else change.status.value,
-            "event_count": change.event_count,
-            "tool_call_count": change.tool_call_count,
-            "error_count": change.error_count,
-            "cost_usd": change.cost_usd,
-            "tags": None if change.tags is None else list(change.tags),
-            "chain_length": change.head.length,
-            "last_hash": change.head.last_hash,
+    async def append_to_feed(self, events: list[Event]) -> int:
+        parameters = {
+            "namespace": self._namespace,
+            "ids": [event.id for event in events],
+            "keep": self._feed_keep_seconds,
         }
-        for change in session_changes(events, heads)
-    ]
-    agents = [
-        {
-            "namespace": namespace,
-            "id": change.agent_id,
-            "name": change.name or change.agent_id,
-            "first_seen_at": change.first_seen_at,
-            "last_seen_at": change.last_seen_at,
-            "sessions_started": change.sessions_started,
-        }
-        for change in agent_changes(events)
-    ]
-    async with connection.cursor() as cursor:
-        if sessions:
-            await cursor.executemany(_APPLY_SESSION, sessions)
-        if agents:
-            await cursor.executemany(_APPLY_AGENT, agents)
+        row = await (await self._connection.execute(_APPEND_TO_FEED, parameters)).fetchone()
+        assert row is not None
+        return int(row[0])

@@ -1,9 +1,9 @@
 """The event store (DESIGN 4.4) over the tables of migrations/sqlite/0002_events.sql.
 
-A batch is one write on the engine's writer thread: the session heads are read, the batch linked and
-inserted with one executemany, sessions and agents updated and the batch appended to the namespace's event
-feed, all in the write's transaction. SQLite runs one write transaction at a time on a file (other processes
-on the same file wait for its lock), so nothing can move a head between the read and the insert, and feed
+A batch is one write on the engine's writer thread, running events.ingest over `_IngestTransaction`: the
+session heads are read, the batch linked and inserted with one executemany, sessions and agents updated and
+the batch appended to the namespace's event feed, all in the write's transaction. SQLite runs one write
+transaction at a time on a file (other processes on the same file wait for its lock), so nothing can move a head between the read and the insert, and feed
 positions follow commit order. Followers notice commits by polling `PRAGMA data_version`.
 """
 
@@ -24,8 +24,9 @@ from stord.server.backends._event_sql import (
     read_analytics,
 )
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.event_chain import ChainHead, link_events, verify_chain
-from stord.server.event_model import agent_changes, session_changes
+from stord.server.events.chain import ChainHead, verify_chain
+from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, store_batch
+from stord.server.events.model import AgentChange, SessionChange
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
     AlertCondition,
@@ -48,7 +49,6 @@ from stord.server.ports import (
     EventQuery,
     EventStats,
     EventType,
-    FailedPrecondition,
     FeedBatch,
     FeedPage,
     Granularity,
@@ -97,10 +97,9 @@ _EVENT_COLUMNS = (
     "chain_index"
 )
 _QUALIFIED_EVENT_COLUMNS = ", ".join(f"events.{column}" for column in _EVENT_COLUMNS.split(", "))
-_INSERT_EVENT = f"""
-INSERT INTO events (namespace, {_EVENT_COLUMNS}, cost_usd, latency_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_ROW_COLUMNS))})"
+)
 _SESSION_COLUMNS = (
     "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
     "total_cost_usd, tags"
@@ -116,29 +115,27 @@ _HISTORY_COLUMNS = "id, rule_id, triggered_at, resolved_at, current_value, thres
 _APPLY_SESSION = """
 INSERT INTO event_sessions (namespace, id, agent_id, agent_name, started_at, ended_at, status, event_count,
                             tool_call_count, error_count, total_cost_usd, tags, chain_length, last_hash)
-VALUES (:namespace, :id, :agent_id, :agent_name, :started_at, :ended_at, coalesce(:status, 'active'),
-        :event_count, :tool_call_count, :error_count, :cost_usd, coalesce(:tags, '[]'), :chain_length,
-        :last_hash)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(?7, 'active'), ?8, ?9, ?10, ?11, coalesce(?12, '[]'), ?13, ?14)
 ON CONFLICT (namespace, id) DO UPDATE SET
-    agent_name = coalesce(:agent_name, agent_name),
-    started_at = min(started_at, :started_at),
-    ended_at = coalesce(:ended_at, ended_at),
-    status = coalesce(:status, status),
-    event_count = event_count + :event_count,
-    tool_call_count = tool_call_count + :tool_call_count,
-    error_count = error_count + :error_count,
-    total_cost_usd = total_cost_usd + :cost_usd,
-    tags = coalesce(:tags, tags),
-    chain_length = :chain_length,
-    last_hash = :last_hash
+    agent_name = coalesce(?4, agent_name),
+    started_at = min(started_at, ?5),
+    ended_at = coalesce(?6, ended_at),
+    status = coalesce(?7, status),
+    event_count = event_count + ?8,
+    tool_call_count = tool_call_count + ?9,
+    error_count = error_count + ?10,
+    total_cost_usd = total_cost_usd + ?11,
+    tags = coalesce(?12, tags),
+    chain_length = ?13,
+    last_hash = ?14
 """
 _APPLY_AGENT = """
 INSERT INTO event_agents (namespace, id, name, description, first_seen_at, last_seen_at, session_count)
-VALUES (:namespace, :id, :name, NULL, :first_seen_at, :last_seen_at, :sessions_started)
+VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6)
 ON CONFLICT (namespace, id) DO UPDATE SET
-    first_seen_at = min(first_seen_at, :first_seen_at),
-    last_seen_at = max(last_seen_at, :last_seen_at),
-    session_count = session_count + :sessions_started
+    first_seen_at = min(first_seen_at, ?4),
+    last_seen_at = max(last_seen_at, ?5),
+    session_count = session_count + ?6
 """
 
 _TYPES = {member.value: member for member in EventType}
@@ -225,8 +222,11 @@ class SqliteEventStore:
 
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
         now = int(self._clock() * 1000)
+        expired = now - self._feed_keep_ms
         return await self._engine.write(
-            lambda connection: _insert_batch(connection, namespace, events, now, now - self._feed_keep_ms)
+            lambda connection: store_batch(
+                _IngestTransaction(connection, namespace, now, expired), namespace, events
+            )
         )
 
     # Following the feed ----------------------------------------------------------------------------------
@@ -542,39 +542,6 @@ class SqliteEventStore:
 # Statements run on the writer thread ---------------------------------------------------------------------
 
 
-def _heads(connection: sqlite3.Connection, namespace: str, session_ids: list[str]) -> dict[str, ChainHead]:
-    rows = connection.execute(
-        "SELECT id, chain_length, last_hash FROM event_sessions"
-        f" WHERE namespace = ? AND id IN ({_in(session_ids)})",
-        (namespace, *session_ids),
-    ).fetchall()
-    return {row[0]: ChainHead(row[1], row[2]) for row in rows}
-
-
-def _stored_ids(connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput]) -> set[str]:
-    ids = [event.id for event in events]
-    rows = connection.execute(
-        f"SELECT id FROM events WHERE namespace = ? AND id IN ({_in(ids)})", (namespace, *ids)
-    )
-    return {row[0] for row in rows}
-
-
-def _insert_linked(
-    connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
-) -> tuple[list[Event], dict[str, ChainHead]]:
-    linked, new_heads = link_events(events, heads)
-    connection.executemany(
-        _INSERT_EVENT,
-        [
-            (namespace, stored.id, stored.timestamp, stored.session_id, stored.agent_id,
-             stored.event_type.value, stored.severity.value, stored.payload, stored.metadata,
-             stored.prev_hash, stored.hash, stored.chain_index, event.cost_usd, event.latency_ms)
-            for stored, event in zip(linked, events, strict=True)
-        ],
-    )  # fmt: skip
-    return linked, new_heads
-
-
 def _data_version(connection: sqlite3.Connection) -> int:
     version: int = connection.execute("PRAGMA data_version").fetchone()[0]
     return version
@@ -610,74 +577,76 @@ def _read_feed(connection: sqlite3.Connection, namespace: str, after: int, limit
     )
 
 
-def _append_to_feed(
-    connection: sqlite3.Connection, namespace: str, stored: list[Event], now: int, expired: int
-) -> int:
-    """Append the batch's new events to the namespace's feed, prune expired batches; return its position."""
-    position: int = connection.execute(_FEED_NEXT, (namespace,)).fetchall()[0][0]
-    event_ids = json.dumps([event.id for event in stored])
-    connection.execute(_FEED_APPEND, (namespace, position, now, event_ids))
-    connection.execute(_FEED_PRUNE, (namespace, expired, namespace))
-    return position
+class _IngestTransaction:
+    """The primitives of ingest.store_batch on the writer's connection, in the engine's transaction."""
 
+    def __init__(self, connection: sqlite3.Connection, namespace: str, now: int, expired: int) -> None:
+        self._connection = connection
+        self._namespace = namespace
+        self._now = now
+        self._expired = expired
 
-def _insert_batch(
-    connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput], now: int, expired: int
-) -> InsertOutcome:
-    batch_size = len(events)
-    heads = _heads(connection, namespace, sorted({event.session_id for event in events}))
-    # Resends are rare: insert as if every event were new, and only when that fails (a stored id, or a claimed
-    # prev_hash that a stored duplicate explains) look up which ids are stored and link the rest.
-    connection.execute("SAVEPOINT stord_events")
-    try:
-        linked, new_heads = _insert_linked(connection, namespace, events, heads)
-    except (sqlite3.IntegrityError, FailedPrecondition):
-        connection.execute("ROLLBACK TO stord_events")
-        stored = _stored_ids(connection, namespace, events)
-        events = [event for event in events if event.id not in stored]
-        linked, new_heads = _insert_linked(connection, namespace, events, heads)
-    finally:
-        connection.execute("RELEASE stord_events")
-    connection.executemany(
-        _APPLY_SESSION,
-        [
-            {
-                "namespace": namespace,
-                "id": change.session_id,
-                "agent_id": change.agent_id,
-                "agent_name": change.agent_name,
-                "started_at": change.first_timestamp,
-                "ended_at": change.ended_at,
-                "status": None if change.status is None else change.status.value,
-                "event_count": change.event_count,
-                "tool_call_count": change.tool_call_count,
-                "error_count": change.error_count,
-                "cost_usd": change.cost_usd,
-                "tags": None if change.tags is None else json.dumps(change.tags),
-                "chain_length": change.head.length,
-                "last_hash": change.head.last_hash,
-            }
-            for change in session_changes(events, new_heads)
-        ],
-    )
-    connection.executemany(
-        _APPLY_AGENT,
-        [
-            {
-                "namespace": namespace,
-                "id": change.agent_id,
-                "name": change.name or change.agent_id,
-                "first_seen_at": change.first_seen_at,
-                "last_seen_at": change.last_seen_at,
-                "sessions_started": change.sessions_started,
-            }
-            for change in agent_changes(events)
-        ],
-    )
-    if not linked:
-        return InsertOutcome(linked, batch_size)
-    position = _append_to_feed(connection, namespace, linked, now, expired)
-    return InsertOutcome(linked, batch_size - len(events), position)
+    def chain_heads(self, session_ids: Sequence[str]) -> dict[str, ChainHead]:
+        # The write's transaction holds the file's write lock: nobody moves a head until it commits.
+        rows = self._connection.execute(
+            "SELECT session.id, session.chain_length, session.last_hash FROM json_each(?) AS wanted"
+            " CROSS JOIN event_sessions AS session WHERE session.namespace = ? AND session.id = wanted.value",
+            (json.dumps(session_ids), self._namespace),
+        )
+        return {row[0]: ChainHead(row[1], row[2]) for row in rows}
+
+    def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        rows = self._connection.execute(
+            "SELECT events.id FROM json_each(?) AS wanted CROSS JOIN events"
+            " WHERE events.namespace = ? AND events.id = wanted.value",
+            (json.dumps(event_ids), self._namespace),
+        )
+        return {row[0] for row in rows}
+
+    def insert_events(self, rows: Sequence[EventRow]) -> bool:
+        self._connection.execute("SAVEPOINT stord_events")
+        try:
+            self._connection.executemany(_INSERT_EVENT, rows)
+        except sqlite3.IntegrityError:
+            self._connection.execute("ROLLBACK TO stord_events")
+            return False
+        finally:
+            self._connection.execute("RELEASE stord_events")
+        return True
+
+    def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
+        namespace = self._namespace
+        self._connection.executemany(
+            _APPLY_SESSION,
+            [
+                (namespace, change.session_id, change.agent_id, change.agent_name, change.first_timestamp,
+                 change.ended_at, None if change.status is None else change.status.value, change.event_count,
+                 change.tool_call_count, change.error_count, change.cost_usd,
+                 None if change.tags is None else json.dumps(change.tags), change.head.length,
+                 change.head.last_hash)
+                for change in changes
+            ],
+        )  # fmt: skip
+
+    def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
+        namespace = self._namespace
+        self._connection.executemany(
+            _APPLY_AGENT,
+            [
+                (namespace, change.agent_id, change.name or change.agent_id, change.first_seen_at,
+                 change.last_seen_at, change.sessions_started)
+                for change in changes
+            ],
+        )  # fmt: skip
+
+    def append_to_feed(self, events: list[Event]) -> int:
+        # Expired batches go in the same write: the feed stays a few minutes long.
+        connection, namespace = self._connection, self._namespace
+        position: int = connection.execute(_FEED_NEXT, (namespace,)).fetchall()[0][0]
+        event_ids = json.dumps([event.id for event in events])
+        connection.execute(_FEED_APPEND, (namespace, position, self._now, event_ids))
+        connection.execute(_FEED_PRUNE, (namespace, self._expired, namespace))
+        return position
 
 
 def _expired_events(namespace: str, cutoff: int) -> Callable[[sqlite3.Connection], int]:

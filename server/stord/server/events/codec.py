@@ -9,8 +9,8 @@ import orjson
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct, Value
 
-from stord.server.event_chain import JsonValue, canonical_json, is_hash, orjson_writes_like_javascript
-from stord.server.event_model import new_ulid, payload_facts
+from stord.server.events.chain import JsonValue, canonical_json, is_hash, orjson_writes_like_javascript
+from stord.server.events.model import new_ulid, payload_facts
 from stord.server.ports import (
     AlertCondition,
     AlertHistoryEntry,

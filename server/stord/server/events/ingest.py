@@ -1,0 +1,273 @@
+"""How a batch of events is stored, written once for every backend (DESIGN 4.4).
+
+Inside the batch's transaction: read the heads of the batch's session chains, link the batch after them (one
+pass: hashes, row tuples, one change per session and per agent), insert the rows as if every event were new,
+and only when an id turns out to be stored already (a resend) find the stored ids and link the rest; then
+upsert the sessions and agents, and append the batch to the namespace's event feed.
+
+A backend supplies the primitives as an `IngestTransaction` (blocking: SQLite's writer thread, memory) or an
+`AsyncIngestTransaction` (PostgreSQL); the steps themselves are one generator (`_steps`) that yields the
+primitive it needs next and receives its result, driven by `store_batch` or `store_batch_async`, so the
+algorithm exists once whatever the engine's I/O (psycopg's own protocol generators work the same way). A new
+primitive is a method in both Protocols and one `yield` in `_steps`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from stord.server.events.chain import ChainHead, event_hash
+from stord.server.events.model import AgentChange, SessionChange, counts_as_error
+from stord.server.ports import (
+    Conflict,
+    Event,
+    EventInput,
+    EventType,
+    FailedPrecondition,
+    InsertOutcome,
+    SessionStatus,
+)
+
+__all__ = [
+    "EVENT_ROW_COLUMNS",
+    "AsyncIngestTransaction",
+    "EventRow",
+    "IngestTransaction",
+    "LinkedBatch",
+    "link_batch",
+    "store_batch",
+    "store_batch_async",
+]
+
+EVENT_ROW_COLUMNS = (
+    "namespace",
+    "id",
+    "timestamp",
+    "session_id",
+    "agent_id",
+    "event_type",
+    "severity",
+    "payload",
+    "metadata",
+    "prev_hash",
+    "hash",
+    "chain_index",
+    "cost_usd",
+    "latency_ms",
+)
+"""The columns of the events table an `EventRow` fills, in its order."""
+
+EventRow = tuple[
+    str, str, int, str, str, str, str, str, str, str | None, str, int, float | None, float | None
+]
+"""One row of the events table, as the batch's INSERT or COPY writes it (EVENT_ROW_COLUMNS)."""
+
+_MAX_RESENT_RETRIES = 2
+"""Times a batch looks up stored ids again when another transaction stores one of its ids meanwhile."""
+
+
+@dataclass(slots=True)
+class LinkedBatch:
+    """A batch linked after its sessions' heads: what its transaction writes, built in one pass."""
+
+    events: list[Event]
+    """As stored, in batch order."""
+    rows: list[EventRow]
+    sessions: list[SessionChange]
+    """One per session, by session id (the order concurrent batches lock their rows in)."""
+    agents: list[AgentChange]
+    """One per agent, by agent id."""
+
+
+def link_batch(namespace: str, events: Sequence[EventInput], heads: Mapping[str, ChainHead]) -> LinkedBatch:
+    """Link each event after its session's head, in batch order, folding the batch's sessions and agents.
+
+    `heads` holds the stored head of every session of the batch that has one. Raise FailedPrecondition,
+    naming the event, when a claimed prev_hash or hash does not match: the batch must then store nothing.
+    """
+    linked: list[Event] = []
+    rows: list[EventRow] = []
+    sessions: dict[str, SessionChange] = {}
+    agents: dict[str, AgentChange] = {}
+    tool_call = EventType.TOOL_CALL
+    started, ended = EventType.SESSION_STARTED, EventType.SESSION_ENDED
+    for event in events:
+        session_id, timestamp, kind = event.session_id, event.timestamp, event.event_type
+        session = sessions.get(session_id)
+        if session is None:
+            head = heads.get(session_id) or ChainHead()
+            session = sessions[session_id] = SessionChange(session_id, event.agent_id, timestamp, head)
+        else:
+            head = session.head
+        if event.claims_prev_hash and event.prev_hash != head.last_hash:
+            raise FailedPrecondition(
+                f"event {event.id}: prev_hash {event.prev_hash or '(empty: first event)'} does not match the "
+                f"last hash of session {session_id}, "
+                f"{head.last_hash or '(none: the session has no event yet)'}"
+            )
+        digest = event_hash(event, head.last_hash)
+        if event.hash is not None and event.hash != digest:
+            raise FailedPrecondition(
+                f"event {event.id}: hash {event.hash} does not match its content, which hashes to {digest}"
+            )
+        linked.append(
+            Event(
+                event.id,
+                timestamp,
+                session_id,
+                event.agent_id,
+                kind,
+                event.severity,
+                event.payload,
+                event.metadata,
+                head.last_hash,
+                digest,
+                head.length,
+            )
+        )
+        rows.append(
+            (namespace, event.id, timestamp, session_id, event.agent_id, kind.value, event.severity.value,
+             event.payload, event.metadata, head.last_hash, digest, head.length, event.cost_usd,
+             event.latency_ms)
+        )  # fmt: skip
+        session.head = ChainHead(head.length + 1, digest)
+        # What the batch does to its session: counters add up; status, end, name and tags of the latest win.
+        if timestamp < session.first_timestamp:
+            session.first_timestamp = timestamp
+        session.event_count += 1
+        session.tool_call_count += kind is tool_call
+        session.error_count += counts_as_error(kind, event.severity)
+        if event.cost_usd:
+            session.cost_usd += event.cost_usd
+        if kind is started:
+            session.status = SessionStatus.ACTIVE
+            session.agent_name = event.agent_name or session.agent_name
+            session.tags = event.tags or session.tags
+        elif kind is ended:
+            session.status = SessionStatus.ERROR if event.ends_in_error else SessionStatus.COMPLETED
+            session.ended_at = timestamp
+        agent = agents.get(event.agent_id)
+        if agent is None:
+            agent = agents[event.agent_id] = AgentChange(event.agent_id, timestamp, timestamp)
+        elif timestamp < agent.first_seen_at:
+            agent.first_seen_at = timestamp
+        elif timestamp > agent.last_seen_at:
+            agent.last_seen_at = timestamp
+        agent.name = agent.name or event.agent_name
+        agent.sessions_started += kind is started
+    return LinkedBatch(
+        linked, rows, [sessions[key] for key in sorted(sessions)], [agents[key] for key in sorted(agents)]
+    )
+
+
+class IngestTransaction(Protocol):
+    """The primitives of one batch's transaction in one namespace, on an engine that blocks."""
+
+    def chain_heads(self, session_ids: Sequence[str]) -> Mapping[str, ChainHead]:
+        """Return the stored heads of those sessions that have one; no other writer moves them until the
+        transaction ends. `session_ids` come sorted (a lock order)."""
+        ...
+
+    def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        """Return which of these event ids are stored already."""
+        ...
+
+    def insert_events(self, rows: Sequence[EventRow]) -> bool:
+        """Insert the rows; return False, having inserted none of them, when an id is stored already."""
+        ...
+
+    def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
+        """Apply each change to its session (model.apply_session_change), creating the new ones."""
+        ...
+
+    def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
+        """Apply each change to its agent (model.apply_agent_change), creating the new ones."""
+        ...
+
+    def append_to_feed(self, events: list[Event]) -> int:
+        """Append the batch's new events to the namespace's feed; return its position there."""
+        ...
+
+
+class AsyncIngestTransaction(Protocol):
+    """`IngestTransaction` on an engine that awaits: the same primitives, with the same meaning."""
+
+    async def chain_heads(self, session_ids: Sequence[str]) -> Mapping[str, ChainHead]: ...
+
+    async def stored_ids(self, event_ids: Sequence[str]) -> set[str]: ...
+
+    async def insert_events(self, rows: Sequence[EventRow]) -> bool: ...
+
+    async def upsert_sessions(self, changes: Sequence[SessionChange]) -> None: ...
+
+    async def upsert_agents(self, changes: Sequence[AgentChange]) -> None: ...
+
+    async def append_to_feed(self, events: list[Event]) -> int: ...
+
+
+class _Step(NamedTuple):
+    """A primitive the algorithm needs run next: the transaction's method name and its argument."""
+
+    primitive: str
+    argument: Any
+
+
+def _steps(namespace: str, events: Sequence[EventInput]) -> Generator[_Step, Any, InsertOutcome]:
+    heads = yield _Step("chain_heads", sorted({event.session_id for event in events}))
+    fresh, lookups = events, 0
+    while True:
+        # Resends are rare: link and insert as if every event were new, and only when that fails (a stored
+        # id, or a claimed prev_hash that a stored duplicate explains) look up which ids are stored.
+        try:
+            batch: LinkedBatch | None = link_batch(namespace, fresh, heads)
+        except FailedPrecondition:
+            if lookups:
+                raise
+            batch = None
+        if batch is not None and (yield _Step("insert_events", batch.rows)):
+            break
+        if lookups > _MAX_RESENT_RETRIES:
+            raise Conflict("events of this batch were stored meanwhile by another writer; send it again")
+        lookups += 1
+        stored = yield _Step("stored_ids", [event.id for event in events])
+        fresh = [event for event in events if event.id not in stored]
+    if batch.sessions:
+        yield _Step("upsert_sessions", batch.sessions)
+        yield _Step("upsert_agents", batch.agents)
+    duplicates = len(events) - len(fresh)
+    if not batch.events:
+        return InsertOutcome([], duplicates)
+    position = yield _Step("append_to_feed", batch.events)
+    return InsertOutcome(batch.events, duplicates, position)
+
+
+def store_batch(
+    transaction: IngestTransaction, namespace: str, events: Sequence[EventInput]
+) -> InsertOutcome:
+    """Store a batch (EventStore.insert_events) through a blocking engine's primitives."""
+    steps = _steps(namespace, events)
+    result: Any = None
+    try:
+        while True:
+            step = steps.send(result)
+            result = getattr(transaction, step.primitive)(step.argument)
+    except StopIteration as done:
+        outcome: InsertOutcome = done.value
+        return outcome
+
+
+async def store_batch_async(
+    transaction: AsyncIngestTransaction, namespace: str, events: Sequence[EventInput]
+) -> InsertOutcome:
+    """Store a batch (EventStore.insert_events) through an awaiting engine's primitives."""
+    steps = _steps(namespace, events)
+    result: Any = None
+    try:
+        while True:
+            step = steps.send(result)
+            result = await getattr(transaction, step.primitive)(step.argument)
+    except StopIteration as done:
+        outcome: InsertOutcome = done.value
+        return outcome
