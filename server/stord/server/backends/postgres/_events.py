@@ -3,8 +3,9 @@
 A batch is one transaction running events.ingest over `_IngestTransaction`: it takes an advisory lock per
 session (in one order, so writers cannot deadlock), reads the session heads, links the batch, COPYs it in
 (binary) and updates sessions and agents. Writers to one session, in this daemon or another one on the same
-database, therefore extend its chain one after the other. Last, the transaction appends the batch to its namespace's event feed (0005_event_feed.sql) and NOTIFYs
-`stord_events`; followers LISTEN on a connection of their own and read the feed after their position.
+database, therefore extend its chain one after the other. Last, the transaction appends the batch to its
+namespace's event feed (0005_event_feed.sql) and NOTIFYs `stord_events`; followers LISTEN on a connection of
+their own and read the feed after their position.
 """
 
 from __future__ import annotations

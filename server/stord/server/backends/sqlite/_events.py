@@ -3,8 +3,9 @@
 A batch is one write on the engine's writer thread, running events.ingest over `_IngestTransaction`: the
 session heads are read, the batch linked and inserted with one executemany, sessions and agents updated and
 the batch appended to the namespace's event feed, all in the write's transaction. SQLite runs one write
-transaction at a time on a file (other processes on the same file wait for its lock), so nothing can move a head between the read and the insert, and feed
-positions follow commit order. Followers notice commits by polling `PRAGMA data_version`.
+transaction at a time on a file (other processes on the same file wait for its lock), so nothing can move a
+head between the read and the insert, and feed positions follow commit order. Followers notice commits by
+polling `PRAGMA data_version`.
 """
 
 from __future__ import annotations
