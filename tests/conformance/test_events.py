@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from stord.client import (
     AlreadyExists,
     AsyncClient,
+    AsyncEventIngestor,
     Client,
     EventIngestor,
     FailedPrecondition,
@@ -359,6 +360,68 @@ def test_the_ingestor_stops_at_a_refused_batch(store: Store) -> None:
         ingestor.add(event())
     with pytest.raises(FailedPrecondition):
         ingestor.close()
+    assert store.events.count() == 10
+
+
+def test_the_async_ingestor_batches_acknowledges_and_flush_waits_until_everything_is_stored(
+    store: Store,
+) -> None:
+    seen: list[IngestProgress] = []
+
+    async def scenario() -> tuple[list[str], str, IngestProgress]:
+        all_stored = asyncio.Event()
+
+        def watch(progress: IngestProgress) -> None:
+            seen.append(progress)
+            if progress.accepted == 1002:
+                all_stored.set()
+
+        async with AsyncEventIngestor(
+            store.served.target,
+            namespace=store.namespace,
+            batch_size=64,
+            max_in_flight=2,
+            on_progress=watch,
+        ) as ingestor:
+            ids_added = await ingestor.add_many(event(f"s{index % 3}") for index in range(1000))
+            await ingestor.add(event("s0", event_id="given"))
+            await ingestor.flush()
+            flushed = ingestor.progress()
+            assert store.events.count() == 1001
+            lone = await ingestor.add(event("s1"))  # goes out after max_delay, with no flush
+            async with asyncio.timeout(30):
+                await all_stored.wait()
+        return ids_added, lone, flushed
+
+    ids_added, lone, flushed = asyncio.run(scenario())
+    assert (flushed.added, flushed.accepted, flushed.duplicates, flushed.pending_batches) == (
+        1001,
+        1001,
+        0,
+        0,
+    )
+    assert [item.pending_batches <= 2 for item in seen] == [True] * len(seen)
+    assert len(set(ids_added)) == 1000
+    assert store.events.count() == 1002
+    assert store.client.events.get(lone).id == lone
+    for session in ("s0", "s1", "s2"):
+        assert store.events.verify_chain(session).valid
+
+
+def test_the_async_ingestor_stops_at_a_refused_batch(store: Store) -> None:
+    async def scenario() -> None:
+        ingestor = AsyncEventIngestor(store.served.target, namespace=store.namespace, batch_size=10)
+        await ingestor.add_many(event() for _ in range(10))
+        await ingestor.flush()
+        await ingestor.add(event(prev_hash="e" * 64))
+        with pytest.raises(FailedPrecondition, match="batch sequence 2"):
+            await ingestor.flush()
+        with pytest.raises(FailedPrecondition):
+            await ingestor.add(event())
+        with pytest.raises(FailedPrecondition):
+            await ingestor.close()
+
+    asyncio.run(scenario())
     assert store.events.count() == 10
 
 
