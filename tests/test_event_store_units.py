@@ -19,6 +19,7 @@ from stord.server.config import RedisOptions
 from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
 from stord.server.events.model import payload_facts
 from stord.server.events.retention import retain_events_daily
+from stord.server.events.tail import EventHub, SubscriberDropped, Subscription
 from stord.server.ports import (
     CommitListener,
     EventFilter,
@@ -28,7 +29,6 @@ from stord.server.ports import (
     Unavailable,
     system_clock,
 )
-from stord.server.events.tail import EventHub, SubscriberDropped, Subscription
 from tests.harness.clock import ManualClock
 
 DAY_MS = 86_400_000
