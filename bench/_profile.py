@@ -2,7 +2,8 @@
 
 `Profile.attach(pid)` runs `py-spy record --format raw` (sampling without pausing the daemon) until the block
 ends; `fold` sorts every sample into the first category, from the innermost frame outwards, that one of its
-frames belongs to. Samples of idle threads are not taken, so the shares are of the daemon's busy time.
+frames belongs to. py-spy leaves out threads it sees idle, but counts an event loop in epoll as running: that
+is the "event loop, waiting" line.
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ INGEST_CATEGORIES = (
     Category("decode (Struct -> JSON)", _frames(r"^(struct_json|_json_value) ", r"events/codec\.py")),
     Category("validation", _frames(r"_validate\.py", r"^(_prepare|_event_id|payload_facts) ")),
     Category("ingest algorithm (link, rows)", _frames(r"events/ingest\.py")),
-    Category("SQL (statements, commit)", _frames(r"backends/\w+/_events\.py", r"sqlite/_engine\.py",
-                                                 r"psycopg", r"backends/_event_sql\.py")),
+    Category("SQL: insert events", _frames(r"^_IngestTransaction\.insert_events \(.*backends/")),
+    Category("SQL: upsert sessions, agents", _frames(r"^_IngestTransaction\.upsert_\w+ \(.*backends/")),
+    # psycopg's own frames are in none: a sample in them goes to the stord frame that called psycopg.
+    Category("SQL: heads, feed, commit, other", _frames(r"backends/\w+/_events\.py", r"sqlite/_engine\.py",
+                                                        r"backends/_event_sql\.py")),
     Category("interceptors, servicer", _frames(r"server/interceptors\.py", r"events/service\.py")),
     Category("gRPC core", _frames(r"grpc/")),
+    Category("event loop, waiting", _frames(r"^EpollSelector\.select ", r"^Thread\.run ")),
 )  # fmt: skip
 
 
@@ -84,11 +89,11 @@ class Profile:
 
     @classmethod
     @contextlib.contextmanager
-    def attach(cls, pid: int, workdir: Path) -> Iterator[Profile]:
-        """Record `pid` while the block runs; the samples are there once it ends."""
+    def attach(cls, pid: int, output: Path) -> Iterator[Profile]:
+        """Record `pid` while the block runs into `output` (flamegraph.pl's input); the samples are there
+        once it ends."""
         profile = cls()
         spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-        output = workdir / f"py-spy-{pid}.txt"
         command = [spy, "record", "--pid", str(pid), "--format", "raw", "--rate", str(SAMPLE_RATE),
                    "--nonblocking", "-o", str(output)]  # fmt: skip
         try:
@@ -116,6 +121,6 @@ class Profile:
         if not self.stacks:
             return [f"{title}: no profile ({self.problem or 'no samples'})"]
         samples = sum(count for _, count in self.stacks)
-        lines = [f"{title} ({samples:,} samples of the busy daemon, py-spy at {SAMPLE_RATE}/s):"]
+        lines = [f"{title} ({samples:,} samples of the daemon's threads, py-spy at {SAMPLE_RATE}/s):"]
         lines += [f"  {share:>6.1%}  {name}" for name, share in fold(self.stacks, categories)]
         return lines

@@ -144,6 +144,7 @@ def _batches(count: int, size: int, stream: int) -> list[pb.IngestEventsRequest]
                     payload=_payload(generator, kind, number),
                     metadata={"source": "bench", "host": f"worker-{stream}"},
                     event_id=new_event_id(),
+                    json_text=True,
                 )
             )
         batches.append(pb.IngestEventsRequest(sequence=sequence, events=events))
@@ -225,14 +226,14 @@ def _raw_postgres(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
 
 
 def _bench_ingest(
-    name: str, daemon: StordDaemon, deployment: Deployment, events: int, workdir: Path
+    name: str, daemon: StordDaemon, deployment: Deployment, events: int, profiles: Path
 ) -> list[IngestRow]:
     assert deployment.raw_url is not None
     results = []
     for size in (100, 1000):
         _progress(f"  {name}: ingest, batches of {size}")
         streams = [_batches(events // STREAMS + 3 * size, size, stream) for stream in range(STREAMS)]
-        with Profile.attach(daemon.pid, workdir) as profile:
+        with Profile.attach(daemon.pid, profiles / f"py-spy-{name}-{size}.txt") as profile:
             stord = run(_stord_ingest(daemon.address, streams))
         rows = _stored_rows(deployment.stord_url, [batch for batches in streams for batch in batches[3:]])
         raw_url = deployment.raw_url
@@ -382,7 +383,9 @@ def _bench_backend(
         assert deployment.raw_url is not None
         create_schema(deployment.raw_url)
         daemon = stack.enter_context(StordDaemon.serving(deployment.stord_url, backend.kind, workdir))
-        ingest = _bench_ingest(name, daemon, deployment, arguments.ingest_events, workdir)
+        profiles = Path(arguments.profile_dir) if arguments.profile_dir else workdir
+        profiles.mkdir(parents=True, exist_ok=True)
+        ingest = _bench_ingest(name, daemon, deployment, arguments.ingest_events, profiles)
         if not arguments.query_events:
             return ingest, []
         now_ms = int(time.time() * 1000)
@@ -443,6 +446,7 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--query-events", type=int, default=1_000_000, help="events stored for the queries (0: ingest only)"
     )
+    parser.add_argument("--profile-dir", help="keep py-spy's raw profiles there (flamegraph.pl's input)")
     parser.add_argument("--repeat", type=int, default=40, help="timed requests per query")
     arguments = parser.parse_args(argv)
     unknown = set(arguments.backends.split(",")) - {"sqlite", "postgres"}

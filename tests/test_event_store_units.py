@@ -8,14 +8,19 @@ import json
 import random
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import structlog.testing
+from google.protobuf.struct_pb2 import Struct
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stord.server.backends.memory import MemoryBackend
 from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.redis import RedisBackend
 from stord.server.config import RedisOptions
+from stord.server.events import codec
 from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
 from stord.server.events.model import payload_facts
 from stord.server.events.retention import retain_events_daily
@@ -25,6 +30,7 @@ from stord.server.ports import (
     EventFilter,
     EventInput,
     EventType,
+    InvalidArgument,
     Severity,
     Unavailable,
     system_clock,
@@ -79,6 +85,42 @@ def test_random_doubles_round_trip_through_their_canonical_text() -> None:
             continue
         written = canonical_json([number])
         assert json.loads(written)[0] == number, written
+
+
+_JSON_NUMBERS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1.0, 2.0**53, 2.0**53 + 2, 1e16, 1e21, 1e-5, 9.99e-6, 1e-7, 5e-324, 0.1]),
+)
+_JSON_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+"""Any text a Struct can hold (valid UTF-8: no lone surrogates): escapes, controls, quotes, astral planes."""
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | _JSON_NUMBERS | _JSON_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_JSON_TEXT, children, max_size=4),
+    max_leaves=24,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(document=st.dictionaries(_JSON_TEXT, _JSON_VALUES, max_size=6), ascii_only=st.booleans())
+def test_json_text_reads_as_the_equal_struct_byte_for_byte(
+    document: dict[str, Any], ascii_only: bool
+) -> None:
+    # payload_json must store and hash exactly what the same payload as a Struct does (the hash chain and the
+    # Node example depend on it), whatever the JSON encoder's escapes.
+    message = Struct()
+    message.update(document)
+    from_struct = codec.struct_json(message, "payload")
+    text = json.dumps(document, ensure_ascii=ascii_only, separators=(",", ":"))
+    assert codec.json_text(text, "payload_json") == from_struct
+    spaced = json.dumps(document, ensure_ascii=not ascii_only, indent=1)
+    assert codec.json_text(spaced, "payload_json") == from_struct
+
+
+def test_json_text_that_is_not_a_json_object_is_refused_naming_the_field() -> None:
+    for text in ("[1]", "{", '{"a": NaN}', '{"a": 1e999}', '"x"'):
+        with pytest.raises(InvalidArgument, match="payload_json"):
+            codec.json_text(text, "payload_json")
 
 
 def test_timestamps_are_written_as_to_iso_string() -> None:

@@ -246,6 +246,27 @@ def test_bad_events_are_refused_naming_the_field(store: Store, mutate: Any, fiel
     assert store.events.count() == 0
 
 
+def test_json_text_payloads_are_stored_and_hashed_as_the_equal_struct(store: Store) -> None:
+    payload = {"b": [1, 2.5, 1.0, -0.0, 1e-7, 2**60], "a": 'é "quoted"\n', "nested": {"x": None, "y": True}}
+    metadata = {"trace": "t-1", "n": 3}
+    when = at(1)
+    # The same event (id, session, time) in two namespaces: once with Structs, once with JSON text.
+    as_struct = store.events.insert([event(payload=payload, metadata=metadata, event_id="e", when=when)])
+    with Client(store.served.target, namespace=f"{store.namespace}-text") as other:
+        as_text = other.events.insert(
+            [event(payload=payload, metadata=metadata, event_id="e", when=when, json_text=True)]
+        )
+    assert as_text.events[0] == as_struct.events[0]  # payload, metadata and hash alike
+    both = event(payload=payload, json_text=True)
+    both.payload.update({"x": 1})
+    with pytest.raises(InvalidArgument, match=r"events\[0\]\.payload_json: cannot be combined with payload"):
+        store.events.insert([both])
+    not_an_object = event(metadata_json="[]")
+    with pytest.raises(InvalidArgument, match=r"events\[0\]\.metadata_json: must be a JSON object"):
+        store.events.insert([not_an_object])
+    assert store.events.count() == 1
+
+
 def test_batches_hold_one_to_a_thousand_events(store: Store) -> None:
     with pytest.raises(InvalidArgument, match="events: must not be empty"):
         store.events.insert([])

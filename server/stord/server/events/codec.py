@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -176,6 +177,48 @@ def struct_json(struct: Struct, field: str) -> tuple[dict[str, JsonValue], str]:
         raise InvalidArgument(field, str(error)) from None
 
 
+_LAID_OUT_UNLIKE_JAVASCRIPT = re.compile(rb"[0-9](?:\.0(?![0-9])|[eE])|[0-9]{16}")
+"""In orjson's output, what may be a number JavaScript writes otherwise: an integral or -0.0 double, an
+exponent, or an integer of 16 digits or more (beyond 2^53 JavaScript holds it as a rounded double). It may
+match inside a string too, which only costs the careful path."""
+
+
+def _as_double(value: JsonValue) -> JsonValue:
+    """Return a parsed JSON value with every number as a Struct holds it: a double, integral ones as ints."""
+    if isinstance(value, dict):
+        return {key: _as_double(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_double(item) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        if number.is_integer() and -_ORJSON_INT_LIMIT < number < _ORJSON_INT_LIMIT:
+            return int(number)
+        return number
+    return value
+
+
+def json_text(text: str, field: str) -> tuple[dict[str, JsonValue], str]:
+    """Return JSON object text as a JSON object and its canonical text, the same as for the equal Struct.
+
+    One parse and one write with orjson; only when the written text may hold a number JavaScript writes
+    otherwise are the numbers made doubles, as a Struct's are, and written the careful way.
+    """
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise InvalidArgument(field, f"is not JSON text: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument(field, "must be a JSON object")
+    canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+    if _LAID_OUT_UNLIKE_JAVASCRIPT.search(canonical) is None:
+        return document, canonical.decode()
+    document = cast(dict[str, JsonValue], _as_double(document))
+    try:
+        return document, canonical_json(document)
+    except ValueError as error:
+        raise InvalidArgument(field, str(error)) from None
+
+
 def json_struct(canonical: str) -> Struct:
     """Return stored JSON object text as a Struct."""
     struct = Struct()
@@ -193,6 +236,19 @@ def _event_id(value: str, field: str, name: str) -> str:
     return check.identifier(value, f"{field}.{name}")
 
 
+def _json_object(message: pb.Event, name: str, field: str) -> tuple[dict[str, JsonValue], str]:
+    """Return the payload or metadata of an event, from its JSON text or its Struct."""
+    text = message.payload_json if name == "payload" else message.metadata_json
+    if text:
+        if message.HasField(name):  # type: ignore[arg-type]
+            raise InvalidArgument(f"{field}.{name}_json", f"cannot be combined with {name}")
+        return json_text(text, f"{field}.{name}_json")
+    struct: Struct = getattr(message, name)
+    if not struct.fields:
+        return {}, "{}"
+    return struct_json(struct, f"{field}.{name}")
+
+
 def event_input(message: pb.Event, field: str, now_ms: int) -> EventInput:
     """Return a validated event to store; `now_ms` fills an unset timestamp and dates a made id."""
     event_type = EVENT_TYPES.get(message.event_type) or member(
@@ -201,8 +257,8 @@ def event_input(message: pb.Event, field: str, now_ms: int) -> EventInput:
     severity = SEVERITIES.get(message.severity) or member(
         message.severity, SEVERITIES, f"{field}.severity", pb.Severity
     )
-    payload, payload_text = struct_json(message.payload, f"{field}.payload")
-    metadata_text = struct_json(message.metadata, f"{field}.metadata")[1] if message.metadata.fields else "{}"
+    payload, payload_text = _json_object(message, "payload", field)
+    metadata_text = _json_object(message, "metadata", field)[1]
     claims_prev_hash = message.HasField("prev_hash")
     prev_hash, claimed_hash = message.prev_hash, message.hash
     if claims_prev_hash and prev_hash and not is_hash(prev_hash):
