@@ -261,7 +261,8 @@ def test_json_text_payloads_are_stored_and_hashed_as_the_equal_struct(store: Sto
     both.payload.update({"x": 1})
     with pytest.raises(InvalidArgument, match=r"events\[0\]\.payload_json: cannot be combined with payload"):
         store.events.insert([both])
-    not_an_object = event(metadata_json="[]")
+    not_an_object = event()
+    not_an_object.metadata_json = "[]"
     with pytest.raises(InvalidArgument, match=r"events\[0\]\.metadata_json: must be a JSON object"):
         store.events.insert([not_an_object])
     assert store.events.count() == 1
