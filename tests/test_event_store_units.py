@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,7 +21,8 @@ from hypothesis import strategies as st
 from stord.server.backends.memory import MemoryBackend
 from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.redis import RedisBackend
-from stord.server.config import RedisOptions
+from stord.server.backends.sqlite import SqliteBackend
+from stord.server.config import RedisOptions, SqliteOptions
 from stord.server.events import codec
 from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
 from stord.server.events.model import payload_facts
@@ -27,6 +30,7 @@ from stord.server.events.retention import retain_events_daily
 from stord.server.events.tail import EventHub, SubscriberDropped, Subscription
 from stord.server.ports import (
     CommitListener,
+    Event,
     EventFilter,
     EventInput,
     EventType,
@@ -318,3 +322,30 @@ def test_a_commit_noted_after_the_last_subscriber_left_is_ignored() -> None:
         await hub.close()
 
     asyncio.run(scenario())
+
+
+def test_a_store_whose_guessed_heads_are_stale_links_again_in_the_transaction(tmp_path: Path) -> None:
+    # Two stores on one SQLite file, as two daemons: each links a batch ahead after the heads it committed
+    # last, and must find out in the transaction that the other one moved the session's head.
+    async def scenario() -> list[Event]:
+        first, second = (SqliteBackend(tmp_path / "stord.db", options=SqliteOptions()) for _ in range(2))
+        await first.open()
+        await second.open()
+        try:
+            one, other = first.events(), second.events()
+            stored = (await one.insert_events("ns", [_input("e1", 1)])).stored
+            stored += (await other.insert_events("ns", [_input("e2", 2)])).stored
+            stored += (await one.insert_events("ns", [_input("e3", 3)])).stored  # guessed after e1
+            claimed = dataclasses.replace(_input("e4", 4), claims_prev_hash=True, prev_hash=stored[-1].hash)
+            stored += (await other.insert_events("ns", [claimed])).stored  # guessed after e2: refused ahead
+            verification = await one.verify_chain("ns", "s1")
+            assert verification is not None
+            assert (verification.valid, verification.checked_events) == (True, 4)
+            return stored
+        finally:
+            await first.close()
+            await second.close()
+
+    stored = asyncio.run(scenario())
+    assert [(event.id, event.chain_index) for event in stored] == [("e1", 0), ("e2", 1), ("e3", 2), ("e4", 3)]
+    assert [event.prev_hash for event in stored[1:]] == [event.hash for event in stored[:-1]]

@@ -34,6 +34,7 @@ __all__ = [
     "EVENT_ROW_COLUMNS",
     "AsyncIngestTransaction",
     "EventRow",
+    "HeadGuesses",
     "IngestTransaction",
     "LinkedBatch",
     "link_batch",
@@ -64,6 +65,8 @@ EventRow = tuple[
 ]
 """One row of the events table, as the batch's INSERT or COPY writes it (EVENT_ROW_COLUMNS)."""
 
+_NO_HEAD = ChainHead()
+"""The head of a session without events."""
 _MAX_RESENT_RETRIES = 2
 """Times a batch looks up stored ids again when another transaction stores one of its ids meanwhile."""
 
@@ -79,6 +82,8 @@ class LinkedBatch:
     """One per session, by session id (the order concurrent batches lock their rows in)."""
     agents: list[AgentChange]
     """One per agent, by agent id."""
+    linked_after: dict[str, ChainHead]
+    """The head each of the batch's sessions was linked after (ChainHead() for none)."""
 
 
 def link_batch(namespace: str, events: Sequence[EventInput], heads: Mapping[str, ChainHead]) -> LinkedBatch:
@@ -91,13 +96,14 @@ def link_batch(namespace: str, events: Sequence[EventInput], heads: Mapping[str,
     rows: list[EventRow] = []
     sessions: dict[str, SessionChange] = {}
     agents: dict[str, AgentChange] = {}
+    linked_after: dict[str, ChainHead] = {}
     tool_call = EventType.TOOL_CALL
     started, ended = EventType.SESSION_STARTED, EventType.SESSION_ENDED
     for event in events:
         session_id, timestamp, kind = event.session_id, event.timestamp, event.event_type
         session = sessions.get(session_id)
         if session is None:
-            head = heads.get(session_id) or ChainHead()
+            head = linked_after[session_id] = heads.get(session_id) or _NO_HEAD
             session = sessions[session_id] = SessionChange(session_id, event.agent_id, timestamp, head)
         else:
             head = session.head
@@ -158,8 +164,48 @@ def link_batch(namespace: str, events: Sequence[EventInput], heads: Mapping[str,
         agent.name = agent.name or event.agent_name
         agent.sessions_started += kind is started
     return LinkedBatch(
-        linked, rows, [sessions[key] for key in sorted(sessions)], [agents[key] for key in sorted(agents)]
+        linked,
+        rows,
+        [sessions[key] for key in sorted(sessions)],
+        [agents[key] for key in sorted(agents)],
+        linked_after,
     )
+
+
+class HeadGuesses:
+    """The chain heads this process committed last, to link a batch before its transaction begins.
+
+    The transaction then only checks the guess against the stored heads (`store_batch(..., guess=)`) and
+    links again itself when another writer moved a head meanwhile, or the guess is gone: a wrong guess costs
+    time, never correctness. Linking (hashing every event) thus leaves SQLite's writer thread, which the
+    whole file waits for. Bounded: beyond `capacity` sessions it forgets them all and starts again.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._capacity = capacity
+        self._heads: dict[tuple[str, str], ChainHead] = {}
+
+    def link(self, namespace: str, events: Sequence[EventInput]) -> LinkedBatch | None:
+        """Return the batch linked after the heads as last seen here (none: a new session); None when a
+        claimed hash already disagrees with them, which only the transaction may decide."""
+        known = self._heads
+        heads = {
+            event.session_id: head
+            for event in events
+            if (head := known.get((namespace, event.session_id))) is not None
+        }
+        try:
+            return link_batch(namespace, events, heads)
+        except FailedPrecondition:
+            return None
+
+    def committed(self, namespace: str, stored: Sequence[Event]) -> None:
+        """Note the heads a committed batch left (its events in batch order)."""
+        if len(self._heads) > self._capacity:
+            self._heads.clear()
+        known = self._heads
+        for event in stored:
+            known[namespace, event.session_id] = ChainHead(event.chain_index + 1, event.hash)
 
 
 class IngestTransaction(Protocol):
@@ -214,25 +260,32 @@ class _Step(NamedTuple):
     argument: Any
 
 
-def _steps(namespace: str, events: Sequence[EventInput]) -> Generator[_Step, Any, InsertOutcome]:
+def _steps(
+    namespace: str, events: Sequence[EventInput], guess: LinkedBatch | None
+) -> Generator[_Step, Any, InsertOutcome]:
     heads = yield _Step("chain_heads", sorted({event.session_id for event in events}))
+    batch = guess
+    if batch is not None and any(
+        (heads.get(session_id) or _NO_HEAD) != head for session_id, head in batch.linked_after.items()
+    ):
+        batch = None
     fresh, lookups = events, 0
     while True:
         # Resends are rare: link and insert as if every event were new, and only when that fails (a stored
         # id, or a claimed prev_hash that a stored duplicate explains) look up which ids are stored.
-        try:
-            batch: LinkedBatch | None = link_batch(namespace, fresh, heads)
-        except FailedPrecondition:
-            if lookups:
-                raise
-            batch = None
+        if batch is None:
+            try:
+                batch = link_batch(namespace, fresh, heads)
+            except FailedPrecondition:
+                if lookups:
+                    raise
         if batch is not None and (yield _Step("insert_events", batch.rows)):
             break
         if lookups > _MAX_RESENT_RETRIES:
             raise Conflict("events of this batch were stored meanwhile by another writer; send it again")
         lookups += 1
         stored = yield _Step("stored_ids", [event.id for event in events])
-        fresh = [event for event in events if event.id not in stored]
+        fresh, batch = [event for event in events if event.id not in stored], None
     if batch.sessions:
         yield _Step("upsert_sessions", batch.sessions)
         yield _Step("upsert_agents", batch.agents)
@@ -244,10 +297,18 @@ def _steps(namespace: str, events: Sequence[EventInput]) -> Generator[_Step, Any
 
 
 def store_batch(
-    transaction: IngestTransaction, namespace: str, events: Sequence[EventInput]
+    transaction: IngestTransaction,
+    namespace: str,
+    events: Sequence[EventInput],
+    *,
+    guess: LinkedBatch | None = None,
 ) -> InsertOutcome:
-    """Store a batch (EventStore.insert_events) through a blocking engine's primitives."""
-    steps = _steps(namespace, events)
+    """Store a batch (EventStore.insert_events) through a blocking engine's primitives.
+
+    `guess` is the batch linked beforehand (HeadGuesses.link): used when the heads it was linked after are
+    still the stored ones.
+    """
+    steps = _steps(namespace, events, guess)
     result: Any = None
     try:
         while True:
@@ -262,7 +323,7 @@ async def store_batch_async(
     transaction: AsyncIngestTransaction, namespace: str, events: Sequence[EventInput]
 ) -> InsertOutcome:
     """Store a batch (EventStore.insert_events) through an awaiting engine's primitives."""
-    steps = _steps(namespace, events)
+    steps = _steps(namespace, events, None)
     result: Any = None
     try:
         while True:

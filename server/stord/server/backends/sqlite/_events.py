@@ -26,7 +26,7 @@ from stord.server.backends._event_sql import (
 )
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.events.chain import ChainHead, verify_chain
-from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, store_batch
+from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, HeadGuesses, store_batch
 from stord.server.events.model import AgentChange, SessionChange
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
@@ -214,6 +214,7 @@ class SqliteEventStore:
         self._engine = engine
         self._clock = clock
         self._feed_keep_ms = int(feed_keep_seconds * 1000)
+        self._head_guesses = HeadGuesses()
 
     @property
     def clock(self) -> Clock:
@@ -224,11 +225,15 @@ class SqliteEventStore:
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
         now = int(self._clock() * 1000)
         expired = now - self._feed_keep_ms
-        return await self._engine.write(
+        # Linked here, on the event loop, so that the writer thread only checks the heads and writes.
+        guess = self._head_guesses.link(namespace, events)
+        outcome = await self._engine.write(
             lambda connection: store_batch(
-                _IngestTransaction(connection, namespace, now, expired), namespace, events
+                _IngestTransaction(connection, namespace, now, expired), namespace, events, guess=guess
             )
         )
+        self._head_guesses.committed(namespace, outcome.stored)
+        return outcome
 
     # Following the feed ----------------------------------------------------------------------------------
 
