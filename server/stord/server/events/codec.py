@@ -177,10 +177,10 @@ def struct_json(struct: Struct, field: str) -> tuple[dict[str, JsonValue], str]:
         raise InvalidArgument(field, str(error)) from None
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
 _LAID_OUT_UNLIKE_JAVASCRIPT = re.compile(rb"[0-9](?:\.0(?![0-9])|[eE])|[0-9]{16}")
-"""In orjson's output, what may be a number JavaScript writes otherwise: an integral or -0.0 double, an
-exponent, or an integer of 16 digits or more (beyond 2^53 JavaScript holds it as a rounded double). It may
-match inside a string too, which only costs the careful path."""
+"""In JSON text without its strings, a number orjson may write otherwise than JavaScript: an integral or -0.0
+double ("2.0"), an exponent, or an integer of 16 digits or more (beyond 2^53 JavaScript rounds it)."""
 
 
 def _as_double(value: JsonValue) -> JsonValue:
@@ -210,7 +210,7 @@ def json_text(text: str, field: str) -> tuple[dict[str, JsonValue], str]:
     if not isinstance(document, dict):
         raise InvalidArgument(field, "must be a JSON object")
     canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
-    if _LAID_OUT_UNLIKE_JAVASCRIPT.search(canonical) is None:
+    if _LAID_OUT_UNLIKE_JAVASCRIPT.search(_JSON_STRING.sub(b"", canonical)) is None:
         return document, canonical.decode()
     document = cast(dict[str, JsonValue], _as_double(document))
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -143,30 +144,50 @@ _LOCK_SESSIONS = "SELECT pg_advisory_xact_lock(key) FROM unnest(%s::bigint[]) AS
 _HEADS = "SELECT id, chain_length, last_hash FROM event_sessions WHERE namespace = %s AND id = ANY(%s)"
 _STORED_IDS = "SELECT id FROM events WHERE namespace = %s AND id = ANY(%s)"
 
-# A batch's effect on each session: counters add up, the latest status/end/name/tags win, the head moves.
-# Parameters: the row to insert, then status and tags again (None: keep the stored ones).
-_APPLY_SESSION = """
-INSERT INTO event_sessions AS s (namespace, id, agent_id, agent_name, started_at, ended_at, status,
-                                 event_count, tool_call_count, error_count, total_cost_usd, tags,
-                                 chain_length, last_hash)
-VALUES (%s, %s, %s, %s, %s, %s, coalesce(%s, 'active'), %s, %s, %s, %s, coalesce(%s::text[], '{}'::text[]),
-        %s, %s)
-ON CONFLICT (namespace, id) DO UPDATE SET
-    agent_name = coalesce(excluded.agent_name, s.agent_name),
-    started_at = least(s.started_at, excluded.started_at),
-    ended_at = coalesce(excluded.ended_at, s.ended_at),
-    status = coalesce(%s, s.status),
-    event_count = s.event_count + excluded.event_count,
-    tool_call_count = s.tool_call_count + excluded.tool_call_count,
-    error_count = s.error_count + excluded.error_count,
-    total_cost_usd = s.total_cost_usd + excluded.total_cost_usd,
-    tags = coalesce(%s::text[], s.tags),
-    chain_length = excluded.chain_length,
-    last_hash = excluded.last_hash
+# A batch's effect on its sessions, one statement for all: counters add up, the latest status/end/name/tags
+# win (NULL: no change), the head moves. The rows of these sessions are the batch's alone: every writer of a
+# session row holds the session's advisory lock.
+_APPLY_SESSIONS = """
+WITH changes AS (
+    SELECT * FROM unnest(
+        %(ids)s::text[], %(agent_ids)s::text[], %(agent_names)s::text[], %(started)s::bigint[],
+        %(ended)s::bigint[], %(statuses)s::text[], %(events)s::bigint[], %(tool_calls)s::bigint[],
+        %(errors)s::bigint[], %(costs)s::float8[], %(tags)s::text[], %(lengths)s::bigint[], %(hashes)s::text[]
+    ) AS c (id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count,
+            error_count, cost_usd, tags, chain_length, last_hash)
+), updated AS (
+    UPDATE event_sessions AS s SET
+        agent_name = coalesce(c.agent_name, s.agent_name),
+        started_at = least(s.started_at, c.started_at),
+        ended_at = coalesce(c.ended_at, s.ended_at),
+        status = coalesce(c.status, s.status),
+        event_count = s.event_count + c.event_count,
+        tool_call_count = s.tool_call_count + c.tool_call_count,
+        error_count = s.error_count + c.error_count,
+        total_cost_usd = s.total_cost_usd + c.cost_usd,
+        tags = CASE WHEN c.tags IS NULL THEN s.tags
+                    ELSE ARRAY(SELECT jsonb_array_elements_text(c.tags::jsonb)) END,
+        chain_length = c.chain_length,
+        last_hash = c.last_hash
+    FROM changes AS c
+    WHERE s.namespace = %(namespace)s AND s.id = c.id
+    RETURNING s.id
+)
+INSERT INTO event_sessions (namespace, id, agent_id, agent_name, started_at, ended_at, status, event_count,
+                            tool_call_count, error_count, total_cost_usd, tags, chain_length, last_hash)
+SELECT %(namespace)s, c.id, c.agent_id, c.agent_name, c.started_at, c.ended_at, coalesce(c.status, 'active'),
+       c.event_count, c.tool_call_count, c.error_count, c.cost_usd,
+       CASE WHEN c.tags IS NULL THEN '{}'::text[]
+            ELSE ARRAY(SELECT jsonb_array_elements_text(c.tags::jsonb)) END,
+       c.chain_length, c.last_hash
+FROM changes AS c WHERE c.id NOT IN (SELECT id FROM updated)
 """
-_APPLY_AGENT = """
+_APPLY_AGENTS = """
 INSERT INTO event_agents AS a (namespace, id, name, description, first_seen_at, last_seen_at, session_count)
-VALUES (%s, %s, %s, NULL, %s, %s, %s)
+SELECT %(namespace)s, c.id, c.name, NULL, c.first_seen_at, c.last_seen_at, c.sessions_started
+FROM unnest(
+    %(ids)s::text[], %(names)s::text[], %(first)s::bigint[], %(last)s::bigint[], %(started)s::bigint[]
+) AS c (id, name, first_seen_at, last_seen_at, sessions_started)
 ON CONFLICT (namespace, id) DO UPDATE SET
     first_seen_at = least(a.first_seen_at, excluded.first_seen_at),
     last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
@@ -440,6 +461,8 @@ class PostgresEventStore:
         update_sql = f"UPDATE event_sessions SET {assignments} WHERE namespace = %s AND id = %s"
         select = f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection, connection.transaction():
+            # The lock of a batch writing to the session: batches update its row in a set, not by upsert.
+            await connection.execute(_LOCK_SESSIONS, ([_session_lock(namespace, update.id)],))
             created = await connection.execute(insert, (namespace, update.id, *values.values()))
             if created.rowcount == 0 and written:
                 await connection.execute(
@@ -694,33 +717,34 @@ class _IngestTransaction:
         return True
 
     async def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
-        namespace = self._namespace
-        async with self._connection.cursor() as cursor:
-            await cursor.executemany(
-                _APPLY_SESSION,
-                [
-                    (namespace, change.session_id, change.agent_id, change.agent_name, change.first_timestamp,
-                     change.ended_at, status, change.event_count, change.tool_call_count, change.error_count,
-                     change.cost_usd, tags, change.head.length, change.head.last_hash, status, tags)
-                    for change in changes
-                    for status, tags in [(
-                        None if change.status is None else change.status.value,
-                        None if change.tags is None else list(change.tags),
-                    )]
-                ],
-            )  # fmt: skip
+        parameters = {
+            "namespace": self._namespace,
+            "ids": [change.session_id for change in changes],
+            "agent_ids": [change.agent_id for change in changes],
+            "agent_names": [change.agent_name for change in changes],
+            "started": [change.first_timestamp for change in changes],
+            "ended": [change.ended_at for change in changes],
+            "statuses": [None if change.status is None else change.status.value for change in changes],
+            "events": [change.event_count for change in changes],
+            "tool_calls": [change.tool_call_count for change in changes],
+            "errors": [change.error_count for change in changes],
+            "costs": [change.cost_usd for change in changes],
+            "tags": [None if change.tags is None else json.dumps(change.tags) for change in changes],
+            "lengths": [change.head.length for change in changes],
+            "hashes": [change.head.last_hash for change in changes],
+        }
+        await self._connection.execute(_APPLY_SESSIONS, parameters)
 
     async def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
-        namespace = self._namespace
-        async with self._connection.cursor() as cursor:
-            await cursor.executemany(
-                _APPLY_AGENT,
-                [
-                    (namespace, change.agent_id, change.name or change.agent_id, change.first_seen_at,
-                     change.last_seen_at, change.sessions_started)
-                    for change in changes
-                ],
-            )  # fmt: skip
+        parameters = {
+            "namespace": self._namespace,
+            "ids": [change.agent_id for change in changes],
+            "names": [change.name or change.agent_id for change in changes],
+            "first": [change.first_seen_at for change in changes],
+            "last": [change.last_seen_at for change in changes],
+            "started": [change.sessions_started for change in changes],
+        }
+        await self._connection.execute(_APPLY_AGENTS, parameters)
 
     async def append_to_feed(self, events: list[Event]) -> int:
         parameters = {
