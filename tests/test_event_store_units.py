@@ -95,6 +95,9 @@ _JSON_NUMBERS = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=False, allow_infinity=False),
     st.sampled_from([0.0, -0.0, 1.0, 2.0**53, 2.0**53 + 2, 1e16, 1e21, 1e-5, 9.99e-6, 1e-7, 5e-324, 0.1]),
+    st.sampled_from(
+        [2**53 - 1, 2**53 + 1, -(2**55) - 3, 2**60 + 1, 2**63 + 1, 2**64 + 7]
+    ),  # doubles round them
 )
 _JSON_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
 """Any text a Struct can hold (valid UTF-8: no lone surrogates): escapes, controls, quotes, astral planes."""

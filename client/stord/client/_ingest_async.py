@@ -12,8 +12,7 @@ from typing import Any
 import grpc
 
 from stord.client import _codec
-from stord.client._events_codec import new_event_id
-from stord.client._ingest import _FIRST_BACKOFF, _LAST_BACKOFF, _RETRYABLE, IngestProgress
+from stord.client._ingest import _FIRST_BACKOFF, _LAST_BACKOFF, _RETRYABLE, IngestProgress, _Batches, with_id
 from stord.client.errors import StordError, from_rpc_error
 from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
@@ -21,7 +20,7 @@ from stord.v1 import events_pb2_grpc
 __all__ = ["AsyncEventIngestor"]
 
 
-class AsyncEventIngestor:
+class AsyncEventIngestor(_Batches):
     """Send events in batches over IngestEvents; `await flush()` returns once every event added is stored.
 
     The same semantics as EventIngestor, awaited: batches by count (`batch_size`) and age (`max_delay`),
@@ -45,31 +44,18 @@ class AsyncEventIngestor:
         on_progress: Callable[[IngestProgress], None] | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        if not 1 <= batch_size <= 1000:
-            raise ValueError("batch_size must be between 1 and 1000")
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        self._batch_size = batch_size
-        self._max_delay = max_delay
-        self._max_in_flight = max_in_flight
-        self._retry_for = retry_for
-        self._on_progress = on_progress
+        super().__init__(
+            batch_size=batch_size,
+            max_delay=max_delay,
+            max_in_flight=max_in_flight,
+            retry_for=retry_for,
+            on_progress=on_progress,
+        )
         self._metadata = _codec.metadata(namespace, api_key=api_key)
         self._target, self._tls, self._options = target, tls, list(options)
         self._channel: grpc.aio.Channel | None = None
         self._condition: asyncio.Condition | None = None
         self._sender: asyncio.Task[None] | None = None
-        self._current: list[pb.Event] = []
-        self._current_since = 0.0
-        self._batches: dict[int, list[pb.Event]] = {}
-        """Sealed batches not acknowledged yet, by sequence, in sequence order."""
-        self._unsent: deque[int] = deque()
-        self._next_sequence = 1
-        self._stream: object | None = None
-        """Identifies the open stream; its request generator ends once this changes."""
-        self._error: StordError | None = None
-        self._closed = False
-        self._added = self._accepted = self._duplicates = self._reconnects = 0
 
     def _started(self) -> asyncio.Condition:
         """Return the lock, opening the channel and starting the sender on first use (on the running loop)."""
@@ -85,11 +71,7 @@ class AsyncEventIngestor:
 
     async def add(self, event: pb.Event) -> str:
         """Queue an event (a copy, with an id if it has none); return its id. Waits while batches wait."""
-        if not event.id:
-            copy = pb.Event()
-            copy.CopyFrom(event)
-            copy.id = new_event_id()
-            event = copy
+        event = with_id(event)
         condition = self._started()
         async with condition:
             self._raise_if_stopped()
@@ -121,14 +103,7 @@ class AsyncEventIngestor:
 
     def progress(self) -> IngestProgress:
         """Return the counters as they stand."""
-        return IngestProgress(
-            added=self._added,
-            acknowledged=self._accepted + self._duplicates,
-            accepted=self._accepted,
-            duplicates=self._duplicates,
-            pending_batches=len(self._batches),
-            reconnects=self._reconnects,
-        )
+        return self._progress()
 
     async def close(self) -> None:
         """Flush, then end the stream and release the connection. Raises the error of a stopped ingestor."""
@@ -156,12 +131,6 @@ class AsyncEventIngestor:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
-
-    def _raise_if_stopped(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._closed:
-            raise ValueError("the ingestor is closed")
 
     async def _seal(self, *, wait: bool) -> bool:
         """Make the current events a batch to send; with `wait`, wait for an in-flight slot. Lock held."""

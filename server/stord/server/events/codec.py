@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, cast
 
@@ -177,10 +176,22 @@ def struct_json(struct: Struct, field: str) -> tuple[dict[str, JsonValue], str]:
         raise InvalidArgument(field, str(error)) from None
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')
-_LAID_OUT_UNLIKE_JAVASCRIPT = re.compile(rb"[0-9](?:\.0(?![0-9])|[eE])|[0-9]{16}")
-"""In JSON text without its strings, a number orjson may write otherwise than JavaScript: an integral or -0.0
-double ("2.0"), an exponent, or an integer of 16 digits or more (beyond 2^53 JavaScript rounds it)."""
+_EXACT_DOUBLE_INTS = 2**53
+"""Integers below this magnitude are the same as JavaScript numbers (IEEE doubles) and as Struct numbers."""
+
+
+def _written_alike(value: JsonValue) -> bool:
+    """Return whether every number of a parsed JSON value is one a Struct holds as it is and orjson writes as
+    JavaScript does: an integer below 2^53, or a non-integral double from 1e-5 up."""
+    if isinstance(value, dict):
+        return all(map(_written_alike, value.values()))
+    if isinstance(value, list):
+        return all(map(_written_alike, value))
+    if isinstance(value, float):
+        return orjson_writes_like_javascript(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return -_EXACT_DOUBLE_INTS < value < _EXACT_DOUBLE_INTS
+    return True
 
 
 def _as_double(value: JsonValue) -> JsonValue:
@@ -200,8 +211,8 @@ def _as_double(value: JsonValue) -> JsonValue:
 def json_text(text: str, field: str) -> tuple[dict[str, JsonValue], str]:
     """Return JSON object text as a JSON object and its canonical text, the same as for the equal Struct.
 
-    One parse and one write with orjson; only when the written text may hold a number JavaScript writes
-    otherwise are the numbers made doubles, as a Struct's are, and written the careful way.
+    One parse and one write with orjson; only when a number is one JavaScript writes otherwise (or holds
+    rounded) are the numbers made doubles, as a Struct's are, and written the careful way.
     """
     try:
         document = orjson.loads(text)
@@ -209,9 +220,8 @@ def json_text(text: str, field: str) -> tuple[dict[str, JsonValue], str]:
         raise InvalidArgument(field, f"is not JSON text: {error}") from None
     if not isinstance(document, dict):
         raise InvalidArgument(field, "must be a JSON object")
-    canonical = orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
-    if _LAID_OUT_UNLIKE_JAVASCRIPT.search(_JSON_STRING.sub(b"", canonical)) is None:
-        return document, canonical.decode()
+    if _written_alike(document):
+        return document, orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
     document = cast(dict[str, JsonValue], _as_double(document))
     try:
         return document, canonical_json(document)
