@@ -21,11 +21,21 @@ import psycopg
 import structlog
 
 from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
     POSTGRES,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
     Conditions,
     analytics_query,
     bucket_expression,
+    read_agent,
     read_analytics,
+    read_entry,
+    read_event,
+    read_rule,
+    read_session,
 )
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
@@ -35,7 +45,6 @@ from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, store_batch_
 from stord.server.events.model import AgentChange, SessionChange
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
-    AlertCondition,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
@@ -54,19 +63,15 @@ from stord.server.ports import (
     EventPosition,
     EventQuery,
     EventStats,
-    EventType,
     FeedBatch,
     FeedPage,
-    Granularity,
     InsertOutcome,
     NotFound,
     RetentionOutcome,
     Session,
     SessionPage,
     SessionQuery,
-    SessionStatus,
     SessionUpdate,
-    Severity,
 )
 
 __all__ = ["PostgresEventStore"]
@@ -118,26 +123,12 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
 ORDER BY batch.position
 """
 
-_EVENT_COLUMNS = (
-    "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
-    "chain_index"
-)
 _COPY_EVENTS = f"COPY events ({', '.join(EVENT_ROW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
 _COPY_TYPES = (
     "text", "text", "int8", "text", "text", "text", "text", "text", "text", "text", "text", "int8", "float8",
     "float8",
 )  # fmt: skip
 """The types of EventRow's columns, which binary COPY must be told."""
-_SESSION_COLUMNS = (
-    "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
-    "total_cost_usd, tags"
-)
-_AGENT_COLUMNS = "id, name, description, first_seen_at, last_seen_at, session_count"
-_RULE_COLUMNS = (
-    "id, name, enabled, condition, threshold, window_minutes, scope_agent_id, scope_tags, notify_channels, "
-    "created_at, updated_at"
-)
-_HISTORY_COLUMNS = "id, rule_id, triggered_at, resolved_at, current_value, threshold, message"
 
 # Array order is lock order: the keys arrive sorted, so two batches never wait for each other in a cycle.
 _LOCK_SESSIONS = "SELECT pg_advisory_xact_lock(key) FROM unnest(%s::bigint[]) AS key"
@@ -194,10 +185,6 @@ ON CONFLICT (namespace, id) DO UPDATE SET
     session_count = a.session_count + excluded.session_count
 """
 
-_TYPES = {member.value: member for member in EventType}
-_SEVERITIES = {member.value: member for member in Severity}
-_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
-_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}  # weeks start on Monday
 _STORE_TABLES = ("events", "event_sessions", "event_agents", "event_alert_rules", "event_alert_history")
 
 
@@ -205,46 +192,6 @@ def _session_lock(namespace: str, session_id: str) -> int:
     """Return the advisory lock key of a session, the same in every daemon (a signed 64-bit integer)."""
     digest = hashlib.blake2b(f"{namespace}\x00{session_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _event(row: Sequence[Any]) -> Event:
-    return Event(row[0], row[1], row[2], row[3], _TYPES[row[4]], _SEVERITIES[row[5]], *row[6:11])
-
-
-def _session(row: Sequence[Any]) -> Session:
-    return Session(
-        id=row[0],
-        agent_id=row[1],
-        agent_name=row[2],
-        started_at=row[3],
-        ended_at=row[4],
-        status=SessionStatus(row[5]),
-        event_count=row[6],
-        tool_call_count=row[7],
-        error_count=row[8],
-        total_cost_usd=row[9],
-        tags=tuple(row[10]),
-    )
-
-
-def _agent(row: Sequence[Any]) -> EventAgent:
-    return EventAgent(*row)
-
-
-def _rule(row: Sequence[Any]) -> AlertRule:
-    return AlertRule(
-        id=row[0],
-        name=row[1],
-        enabled=row[2],
-        condition=AlertCondition(row[3]),
-        threshold=row[4],
-        window_minutes=row[5],
-        scope_agent_id=row[6],
-        scope_tags=tuple(row[7]),
-        notify_channels=tuple(row[8]),
-        created_at=row[9],
-        updated_at=row[10],
-    )
 
 
 def _rule_values(rule: AlertRule) -> dict[str, object]:
@@ -261,10 +208,6 @@ def _rule_values(rule: AlertRule) -> dict[str, object]:
         "created_at": rule.created_at,
         "updated_at": rule.updated_at,
     }
-
-
-def _entry(row: Sequence[Any]) -> AlertHistoryEntry:
-    return AlertHistoryEntry(*row)
 
 
 async def _fetchall(connection: Connection, sql: str, params: Sequence[object]) -> list[Any]:
@@ -313,7 +256,7 @@ class PostgresEventStore:
         return 0 if row is None else int(row[0])
 
     async def read_feed(self, namespace: str, *, after: int, limit: int) -> FeedPage:
-        events = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = ANY(%s)"
+        events = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = ANY(%s)"
         parameters = {"namespace": namespace, "after": after, "limit": limit}
         async with self._pool.connection() as connection:
             rows = await (await connection.execute(_FEED_BATCHES, parameters)).fetchall()
@@ -322,7 +265,9 @@ class PostgresEventStore:
             # Pruned past `after`, or the feed went back (a restored backup).
             missed = batches[0][0] != after + 1 if batches else head != after
             wanted = [event_id for _, event_ids in batches for event_id in event_ids]
-            found = {row[0]: _event(row) for row in await _fetchall(connection, events, (namespace, wanted))}
+            found = {
+                row[0]: read_event(row) for row in await _fetchall(connection, events, (namespace, wanted))
+            }
         return FeedPage(
             [
                 FeedBatch(position, [found[event_id] for event_id in event_ids if event_id in found])
@@ -385,10 +330,10 @@ class PostgresEventStore:
     # Reading events --------------------------------------------------------------------------------------
 
     async def get_event(self, namespace: str, event_id: str) -> Event | None:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, event_id))
-        return None if row is None else _event(row)
+        return None if row is None else read_event(row)
 
     async def query_events(self, namespace: str, query: EventQuery) -> EventPage:
         matching = Conditions(POSTGRES).events(namespace, query.filter)
@@ -396,7 +341,7 @@ class PostgresEventStore:
         page.after(query.after, descending=query.descending)
         direction = "DESC" if query.descending else "ASC"
         select = f"""
-            SELECT {_EVENT_COLUMNS} FROM events WHERE {page.where()}
+            SELECT {EVENT_COLUMNS} FROM events WHERE {page.where()}
             ORDER BY timestamp {direction}, id {direction} LIMIT %s OFFSET %s
         """
         count = f"SELECT count(*) FROM events WHERE {matching.where()}"
@@ -405,7 +350,7 @@ class PostgresEventStore:
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = await _fetchall(connection, select, (*page.params, query.limit, query.offset))
             total = (await _fetchone(connection, count, matching.params))[0]
-        return EventPage([_event(row) for row in rows], total)
+        return EventPage([read_event(row) for row in rows], total)
 
     async def count_events(self, namespace: str, event_filter: EventFilter) -> int:
         matching = Conditions(POSTGRES).events(namespace, event_filter)
@@ -420,16 +365,14 @@ class PostgresEventStore:
     ) -> list[Event]:
         conditions = Conditions(POSTGRES).events(namespace, EventFilter(session_id=session_id))
         conditions.after(after, descending=False)
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT %s"
-        )
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT %s"
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql, (*conditions.params, limit))
-        return [_event(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     async def verify_chain(self, namespace: str, session_id: str) -> ChainVerification | None:
         heads = "SELECT chain_length, last_hash FROM event_sessions WHERE namespace = %s AND id = %s"
-        events = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND session_id = %s"
+        events = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND session_id = %s"
         events += " ORDER BY chain_index"
         async with self._pool.connection() as connection, connection.transaction():
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -437,7 +380,7 @@ class PostgresEventStore:
             if head is None:
                 return None
             rows = await _fetchall(connection, events, (namespace, session_id))
-        return verify_chain([_event(row) for row in rows], ChainHead(head[0], head[1]))
+        return verify_chain([read_event(row) for row in rows], ChainHead(head[0], head[1]))
 
     # Sessions and agents ---------------------------------------------------------------------------------
 
@@ -459,7 +402,7 @@ class PostgresEventStore:
         written = sorted(update.written)
         assignments = ", ".join(f"{name} = %s" for name in written)
         update_sql = f"UPDATE event_sessions SET {assignments} WHERE namespace = %s AND id = %s"
-        select = f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
+        select = f"SELECT {SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection, connection.transaction():
             # The lock of a batch writing to the session: batches update its row in a set, not by upsert.
             await connection.execute(_LOCK_SESSIONS, ([_session_lock(namespace, update.id)],))
@@ -469,13 +412,13 @@ class PostgresEventStore:
                     update_sql, (*(values[name] for name in written), namespace, update.id)
                 )
             row = await _fetchone(connection, select, (namespace, update.id))
-        return _session(row)
+        return read_session(POSTGRES, row)
 
     async def get_session(self, namespace: str, session_id: str) -> Session | None:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, session_id))
-        return None if row is None else _session(row)
+        return None if row is None else read_session(POSTGRES, row)
 
     async def query_sessions(self, namespace: str, query: SessionQuery) -> SessionPage:
         matching = Conditions(POSTGRES)
@@ -491,7 +434,7 @@ class PostgresEventStore:
         if query.tags:
             matching.add("tags && {}::text[]", sorted(query.tags))
         select = f"""
-            SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
+            SELECT {SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
             ORDER BY started_at DESC, id DESC LIMIT %s OFFSET %s
         """
         count = f"SELECT count(*) FROM event_sessions WHERE {matching.where()}"
@@ -499,17 +442,17 @@ class PostgresEventStore:
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = await _fetchall(connection, select, (*matching.params, query.limit, query.offset))
             total = (await _fetchone(connection, count, matching.params))[0]
-        return SessionPage([_session(row) for row in rows], total)
+        return SessionPage([read_session(POSTGRES, row) for row in rows], total)
 
     async def upsert_agent(self, namespace: str, update: EventAgentUpdate) -> EventAgent:
         insert = f"""
-            INSERT INTO event_agents (namespace, {_AGENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 0)
+            INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 0)
             ON CONFLICT (namespace, id) DO NOTHING
         """
         values = {"name": update.name, "description": update.description}
         written = sorted(update.written)
         assignments = ", ".join(f"{name} = %s" for name in written)
-        select = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
+        select = f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection, connection.transaction():
             created = await connection.execute(
                 insert, (namespace, update.id, update.name, update.description, update.now, update.now)
@@ -520,21 +463,21 @@ class PostgresEventStore:
                     (*(values[name] for name in written), namespace, update.id),
                 )
             row = await _fetchone(connection, select, (namespace, update.id))
-        return _agent(row)
+        return read_agent(row)
 
     async def get_agent(self, namespace: str, agent_id: str) -> EventAgent | None:
-        sql = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, agent_id))
-        return None if row is None else _agent(row)
+        return None if row is None else read_agent(row)
 
     async def list_agents(self, namespace: str, *, after: str | None, limit: int) -> list[EventAgent]:
         sql = (
-            f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id > %s ORDER BY id LIMIT %s"
+            f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id > %s ORDER BY id LIMIT %s"
         )
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql, (namespace, after or "", limit))
-        return [_agent(row) for row in rows]
+        return [read_agent(row) for row in rows]
 
     # Analytics -------------------------------------------------------------------------------------------
 
@@ -544,7 +487,7 @@ class PostgresEventStore:
         matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
         if query.agent_id is not None:
             matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(POSTGRES, _WIDTHS[query.granularity], _ORIGINS[query.granularity])
+        bucket = bucket_expression(POSTGRES, query.granularity)
         sql = analytics_query(POSTGRES, bucket, matching.where())
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql, matching.params)
@@ -555,7 +498,7 @@ class PostgresEventStore:
     async def create_alert_rule(self, namespace: str, rule: AlertRule) -> None:
         values = _rule_values(rule)
         placeholders = ", ".join(f"%({name})s" for name in values)
-        sql = f"INSERT INTO event_alert_rules (namespace, {_RULE_COLUMNS})"
+        sql = f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS})"
         sql += f" VALUES (%(namespace)s, {placeholders})"
         try:
             async with self._pool.connection() as connection:
@@ -564,10 +507,10 @@ class PostgresEventStore:
             raise AlreadyExists(f"alert rule {rule.id} exists already") from None
 
     async def get_alert_rule(self, namespace: str, rule_id: str) -> AlertRule | None:
-        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, rule_id))
-        return None if row is None else _rule(row)
+        return None if row is None else read_rule(POSTGRES, row)
 
     async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
         values = _rule_values(rule)
@@ -578,13 +521,13 @@ class PostgresEventStore:
         assignments = ", ".join(f"{name} = %({name})s" for name in columns)
         sql = f"""
             UPDATE event_alert_rules SET {assignments} WHERE namespace = %(namespace)s AND id = %(id)s
-            RETURNING {_RULE_COLUMNS}
+            RETURNING {RULE_COLUMNS}
         """
         async with self._pool.connection() as connection:
             row = await (await connection.execute(sql, {"namespace": namespace, **values})).fetchone()
         if row is None:
             raise NotFound(f"alert rule {rule.id} does not exist")
-        return _rule(row)
+        return read_rule(POSTGRES, row)
 
     async def delete_alert_rule(self, namespace: str, rule_id: str) -> bool:
         sql = "DELETE FROM event_alert_rules WHERE namespace = %s AND id = %s"
@@ -593,16 +536,16 @@ class PostgresEventStore:
         return cursor.rowcount > 0
 
     async def list_alert_rules(self, namespace: str, *, after: str | None, limit: int) -> list[AlertRule]:
-        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id > %s ORDER BY id"
+        sql = f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id > %s ORDER BY id"
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql + " LIMIT %s", (namespace, after or "", limit))
-        return [_rule(row) for row in rows]
+        return [read_rule(POSTGRES, row) for row in rows]
 
     async def record_alert(self, namespace: str, entry: AlertHistoryEntry) -> None:
         # The rule is read FOR SHARE: a concurrent delete waits, so no entry is recorded for a vanished rule.
         rule = "SELECT 1 FROM event_alert_rules WHERE namespace = %s AND id = %s FOR SHARE"
         insert = f"""
-            INSERT INTO event_alert_history (namespace, {_HISTORY_COLUMNS})
+            INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS})
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         """
         values = (entry.id, entry.rule_id, entry.triggered_at, entry.resolved_at, entry.current_value,
@@ -623,7 +566,7 @@ class PostgresEventStore:
         if rule_id is not None:
             matching.add("rule_id = {}", rule_id)
         select = f"""
-            SELECT {_HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
+            SELECT {HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
             ORDER BY triggered_at DESC, id DESC LIMIT %s OFFSET %s
         """
         count = f"SELECT count(*) FROM event_alert_history WHERE {matching.where()}"
@@ -631,7 +574,7 @@ class PostgresEventStore:
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = await _fetchall(connection, select, (*matching.params, limit, offset))
             total = (await _fetchone(connection, count, matching.params))[0]
-        return AlertHistoryPage([_entry(row) for row in rows], total)
+        return AlertHistoryPage([read_entry(row) for row in rows], total)
 
     # Retention and stats ---------------------------------------------------------------------------------
 

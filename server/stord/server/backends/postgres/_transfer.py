@@ -21,6 +21,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.backends._event_sql import AGENT_COLUMNS, HISTORY_COLUMNS, RULE_COLUMNS, SESSION_COLUMNS
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     NamespaceGate,
@@ -93,18 +94,16 @@ OVERRIDING SYSTEM VALUE
 VALUES ({_values(10)}, %s::jsonb, {_values(5)})
 """
 _INSERT_SESSION = f"""
-INSERT INTO event_sessions (namespace, {_events._SESSION_COLUMNS}, chain_length, last_hash)
+INSERT INTO event_sessions (namespace, {SESSION_COLUMNS}, chain_length, last_hash)
 VALUES ({_values(11)}, %s::text[], %s, %s)
 """
-_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {_events._AGENT_COLUMNS}) VALUES ({_values(7)})"
-_RULE_NAMES = _events._RULE_COLUMNS.split(", ")
+_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES ({_values(7)})"
+_RULE_NAMES = RULE_COLUMNS.split(", ")
 _INSERT_RULE = f"""
-INSERT INTO event_alert_rules (namespace, {_events._RULE_COLUMNS})
+INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS})
 VALUES (%(namespace)s, {", ".join(f"%({name})s" for name in _RULE_NAMES)})
 """
-_INSERT_ENTRY = (
-    f"INSERT INTO event_alert_history (namespace, {_events._HISTORY_COLUMNS}) VALUES ({_values(8)})"
-)
+_INSERT_ENTRY = f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES ({_values(8)})"
 _INSERT_AGENT = f"""
 INSERT INTO agents (namespace, {_agents._COLUMNS}, name_folded, configuration_folded)
 OVERRIDING SYSTEM VALUE
@@ -243,6 +242,7 @@ class _Sink:
 
     async def _copy_events(self, cursor: psycopg.AsyncCursor[Any], records: list[EventRecord]) -> None:
         async with cursor.copy(_events._COPY_EVENTS) as copy:
+            copy.set_types(_events._COPY_TYPES)
             for record in records:
                 e = record.event
                 cost_usd, latency_ms = event_facts(e)

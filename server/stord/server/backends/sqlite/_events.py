@@ -18,11 +18,21 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
     SQLITE,
     Conditions,
     analytics_query,
     bucket_expression,
+    read_agent,
     read_analytics,
+    read_entry,
+    read_event,
+    read_rule,
+    read_session,
 )
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.events.chain import ChainHead, verify_chain
@@ -30,7 +40,6 @@ from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, HeadGuesses,
 from stord.server.events.model import AgentChange, SessionChange
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
-    AlertCondition,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
@@ -49,19 +58,15 @@ from stord.server.ports import (
     EventPosition,
     EventQuery,
     EventStats,
-    EventType,
     FeedBatch,
     FeedPage,
-    Granularity,
     InsertOutcome,
     NotFound,
     RetentionOutcome,
     Session,
     SessionPage,
     SessionQuery,
-    SessionStatus,
     SessionUpdate,
-    Severity,
     Unavailable,
 )
 
@@ -93,24 +98,10 @@ _FEED_BATCHES = """
 SELECT position, event_ids FROM event_feed WHERE namespace = ? AND position > ? ORDER BY position LIMIT ?
 """
 
-_EVENT_COLUMNS = (
-    "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
-    "chain_index"
-)
-_QUALIFIED_EVENT_COLUMNS = ", ".join(f"events.{column}" for column in _EVENT_COLUMNS.split(", "))
+_QUALIFIED_EVENT_COLUMNS = ", ".join(f"events.{column}" for column in EVENT_COLUMNS.split(", "))
 _INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_ROW_COLUMNS))})"
 )
-_SESSION_COLUMNS = (
-    "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
-    "total_cost_usd, tags"
-)
-_AGENT_COLUMNS = "id, name, description, first_seen_at, last_seen_at, session_count"
-_RULE_COLUMNS = (
-    "id, name, enabled, condition, threshold, window_minutes, scope_agent_id, scope_tags, notify_channels, "
-    "created_at, updated_at"
-)
-_HISTORY_COLUMNS = "id, rule_id, triggered_at, resolved_at, current_value, threshold, message"
 
 # A batch's effect on each session: counters add up, the latest status/end/name/tags win, the head moves.
 _APPLY_SESSION = """
@@ -138,67 +129,6 @@ ON CONFLICT (namespace, id) DO UPDATE SET
     last_seen_at = max(last_seen_at, ?5),
     session_count = session_count + ?6
 """
-
-_TYPES = {member.value: member for member in EventType}
-_SEVERITIES = {member.value: member for member in Severity}
-_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
-_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}  # weeks start on Monday
-
-
-def _event(row: Sequence[Any]) -> Event:
-    return Event(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        _TYPES[row[4]],
-        _SEVERITIES[row[5]],
-        row[6],
-        row[7],
-        row[8],
-        row[9],
-        row[10],
-    )
-
-
-def _session(row: Sequence[Any]) -> Session:
-    return Session(
-        id=row[0],
-        agent_id=row[1],
-        agent_name=row[2],
-        started_at=row[3],
-        ended_at=row[4],
-        status=SessionStatus(row[5]),
-        event_count=row[6],
-        tool_call_count=row[7],
-        error_count=row[8],
-        total_cost_usd=row[9],
-        tags=tuple(json.loads(row[10])),
-    )
-
-
-def _agent(row: Sequence[Any]) -> EventAgent:
-    return EventAgent(*row)
-
-
-def _rule(row: Sequence[Any]) -> AlertRule:
-    return AlertRule(
-        id=row[0],
-        name=row[1],
-        enabled=bool(row[2]),
-        condition=AlertCondition(row[3]),
-        threshold=row[4],
-        window_minutes=row[5],
-        scope_agent_id=row[6],
-        scope_tags=tuple(json.loads(row[7])),
-        notify_channels=tuple(json.loads(row[8])),
-        created_at=row[9],
-        updated_at=row[10],
-    )
-
-
-def _entry(row: Sequence[Any]) -> AlertHistoryEntry:
-    return AlertHistoryEntry(*row)
 
 
 def _in(values: Iterable[object]) -> str:
@@ -271,11 +201,11 @@ class SqliteEventStore:
     # Reading events --------------------------------------------------------------------------------------
 
     async def get_event(self, namespace: str, event_id: str) -> Event | None:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = ? AND id = ?"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = ? AND id = ?"
         row = await self._engine.lookup(
             lambda connection: connection.execute(sql, (namespace, event_id)).fetchone()
         )
-        return None if row is None else _event(row)
+        return None if row is None else read_event(row)
 
     async def query_events(self, namespace: str, query: EventQuery) -> EventPage:
         matching = Conditions(SQLITE).events(namespace, query.filter)
@@ -283,7 +213,7 @@ class SqliteEventStore:
         page.after(query.after, descending=query.descending)
         direction = "DESC" if query.descending else "ASC"
         select = f"""
-            SELECT {_EVENT_COLUMNS} FROM events WHERE {page.where()}
+            SELECT {EVENT_COLUMNS} FROM events WHERE {page.where()}
             ORDER BY timestamp {direction}, id {direction} LIMIT ? OFFSET ?
         """
         count = f"SELECT count(*) FROM events WHERE {matching.where()}"
@@ -291,7 +221,7 @@ class SqliteEventStore:
         def read(connection: sqlite3.Connection) -> EventPage:
             rows = connection.execute(select, (*page.params, query.limit, query.offset)).fetchall()
             total = connection.execute(count, matching.params).fetchone()[0]
-            return EventPage([_event(row) for row in rows], total)
+            return EventPage([read_event(row) for row in rows], total)
 
         return await self._engine.read(read)
 
@@ -309,12 +239,12 @@ class SqliteEventStore:
         conditions = Conditions(SQLITE).events(namespace, EventFilter(session_id=session_id))
         conditions.after(after, descending=False)
         sql = f"""
-            SELECT {_EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT ?
+            SELECT {EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT ?
         """
         rows = await self._engine.read(
             lambda connection: connection.execute(sql, (*conditions.params, limit)).fetchall()
         )
-        return [_event(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     async def verify_chain(self, namespace: str, session_id: str) -> ChainVerification | None:
         def read(connection: sqlite3.Connection) -> ChainVerification | None:
@@ -325,11 +255,11 @@ class SqliteEventStore:
             if head is None:
                 return None
             rows = connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = ? AND session_id = ?"
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = ? AND session_id = ?"
                 " ORDER BY chain_index",
                 (namespace, session_id),
             ).fetchall()
-            return verify_chain([_event(row) for row in rows], ChainHead(head[0], head[1]))
+            return verify_chain([read_event(row) for row in rows], ChainHead(head[0], head[1]))
 
         return await self._engine.read(read)
 
@@ -340,7 +270,7 @@ class SqliteEventStore:
 
     async def get_session(self, namespace: str, session_id: str) -> Session | None:
         row = await self._engine.lookup(lambda connection: _session_row(connection, namespace, session_id))
-        return None if row is None else _session(row)
+        return None if row is None else read_session(SQLITE, row)
 
     async def query_sessions(self, namespace: str, query: SessionQuery) -> SessionPage:
         matching = Conditions(SQLITE)
@@ -362,7 +292,7 @@ class SqliteEventStore:
                 *tags,
             )
         select = f"""
-            SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
+            SELECT {SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
             ORDER BY started_at DESC, id DESC LIMIT ? OFFSET ?
         """
         count = f"SELECT count(*) FROM event_sessions WHERE {matching.where()}"
@@ -370,14 +300,14 @@ class SqliteEventStore:
         def read(connection: sqlite3.Connection) -> SessionPage:
             rows = connection.execute(select, (*matching.params, query.limit, query.offset)).fetchall()
             total = connection.execute(count, matching.params).fetchone()[0]
-            return SessionPage([_session(row) for row in rows], total)
+            return SessionPage([read_session(SQLITE, row) for row in rows], total)
 
         return await self._engine.read(read)
 
     async def upsert_agent(self, namespace: str, update: EventAgentUpdate) -> EventAgent:
         def write(connection: sqlite3.Connection) -> EventAgent:
             connection.execute(
-                f"INSERT INTO event_agents (namespace, {_AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)"
+                f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)"
                 " ON CONFLICT (namespace, id) DO NOTHING",
                 (namespace, update.id, update.name, update.description, update.now, update.now),
             )
@@ -389,20 +319,20 @@ class SqliteEventStore:
                     " WHERE namespace = ? AND id = ?",
                     (*(values[name] for name in written), namespace, update.id),
                 )
-            return _agent(_agent_row(connection, namespace, update.id))
+            return read_agent(_agent_row(connection, namespace, update.id))
 
         return await self._engine.write(write)
 
     async def get_agent(self, namespace: str, agent_id: str) -> EventAgent | None:
         row = await self._engine.lookup(lambda connection: _agent_row(connection, namespace, agent_id))
-        return None if row is None else _agent(row)
+        return None if row is None else read_agent(row)
 
     async def list_agents(self, namespace: str, *, after: str | None, limit: int) -> list[EventAgent]:
-        sql = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
+        sql = f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
         rows = await self._engine.lookup(
             lambda connection: connection.execute(sql, (namespace, after or "", limit)).fetchall()
         )
-        return [_agent(row) for row in rows]
+        return [read_agent(row) for row in rows]
 
     # Analytics -------------------------------------------------------------------------------------------
 
@@ -412,7 +342,7 @@ class SqliteEventStore:
         matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
         if query.agent_id is not None:
             matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(SQLITE, _WIDTHS[query.granularity], _ORIGINS[query.granularity])
+        bucket = bucket_expression(SQLITE, query.granularity)
         sql = analytics_query(SQLITE, bucket, matching.where())
         rows = await self._engine.read(lambda connection: connection.execute(sql, matching.params).fetchall())
         return read_analytics(rows)
@@ -423,7 +353,7 @@ class SqliteEventStore:
         def write(connection: sqlite3.Connection) -> None:
             try:
                 connection.execute(
-                    f"INSERT INTO event_alert_rules (namespace, {_RULE_COLUMNS}) VALUES (?{', ?' * 11})",
+                    f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})",
                     (namespace, *_rule_values(rule)),
                 )
             except sqlite3.IntegrityError:
@@ -433,10 +363,10 @@ class SqliteEventStore:
 
     async def get_alert_rule(self, namespace: str, rule_id: str) -> AlertRule | None:
         row = await self._engine.lookup(lambda connection: _rule_row(connection, namespace, rule_id))
-        return None if row is None else _rule(row)
+        return None if row is None else read_rule(SQLITE, row)
 
     async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
-        values = dict(zip(_RULE_COLUMNS.split(", "), _rule_values(rule), strict=True))
+        values = dict(zip(RULE_COLUMNS.split(", "), _rule_values(rule), strict=True))
         columns = sorted(
             ({"scope_agent_id", "scope_tags"} if "scope" in written else set()) | (written - {"scope"})
         )
@@ -450,7 +380,7 @@ class SqliteEventStore:
                 == 0
             ):
                 raise NotFound(f"alert rule {rule.id} does not exist")
-            return _rule(_rule_row(connection, namespace, rule.id))
+            return read_rule(SQLITE, _rule_row(connection, namespace, rule.id))
 
         return await self._engine.write(write)
 
@@ -462,12 +392,12 @@ class SqliteEventStore:
         return deleted > 0
 
     async def list_alert_rules(self, namespace: str, *, after: str | None, limit: int) -> list[AlertRule]:
-        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id > ? ORDER BY id"
+        sql = f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id > ? ORDER BY id"
         sql += " LIMIT ?"
         rows = await self._engine.lookup(
             lambda connection: connection.execute(sql, (namespace, after or "", limit)).fetchall()
         )
-        return [_rule(row) for row in rows]
+        return [read_rule(SQLITE, row) for row in rows]
 
     async def record_alert(self, namespace: str, entry: AlertHistoryEntry) -> None:
         def write(connection: sqlite3.Connection) -> None:
@@ -475,7 +405,7 @@ class SqliteEventStore:
                 raise NotFound(f"alert rule {entry.rule_id} does not exist")
             try:
                 connection.execute(
-                    f"INSERT INTO event_alert_history (namespace, {_HISTORY_COLUMNS}) VALUES (?{', ?' * 7})",
+                    f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES (?{', ?' * 7})",
                     (namespace, *_entry_values(entry)),
                 )
             except sqlite3.IntegrityError:
@@ -491,7 +421,7 @@ class SqliteEventStore:
         if rule_id is not None:
             matching.add("rule_id = {}", rule_id)
         select = f"""
-            SELECT {_HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
+            SELECT {HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
             ORDER BY triggered_at DESC, id DESC LIMIT ? OFFSET ?
         """
         count = f"SELECT count(*) FROM event_alert_history WHERE {matching.where()}"
@@ -499,7 +429,7 @@ class SqliteEventStore:
         def read(connection: sqlite3.Connection) -> AlertHistoryPage:
             rows = connection.execute(select, (*matching.params, limit, offset)).fetchall()
             return AlertHistoryPage(
-                [_entry(row) for row in rows], connection.execute(count, matching.params).fetchone()[0]
+                [read_entry(row) for row in rows], connection.execute(count, matching.params).fetchone()[0]
             )
 
         return await self._engine.read(read)
@@ -567,7 +497,7 @@ def _read_feed(connection: sqlite3.Connection, namespace: str, after: int, limit
     batches = [(position, json.loads(event_ids)) for position, event_ids in rows]
     wanted = [event_id for _, event_ids in batches for event_id in event_ids]
     found = {
-        row[0]: _event(row)
+        row[0]: read_event(row)
         for row in connection.execute(
             f"SELECT {_QUALIFIED_EVENT_COLUMNS} FROM json_each(?) AS wanted CROSS JOIN events"
             " WHERE events.namespace = ? AND events.id = wanted.value",
@@ -687,7 +617,7 @@ def _emptied_sessions(namespace: str, cutoff: int) -> Callable[[sqlite3.Connecti
 
 def _session_row(connection: sqlite3.Connection, namespace: str, session_id: str) -> Any:
     return connection.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = ? AND id = ?",
+        f"SELECT {SESSION_COLUMNS} FROM event_sessions WHERE namespace = ? AND id = ?",
         (namespace, session_id),
     ).fetchone()
 
@@ -715,18 +645,18 @@ def _upsert_session(connection: sqlite3.Connection, namespace: str, update: Sess
             " WHERE namespace = ? AND id = ?",
             (*(values[name] for name in written), namespace, update.id),
         )
-    return _session(_session_row(connection, namespace, update.id))
+    return read_session(SQLITE, _session_row(connection, namespace, update.id))
 
 
 def _agent_row(connection: sqlite3.Connection, namespace: str, agent_id: str) -> Any:
     return connection.execute(
-        f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id = ?", (namespace, agent_id)
+        f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id = ?", (namespace, agent_id)
     ).fetchone()
 
 
 def _rule_row(connection: sqlite3.Connection, namespace: str, rule_id: str) -> Any:
     return connection.execute(
-        f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id = ?", (namespace, rule_id)
+        f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id = ?", (namespace, rule_id)
     ).fetchone()
 
 

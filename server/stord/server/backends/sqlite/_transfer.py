@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from stord.server.backends._agent_search import configuration_text, fold
+from stord.server.backends._event_sql import AGENT_COLUMNS, HISTORY_COLUMNS, RULE_COLUMNS, SESSION_COLUMNS
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     NamespaceGate,
@@ -87,14 +88,12 @@ ON CONFLICT (keyspace, namespace, key) DO UPDATE SET length = max(length, exclud
 _INSERT_DOCUMENT = f"INSERT INTO documents (namespace, {_documents._COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
 _INSERT_JOB = f"INSERT INTO jobs (namespace, {_jobs._COLUMNS}) VALUES (?{', ?' * 15})"
 _INSERT_SESSION = f"""
-INSERT INTO event_sessions (namespace, {_events._SESSION_COLUMNS}, chain_length, last_hash)
+INSERT INTO event_sessions (namespace, {SESSION_COLUMNS}, chain_length, last_hash)
 VALUES (?{", ?" * 13})
 """
-_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {_events._AGENT_COLUMNS}) VALUES (?{', ?' * 6})"
-_INSERT_RULE = f"INSERT INTO event_alert_rules (namespace, {_events._RULE_COLUMNS}) VALUES (?{', ?' * 11})"
-_INSERT_ENTRY = (
-    f"INSERT INTO event_alert_history (namespace, {_events._HISTORY_COLUMNS}) VALUES (?{', ?' * 7})"
-)
+_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES (?{', ?' * 6})"
+_INSERT_RULE = f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})"
+_INSERT_ENTRY = f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES (?{', ?' * 7})"
 _INSERT_AGENT = f"""
 INSERT INTO agents (namespace, {_agents._COLUMNS}, name_folded, configuration_folded) VALUES (?{", ?" * 11})
 """
