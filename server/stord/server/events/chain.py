@@ -13,7 +13,7 @@ import hashlib
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 import orjson
 
@@ -41,9 +41,11 @@ _ORJSON_FIXED_FROM = 1e-5
 """orjson writes numbers from this magnitude as JavaScript does; JavaScript keeps fixed notation to 1e-6."""
 
 
-@dataclass(frozen=True, slots=True)
-class ChainHead:
-    """The end of a session's chain: how many events it holds and the last one's hash."""
+class ChainHead(NamedTuple):
+    """The end of a session's chain: how many events it holds and the last one's hash.
+
+    A NamedTuple: ingest makes one per event, and a frozen dataclass costs several times more to make.
+    """
 
     length: int = 0
     last_hash: str | None = None

@@ -13,10 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 import psycopg
 import structlog
 
@@ -140,12 +140,11 @@ _STORED_IDS = "SELECT id FROM events WHERE namespace = %s AND id = ANY(%s)"
 # session row holds the session's advisory lock.
 _APPLY_SESSIONS = """
 WITH changes AS (
-    SELECT * FROM unnest(
-        %(ids)s::text[], %(agent_ids)s::text[], %(agent_names)s::text[], %(started)s::bigint[],
-        %(ended)s::bigint[], %(statuses)s::text[], %(events)s::bigint[], %(tool_calls)s::bigint[],
-        %(errors)s::bigint[], %(costs)s::float8[], %(tags)s::text[], %(lengths)s::bigint[], %(hashes)s::text[]
-    ) AS c (id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count,
-            error_count, cost_usd, tags, chain_length, last_hash)
+    SELECT * FROM json_to_recordset(%(changes)s::json) AS c (
+        id text, agent_id text, agent_name text, started_at bigint, ended_at bigint, status text,
+        event_count bigint, tool_call_count bigint, error_count bigint, cost_usd float8, tags json,
+        chain_length bigint, last_hash text
+    )
 ), updated AS (
     UPDATE event_sessions AS s SET
         agent_name = coalesce(c.agent_name, s.agent_name),
@@ -156,8 +155,7 @@ WITH changes AS (
         tool_call_count = s.tool_call_count + c.tool_call_count,
         error_count = s.error_count + c.error_count,
         total_cost_usd = s.total_cost_usd + c.cost_usd,
-        tags = CASE WHEN c.tags IS NULL THEN s.tags
-                    ELSE ARRAY(SELECT jsonb_array_elements_text(c.tags::jsonb)) END,
+        tags = CASE WHEN c.tags IS NULL THEN s.tags ELSE ARRAY(SELECT json_array_elements_text(c.tags)) END,
         chain_length = c.chain_length,
         last_hash = c.last_hash
     FROM changes AS c
@@ -168,17 +166,15 @@ INSERT INTO event_sessions (namespace, id, agent_id, agent_name, started_at, end
                             tool_call_count, error_count, total_cost_usd, tags, chain_length, last_hash)
 SELECT %(namespace)s, c.id, c.agent_id, c.agent_name, c.started_at, c.ended_at, coalesce(c.status, 'active'),
        c.event_count, c.tool_call_count, c.error_count, c.cost_usd,
-       CASE WHEN c.tags IS NULL THEN '{}'::text[]
-            ELSE ARRAY(SELECT jsonb_array_elements_text(c.tags::jsonb)) END,
+       CASE WHEN c.tags IS NULL THEN '{}'::text[] ELSE ARRAY(SELECT json_array_elements_text(c.tags)) END,
        c.chain_length, c.last_hash
 FROM changes AS c WHERE c.id NOT IN (SELECT id FROM updated)
 """
 _APPLY_AGENTS = """
 INSERT INTO event_agents AS a (namespace, id, name, description, first_seen_at, last_seen_at, session_count)
 SELECT %(namespace)s, c.id, c.name, NULL, c.first_seen_at, c.last_seen_at, c.sessions_started
-FROM unnest(
-    %(ids)s::text[], %(names)s::text[], %(first)s::bigint[], %(last)s::bigint[], %(started)s::bigint[]
-) AS c (id, name, first_seen_at, last_seen_at, sessions_started)
+FROM json_to_recordset(%(changes)s::json)
+    AS c (id text, name text, first_seen_at bigint, last_seen_at bigint, sessions_started bigint)
 ON CONFLICT (namespace, id) DO UPDATE SET
     first_seen_at = least(a.first_seen_at, excluded.first_seen_at),
     last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
@@ -660,33 +656,28 @@ class _IngestTransaction:
         return True
 
     async def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
-        parameters = {
-            "namespace": self._namespace,
-            "ids": [change.session_id for change in changes],
-            "agent_ids": [change.agent_id for change in changes],
-            "agent_names": [change.agent_name for change in changes],
-            "started": [change.first_timestamp for change in changes],
-            "ended": [change.ended_at for change in changes],
-            "statuses": [None if change.status is None else change.status.value for change in changes],
-            "events": [change.event_count for change in changes],
-            "tool_calls": [change.tool_call_count for change in changes],
-            "errors": [change.error_count for change in changes],
-            "costs": [change.cost_usd for change in changes],
-            "tags": [None if change.tags is None else json.dumps(change.tags) for change in changes],
-            "lengths": [change.head.length for change in changes],
-            "hashes": [change.head.last_hash for change in changes],
-        }
+        # One JSON document for the whole batch: orjson writes it in C, where array parameters would be
+        # dumped element by element in Python.
+        rows = [
+            {"id": change.session_id, "agent_id": change.agent_id, "agent_name": change.agent_name,
+             "started_at": change.first_timestamp, "ended_at": change.ended_at,
+             "status": None if change.status is None else change.status.value,
+             "event_count": change.event_count, "tool_call_count": change.tool_call_count,
+             "error_count": change.error_count, "cost_usd": change.cost_usd, "tags": change.tags,
+             "chain_length": change.head.length, "last_hash": change.head.last_hash}
+            for change in changes
+        ]  # fmt: skip
+        parameters = {"namespace": self._namespace, "changes": orjson.dumps(rows).decode()}
         await self._connection.execute(_APPLY_SESSIONS, parameters)
 
     async def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
-        parameters = {
-            "namespace": self._namespace,
-            "ids": [change.agent_id for change in changes],
-            "names": [change.name or change.agent_id for change in changes],
-            "first": [change.first_seen_at for change in changes],
-            "last": [change.last_seen_at for change in changes],
-            "started": [change.sessions_started for change in changes],
-        }
+        rows = [
+            {"id": change.agent_id, "name": change.name or change.agent_id,
+             "first_seen_at": change.first_seen_at, "last_seen_at": change.last_seen_at,
+             "sessions_started": change.sessions_started}
+            for change in changes
+        ]  # fmt: skip
+        parameters = {"namespace": self._namespace, "changes": orjson.dumps(rows).decode()}
         await self._connection.execute(_APPLY_AGENTS, parameters)
 
     async def append_to_feed(self, events: list[Event]) -> int:
