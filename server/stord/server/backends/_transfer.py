@@ -16,6 +16,19 @@ from typing import Any
 
 import orjson
 
+from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
+    read_agent,
+    read_entry,
+    read_event,
+    read_rule,
+    read_session,
+)
+from stord.server.backends._event_sql import Dialect as EventDialect
 from stord.server.events.model import payload_facts
 from stord.server.ports import (
     AgentRecord,
@@ -110,15 +123,15 @@ def dump_statements(
     namespace: str | None,
     documents: ModuleType,
     jobs: ModuleType,
-    events: ModuleType,
+    events: EventDialect,
     agents: ModuleType,
     manifests: ModuleType,
 ) -> list[Dump]:
     """Return what a dump selects, table by table, in key order, and how each row becomes a record.
 
     The modules are the backend's store modules (`_documents`, `_jobs`, ...), whose column lists and row
-    mappers, named alike in both dialects, read the rows. The statements take the parameters `now` and
-    `namespace`.
+    mappers, named alike in both dialects, read the rows; the event tables' are in _event_sql, for the
+    `events` dialect. The statements take the parameters `now` and `namespace`.
     """
     where = "" if namespace is None else f"WHERE namespace = {dialect.parameter('namespace')}"
     live = f"(expires_at IS NULL OR expires_at > {dialect.parameter('now')})"
@@ -143,26 +156,25 @@ def dump_statements(
             lambda row: JobRecord(row[0], jobs._job(row[1:], with_token=True)),
         ),
         (
-            f"SELECT namespace, {events._EVENT_COLUMNS} FROM events {where} ORDER BY namespace, id",
-            lambda row: EventRecord(row[0], events._event(row[1:])),
+            f"SELECT namespace, {EVENT_COLUMNS} FROM events {where} ORDER BY namespace, id",
+            lambda row: EventRecord(row[0], read_event(row[1:])),
         ),
         (
-            f"SELECT namespace, {events._SESSION_COLUMNS}, chain_length, last_hash"
+            f"SELECT namespace, {SESSION_COLUMNS}, chain_length, last_hash"
             f" FROM event_sessions {where} ORDER BY namespace, id",
-            lambda row: SessionRecord(row[0], events._session(row[1:12]), row[12], row[13]),
+            lambda row: SessionRecord(row[0], read_session(events, row[1:12]), row[12], row[13]),
         ),
         (
-            f"SELECT namespace, {events._AGENT_COLUMNS} FROM event_agents {where} ORDER BY namespace, id",
-            lambda row: EventAgentRecord(row[0], events._agent(row[1:])),
+            f"SELECT namespace, {AGENT_COLUMNS} FROM event_agents {where} ORDER BY namespace, id",
+            lambda row: EventAgentRecord(row[0], read_agent(row[1:])),
         ),
         (
-            f"SELECT namespace, {events._RULE_COLUMNS} FROM event_alert_rules {where} ORDER BY namespace, id",
-            lambda row: AlertRuleRecord(row[0], events._rule(row[1:])),
+            f"SELECT namespace, {RULE_COLUMNS} FROM event_alert_rules {where} ORDER BY namespace, id",
+            lambda row: AlertRuleRecord(row[0], read_rule(events, row[1:])),
         ),
         (
-            f"SELECT namespace, {events._HISTORY_COLUMNS} FROM event_alert_history {where}"
-            " ORDER BY namespace, id",
-            lambda row: AlertHistoryRecord(row[0], events._entry(row[1:])),
+            f"SELECT namespace, {HISTORY_COLUMNS} FROM event_alert_history {where} ORDER BY namespace, id",
+            lambda row: AlertHistoryRecord(row[0], read_entry(row[1:])),
         ),
         (
             f"SELECT namespace, {agents._COLUMNS} FROM agents {where} ORDER BY namespace, position",

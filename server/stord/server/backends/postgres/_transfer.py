@@ -21,7 +21,13 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from stord.server.backends._agent_search import configuration_text, fold
-from stord.server.backends._event_sql import AGENT_COLUMNS, HISTORY_COLUMNS, RULE_COLUMNS, SESSION_COLUMNS
+from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    HISTORY_COLUMNS,
+    POSTGRES,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
+)
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     NamespaceGate,
@@ -284,7 +290,7 @@ class PostgresTransferStore:
     async def dump(
         self, namespace: str | None, *, now: float
     ) -> AsyncGenerator[Sequence[TransferRecord], None]:
-        statements = dump_statements(_DIALECT, namespace, _documents, _jobs, _events, _agents, _manifests)
+        statements = dump_statements(_DIALECT, namespace, _documents, _jobs, POSTGRES, _agents, _manifests)
         parameters = {"now": at(now), "namespace": namespace}
         async with self._pool.connection() as connection, connection.transaction():
             await connection.execute(_SNAPSHOT)

@@ -25,7 +25,13 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from stord.server.backends._agent_search import configuration_text, fold
-from stord.server.backends._event_sql import AGENT_COLUMNS, HISTORY_COLUMNS, RULE_COLUMNS, SESSION_COLUMNS
+from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    HISTORY_COLUMNS,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
+    SQLITE,
+)
 from stord.server.backends._transfer import (
     DUMP_BATCH,
     NamespaceGate,
@@ -178,7 +184,7 @@ def _dump(
     now: float,
     handoff: _Handoff[list[TransferRecord]],
 ) -> None:
-    statements = dump_statements(_DIALECT, namespace, _documents, _jobs, _events, _agents, _manifests)
+    statements = dump_statements(_DIALECT, namespace, _documents, _jobs, SQLITE, _agents, _manifests)
     for sql, to_record in statements:
         cursor = connection.execute(sql, {"now": now, "namespace": namespace})
         while rows := cursor.fetchmany(DUMP_BATCH):
