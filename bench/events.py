@@ -54,6 +54,8 @@ QUERY_NAMESPACE = "bench-query"
 STREAMS = 2
 IN_FLIGHT = 4
 """Batches each stream keeps sent but unacknowledged, as EventIngestor does."""
+ROUNDS = 4
+"""Turns stord and the raw side take on an ingest figure's batches, one after the other."""
 SESSIONS_PER_STREAM = 2000
 """A batch of 1000 touches about 800 of them, one of 100 about 100: the session upserts at their real cost."""
 AGENTS = 40
@@ -173,13 +175,13 @@ async def _stream(
     return await reader
 
 
-async def _stord_ingest(address: str, streams: list[list[pb.IngestEventsRequest]]) -> float:
+async def _stord_ingest(address: str, streams: list[list[pb.IngestEventsRequest]]) -> tuple[int, float]:
+    """Send each stream's batches over a stream of its own, together; return the events stored and seconds."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = events_pb2_grpc.EventStoreServiceStub(channel)
-        await _stream(stub, streams[0][:3])  # warm-up: connections, statements, page cache
         started = time.perf_counter()
-        stored = await asyncio.gather(*(_stream(stub, batches[3:]) for batches in streams))
-        return sum(stored) / (time.perf_counter() - started)
+        stored = await asyncio.gather(*(_stream(stub, batches) for batches in streams))
+        return sum(stored), time.perf_counter() - started
 
 
 def _stored_rows(url: str, batches: Sequence[pb.IngestEventsRequest]) -> list[list[tuple[Any, ...]]]:
@@ -197,6 +199,7 @@ def _stored_rows(url: str, batches: Sequence[pb.IngestEventsRequest]) -> list[li
 
 
 def _raw_sqlite(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
+    """Write the batches as stord's writer would, a transaction each; return the seconds it took."""
     # The daemon's own connection settings: WAL, synchronous, page cache, busy timeout, foreign keys.
     connection = sqlite_connect(Path(url.removeprefix("sqlite:///")), SqliteOptions())
     insert = f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
@@ -207,10 +210,11 @@ def _raw_sqlite(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
         connection.execute("COMMIT")
     elapsed = time.perf_counter() - started
     connection.close()
-    return sum(len(rows) for rows in batches) / elapsed
+    return elapsed
 
 
 def _raw_postgres(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
+    """COPY the batches in binary, a transaction each; return the seconds it took."""
     with psycopg.connect(url, autocommit=True) as connection:
         started = time.perf_counter()
         for rows in batches:
@@ -221,24 +225,37 @@ def _raw_postgres(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
                 copy.set_types(_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
-        elapsed = time.perf_counter() - started
-    return sum(len(rows) for rows in batches) / elapsed
+        return time.perf_counter() - started
 
 
 def _bench_ingest(
     name: str, daemon: StordDaemon, deployment: Deployment, events: int, profiles: Path
 ) -> list[IngestRow]:
+    """Per batch size, ROUNDS rounds of stord then raw on the next share of the batches: on a busy machine
+    the load drifts within seconds, and alternating lets both sides meet it alike."""
     assert deployment.raw_url is not None
+    raw_url = deployment.raw_url
+    raw_write = _raw_sqlite if raw_url.startswith("sqlite") else _raw_postgres
     results = []
     for size in (100, 1000):
         _progress(f"  {name}: ingest, batches of {size}")
-        streams = [_batches(events // STREAMS + 3 * size, size, stream) for stream in range(STREAMS)]
-        with Profile.attach(daemon.pid, profiles / f"py-spy-{name}-{size}.txt") as profile:
-            stord = run(_stord_ingest(daemon.address, streams))
-        rows = _stored_rows(deployment.stord_url, [batch for batches in streams for batch in batches[3:]])
-        raw_url = deployment.raw_url
-        raw = _raw_sqlite(raw_url, rows) if raw_url.startswith("sqlite") else _raw_postgres(raw_url, rows)
-        results.append(IngestRow(name, size, stord, raw, profile))
+        per_round = max(events // STREAMS // ROUNDS // size, 1)
+        streams = [_batches((1 + ROUNDS * per_round) * size, size, stream) for stream in range(STREAMS)]
+        run(_stord_ingest(daemon.address, [batches[:1] for batches in streams]))  # warm-up: connections
+        stord_events = raw_events = 0
+        stord_seconds = raw_seconds = 0.0
+        profile = Profile()
+        for number in range(ROUNDS):
+            part = [batches[1 + number * per_round : 1 + (number + 1) * per_round] for batches in streams]
+            with Profile.attach(daemon.pid, profiles / f"py-spy-{name}-{size}-{number}.txt") as round_profile:
+                stored, seconds = run(_stord_ingest(daemon.address, part))
+            profile.stacks += round_profile.stacks
+            profile.problem = profile.problem or round_profile.problem
+            stord_events, stord_seconds = stord_events + stored, stord_seconds + seconds
+            rows = _stored_rows(deployment.stord_url, [batch for batches in part for batch in batches])
+            raw_events += sum(len(batch) for batch in rows)
+            raw_seconds += raw_write(raw_url, rows)
+        results.append(IngestRow(name, size, stord_events / stord_seconds, raw_events / raw_seconds, profile))
     return results
 
 
@@ -431,7 +448,7 @@ def _render(ingest: list[IngestRow], queries: list[QueryRow], load_before: float
         f" stream's events spread at random over its {SESSIONS_PER_STREAM:,} sessions and {AGENTS} agents,"
         " nested payloads of about 400 bytes; raw: the rows stord stored, read back and written again from"
         " one connection, a transaction per batch (SQLite executemany with the daemon's pragmas; PostgreSQL"
-        " binary COPY). Queries: pages of 50, with `total`; timelines and analytics in full; one request at a"
+        f" binary COPY); the two sides take turns, {ROUNDS} rounds each. Queries: pages of 50, with `total`; timelines and analytics in full; one request at a"
         " time.",
         "Targets (measured, not asserted): ingest >= 0.75 of raw and >= 100,000 events/s on SQLite and"
         " PostgreSQL; filtered QueryEvents p95 <= 10 ms.",
