@@ -448,8 +448,8 @@ def _render(ingest: list[IngestRow], queries: list[QueryRow], load_before: float
         f" stream's events spread at random over its {SESSIONS_PER_STREAM:,} sessions and {AGENTS} agents,"
         " nested payloads of about 400 bytes; raw: the rows stord stored, read back and written again from"
         " one connection, a transaction per batch (SQLite executemany with the daemon's pragmas; PostgreSQL"
-        f" binary COPY); the two sides take turns, {ROUNDS} rounds each. Queries: pages of 50, with `total`; timelines and analytics in full; one request at a"
-        " time.",
+        f" binary COPY); the two sides take turns, {ROUNDS} rounds each. Queries: pages of 50, with `total`;"
+        " timelines and analytics in full; one request at a time.",
         "Targets (measured, not asserted): ingest >= 0.75 of raw and >= 100,000 events/s on SQLite and"
         " PostgreSQL; filtered QueryEvents p95 <= 10 ms.",
     ]
