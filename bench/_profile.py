@@ -40,7 +40,7 @@ def _frames(*patterns: str) -> re.Pattern[str]:
 INGEST_CATEGORIES = (
     Category("canonical JSON, hashing", _frames(
         r"^(event_hash|canonical_json|_javascript_\w+|format_timestamp|_iso_second|_orjson_writes\w+) ")),
-    Category("decode (Struct -> JSON)", _frames(r"^(struct_json|_json_value) ", r"events/codec\.py")),
+    Category("decode (messages, payload JSON)", _frames(r"^(struct_json|_json_value) ", r"events/codec\.py")),
     Category("validation", _frames(r"_validate\.py", r"^(_prepare|_event_id|payload_facts) ")),
     Category("ingest algorithm (link, rows)", _frames(r"events/ingest\.py")),
     Category("SQL: insert events", _frames(r"^_IngestTransaction\.insert_events \(.*backends/")),
