@@ -180,17 +180,23 @@ _EXACT_DOUBLE_INTS = 2**53
 """Integers below this magnitude are the same as JavaScript numbers (IEEE doubles) and as Struct numbers."""
 
 
-def _written_alike(value: JsonValue) -> bool:
+def _written_alike(document: JsonValue) -> bool:
     """Return whether every number of a parsed JSON value is one a Struct holds as it is and orjson writes as
     JavaScript does: an integer below 2^53, or a non-integral double from 1e-5 up."""
-    if isinstance(value, dict):
-        return all(map(_written_alike, value.values()))
-    if isinstance(value, list):
-        return all(map(_written_alike, value))
-    if isinstance(value, float):
-        return orjson_writes_like_javascript(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        return -_EXACT_DOUBLE_INTS < value < _EXACT_DOUBLE_INTS
+    pending = [document]  # a stack, not recursion: this runs for every event ingested
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str) or value is None:
+            continue
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, float):
+            if not orjson_writes_like_javascript(value):
+                return False
+        elif not isinstance(value, bool) and not -_EXACT_DOUBLE_INTS < value < _EXACT_DOUBLE_INTS:
+            return False
     return True
 
 
