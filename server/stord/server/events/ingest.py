@@ -3,7 +3,9 @@
 Inside the batch's transaction: read the heads of the batch's session chains, link the batch after them (one
 pass: hashes, row tuples, one change per session and per agent), insert the rows as if every event were new,
 and only when an id turns out to be stored already (a resend) find the stored ids and link the rest; then
-upsert the sessions and agents, and append the batch to the namespace's event feed.
+upsert the sessions and agents, and append the batch to the namespace's event feed. A store may link the
+batch ahead, outside the transaction (`HeadGuesses`); the transaction then only checks the heads it was
+linked after.
 
 A backend supplies the primitives as an `IngestTransaction` (blocking: SQLite's writer thread, memory) or an
 `AsyncIngestTransaction` (PostgreSQL); the steps themselves are one generator (`_steps`) that yields the
