@@ -19,6 +19,16 @@ from stord.v1 import events_pb2_grpc
 
 __all__ = ["AsyncEventIngestor"]
 
+_LOST_IN_CORE = "Internal error from Core"
+"""The details of the INTERNAL status grpc.aio gives a stream whose connection broke in the middle of a
+write (a daemon killed under it); the daemon's own INTERNAL (a bug) says otherwise and stops the ingestor."""
+
+
+def _broken(error: grpc.RpcError) -> bool:
+    """Return whether a failed stream broke (reconnect and resend), rather than refused a batch."""
+    code = error.code()
+    return code in _RETRYABLE or (code == grpc.StatusCode.INTERNAL and error.details() == _LOST_IN_CORE)
+
 
 class AsyncEventIngestor(_Batches):
     """Send events in batches over IngestEvents; `await flush()` returns once every event added is stored.
@@ -169,7 +179,7 @@ class AsyncEventIngestor(_Batches):
                     backoff, broken_since = _FIRST_BACKOFF, None
             except grpc.RpcError as error:
                 broken_since = broken_since or time.monotonic()
-                if error.code() not in _RETRYABLE or time.monotonic() - broken_since > self._retry_for:
+                if not _broken(error) or time.monotonic() - broken_since > self._retry_for:
                     await self._stop(from_rpc_error(error))
                     return
                 await asyncio.sleep(backoff)
