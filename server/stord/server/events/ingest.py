@@ -99,23 +99,27 @@ def link_batch(namespace: str, events: Sequence[EventInput], heads: Mapping[str,
     sessions: dict[str, SessionChange] = {}
     agents: dict[str, AgentChange] = {}
     linked_after: dict[str, ChainHead] = {}
+    tails: dict[str, tuple[int, str]] = {}
+    """Each session's length and last hash so far (plain tuples: a ChainHead per event costs more)."""
     tool_call = EventType.TOOL_CALL
     started, ended = EventType.SESSION_STARTED, EventType.SESSION_ENDED
     for event in events:
         session_id, timestamp, kind = event.session_id, event.timestamp, event.event_type
         session = sessions.get(session_id)
+        last_hash: str | None
         if session is None:
             head = linked_after[session_id] = heads.get(session_id) or _NO_HEAD
             session = sessions[session_id] = SessionChange(session_id, event.agent_id, timestamp, head)
+            length, last_hash = head
         else:
-            head = session.head
-        if event.claims_prev_hash and event.prev_hash != head.last_hash:
+            length, last_hash = tails[session_id]
+        if event.claims_prev_hash and event.prev_hash != last_hash:
             raise FailedPrecondition(
                 f"event {event.id}: prev_hash {event.prev_hash or '(empty: first event)'} does not match the "
                 f"last hash of session {session_id}, "
-                f"{head.last_hash or '(none: the session has no event yet)'}"
+                f"{last_hash or '(none: the session has no event yet)'}"
             )
-        digest = event_hash(event, head.last_hash)
+        digest = event_hash(event, last_hash)
         if event.hash is not None and event.hash != digest:
             raise FailedPrecondition(
                 f"event {event.id}: hash {event.hash} does not match its content, which hashes to {digest}"
@@ -130,17 +134,16 @@ def link_batch(namespace: str, events: Sequence[EventInput], heads: Mapping[str,
                 event.severity,
                 event.payload,
                 event.metadata,
-                head.last_hash,
+                last_hash,
                 digest,
-                head.length,
+                length,
             )
         )
         rows.append(
             (namespace, event.id, timestamp, session_id, event.agent_id, kind.value, event.severity.value,
-             event.payload, event.metadata, head.last_hash, digest, head.length, event.cost_usd,
-             event.latency_ms)
+             event.payload, event.metadata, last_hash, digest, length, event.cost_usd, event.latency_ms)
         )  # fmt: skip
-        session.head = ChainHead(head.length + 1, digest)
+        tails[session_id] = (length + 1, digest)
         # What the batch does to its session: counters add up; status, end, name and tags of the latest win.
         if timestamp < session.first_timestamp:
             session.first_timestamp = timestamp
@@ -165,6 +168,8 @@ def link_batch(namespace: str, events: Sequence[EventInput], heads: Mapping[str,
             agent.last_seen_at = timestamp
         agent.name = agent.name or event.agent_name
         agent.sessions_started += kind is started
+    for session_id, session in sessions.items():
+        session.head = ChainHead(*tails[session_id])
     return LinkedBatch(
         linked,
         rows,
