@@ -79,20 +79,9 @@ def test_metadata_that_grpc_cannot_carry_is_refused_up_front(namespace: str, pri
         stord_client.Client("127.0.0.1:1", namespace=namespace, principal=principal)
 
 
-class _Failed(grpc.RpcError):
-    def __init__(self, code: grpc.StatusCode, details: str) -> None:
-        self._code, self._details = code, details
-
-    def code(self) -> grpc.StatusCode:
-        return self._code
-
-    def details(self) -> str:
-        return self._details
-
-
 def test_the_async_ingestor_resends_after_a_broken_connection_but_not_after_a_refusal() -> None:
-    assert _broken(_Failed(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
+    assert _broken(_FailedCall(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
     # grpc.aio's report of a connection lost in the middle of a write (a daemon killed under the stream):
-    assert _broken(_Failed(grpc.StatusCode.INTERNAL, "Internal error from Core"))
-    assert not _broken(_Failed(grpc.StatusCode.INTERNAL, "internal error (request id 7f3a)"))
-    assert not _broken(_Failed(grpc.StatusCode.FAILED_PRECONDITION, "batch sequence 2: ..."))
+    assert _broken(_FailedCall(grpc.StatusCode.INTERNAL, "Internal error from Core"))
+    assert not _broken(_FailedCall(grpc.StatusCode.INTERNAL, "internal error (request id 7f3a)"))
+    assert not _broken(_FailedCall(grpc.StatusCode.FAILED_PRECONDITION, "batch sequence 2: ..."))
