@@ -443,7 +443,7 @@ def _render(ingest: list[IngestRow], queries: list[QueryRow], load_before: float
     lines += [
         "",
         f"Machine: {os.cpu_count()} CPUs, load average {load_before:.1f} before the run and"
-        f" {os.getloadavg()[0]:.1f} after (other work on the machine slows both sides alike). Ingest:"
+        f" {os.getloadavg()[0]:.1f} after (on a busy machine the figures say little). Ingest:"
         f" {STREAMS} IngestEvents streams from one client process, {IN_FLIGHT} batches in flight each, each"
         f" stream's events spread at random over its {SESSIONS_PER_STREAM:,} sessions and {AGENTS} agents,"
         " nested payloads of about 400 bytes; raw: the rows stord stored, read back and written again from"
