@@ -2,10 +2,11 @@
 
 Run from the repository root (`python -m bench.events`). Per database (SQLite, PostgreSQL):
 
-- ingest: a `stord serve` subprocess takes prebuilt batches (100 and 1000 events) over IngestEvents streams,
-  a few batches in flight per stream; the raw side inserts the same rows into a database of the same schema
-  (`stord migrate`): executemany in one transaction per batch on SQLite, COPY in one transaction per batch on
-  PostgreSQL, in the same run;
+- ingest: a `stord serve` subprocess takes prebuilt batches (100 and 1000 events, spread over thousands of
+  sessions and dozens of agents, nested payloads) over IngestEvents streams, a few batches in flight per
+  stream, with py-spy sampling the daemon; the raw side then writes the rows stord stored into a database of
+  the same schema (`stord migrate`): executemany in one transaction per batch on SQLite, binary COPY in one
+  transaction per batch on PostgreSQL, in the same run;
 - queries: 1,000,000 events over the last 30 days are bulk-loaded straight into the daemon's database (not
   through gRPC), then QueryEvents with common filters, GetSessionTimeline and GetAnalytics (30 days, hourly)
   are timed one after another through AsyncClient.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import random
@@ -35,9 +37,13 @@ from typing import Any
 import grpc
 import psycopg
 
-from bench._deploy import BACKENDS, StordDaemon, create_schema
+from bench._deploy import BACKENDS, Deployment, StordDaemon, create_schema
+from bench._ingest_profile import INGEST_CATEGORIES, Profile
 from bench._load import run
 from stord.client import AsyncClient, make_event, new_event_id
+from stord.server.backends.sqlite._connect import connect as sqlite_connect
+from stord.server.config import SqliteOptions
+from stord.server.events.ingest import EVENT_ROW_COLUMNS
 from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
 
@@ -48,15 +54,17 @@ QUERY_NAMESPACE = "bench-query"
 STREAMS = 2
 IN_FLIGHT = 4
 """Batches each stream keeps sent but unacknowledged, as EventIngestor does."""
-SESSIONS_PER_STREAM = 20
-AGENTS = 20
+ROUNDS = 4
+"""Turns stord and the raw side take on an ingest figure's batches, one after the other."""
+SESSIONS_PER_STREAM = 2000
+"""A batch of 1000 touches about 800 of them, one of 100 about 100: the session upserts at their real cost."""
+AGENTS = 40
 QUERY_SESSIONS = 10_000
 DAY_MS = 86_400_000
 _TYPES = [kind.removeprefix("EVENT_TYPE_").lower() for kind in pb.EventType.keys()[1:]]
-_COLUMNS = (
-    "namespace, id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, "
-    "hash, chain_index, cost_usd, latency_ms"
-)
+_COLUMNS = ", ".join(EVENT_ROW_COLUMNS)
+_COPY_TYPES = ["text", "text", "int8", "text", "text", "text", "text", "text", "text", "text", "text", "int8",
+               "float8", "float8"]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class IngestRow:
     batch: int
     stord: float
     raw: float
+    profile: Profile
 
     @property
     def ratio(self) -> float:
@@ -87,22 +96,57 @@ def _progress(message: str) -> None:
 # Ingest ---------------------------------------------------------------------------------------------------
 
 
+def _payload(generator: random.Random, kind: str, number: int) -> dict[str, Any]:
+    """A nested payload of a few hundred bytes, shaped like an agent platform's tool events."""
+    payload: dict[str, Any] = {
+        "toolName": f"tool-{number % 40}",
+        "callId": f"call-{number}",
+        "input": {
+            "query": f"status of order {number} and its shipments",
+            "options": {"limit": 10 + number % 5, "language": "en", "strict": number % 2 == 0},
+            "tags": ["eu", "retail", f"tenant-{number % 12}"],
+        },
+        "trace": {"spanId": f"{generator.getrandbits(64):016x}", "depth": number % 7, "sampled": True},
+    }
+    if kind == "tool_response":
+        payload["durationMs"] = 5 + number % 500
+        payload["output"] = {
+            "items": [{"id": number, "score": round(generator.random(), 4)}],
+            "truncated": False,
+        }
+    elif kind == "cost_tracked":
+        payload["costUsd"] = round(generator.random() / 100, 6)
+        payload["model"] = "large-2"
+    elif kind == "session_started":
+        payload["agentName"] = f"Agent {number % AGENTS}"
+        payload["tags"] = ["bench", f"team-{number % 4}"]
+    elif kind == "tool_error":
+        payload["error"] = 'Timeout after 30 s in fetch_url "https://example.com/a?b=c"'
+    return payload
+
+
 def _batches(count: int, size: int, stream: int) -> list[pb.IngestEventsRequest]:
-    """Batches of tool events over the stream's own sessions, as an agent platform sends them."""
+    """Batches spread over the stream's SESSIONS_PER_STREAM sessions and AGENTS agents, nested payloads."""
+    generator = random.Random(stream * 1000 + size)
+    kinds = ["tool_call", "tool_response", "tool_call", "tool_response", "custom", "cost_tracked",
+             "session_started", "tool_error", "approval_requested", "session_ended"]  # fmt: skip
     batches = []
     for sequence in range(count // size):
         events = []
         for index in range(size):
             number = sequence * size + index
-            kind = ("tool_call", "tool_response", "custom")[number % 3]
-            payload = {"toolName": "search", "callId": f"call-{number}", "durationMs": 10 + number % 90}
+            session = generator.randrange(SESSIONS_PER_STREAM)
+            kind = kinds[generator.randrange(len(kinds))]
             events.append(
                 make_event(
-                    f"stream-{stream}-session-{number % SESSIONS_PER_STREAM}",
-                    f"agent-{number % AGENTS}",
+                    f"stream-{stream}-session-{session}",
+                    f"agent-{session % AGENTS}",
                     kind,
-                    payload=payload,
+                    severity="error" if kind == "tool_error" else "info",
+                    payload=_payload(generator, kind, number),
+                    metadata={"source": "bench", "host": f"worker-{stream}"},
                     event_id=new_event_id(),
+                    json_text=True,
                 )
             )
         batches.append(pb.IngestEventsRequest(sequence=sequence, events=events))
@@ -131,39 +175,33 @@ async def _stream(
     return await reader
 
 
-async def _stord_ingest(address: str, streams: list[list[pb.IngestEventsRequest]]) -> float:
+async def _stord_ingest(address: str, streams: list[list[pb.IngestEventsRequest]]) -> tuple[int, float]:
+    """Send each stream's batches over a stream of its own, together; return the events stored and seconds."""
     async with grpc.aio.insecure_channel(address) as channel:
         stub = events_pb2_grpc.EventStoreServiceStub(channel)
-        await _stream(stub, streams[0][:3])  # warm-up: connections, statements, page cache
         started = time.perf_counter()
-        stored = await asyncio.gather(*(_stream(stub, batches[3:]) for batches in streams))
-        return sum(stored) / (time.perf_counter() - started)
+        stored = await asyncio.gather(*(_stream(stub, batches) for batches in streams))
+        return sum(stored), time.perf_counter() - started
 
 
-def _raw_rows(batches: Sequence[pb.IngestEventsRequest]) -> list[list[tuple[Any, ...]]]:
-    """The rows stord stores for these batches, hashes and all, for the raw side to insert."""
-    chain: dict[str, int] = {}
-    rows = []
-    for batch in batches:
-        batch_rows = []
-        for event in batch.events:
-            index = chain[event.session_id] = chain.get(event.session_id, -1) + 1
-            duration = event.payload.fields["durationMs"].number_value
-            batch_rows.append(
-                ("raw", event.id, int(time.time() * 1000), event.session_id, event.agent_id,
-                 _TYPES[event.event_type - 1], "info",
-                 f'{{"callId":"{event.payload.fields["callId"].string_value}","durationMs":{int(duration)},'
-                 '"toolName":"search"}', "{}", None, "f" * 64, index, None,
-                 duration if event.event_type == pb.EVENT_TYPE_TOOL_RESPONSE else None)
-            )  # fmt: skip
-        rows.append(batch_rows)
-    return rows
+def _stored_rows(url: str, batches: Sequence[pb.IngestEventsRequest]) -> list[list[tuple[Any, ...]]]:
+    """The rows stord stored for these batches, read back from its database, batch by batch, for the raw
+    side to write again (namespace `raw`): the same rows, hashes and all."""
+    sql = f"SELECT {_COLUMNS} FROM events WHERE namespace = '{INGEST_NAMESPACE}'"
+    if url.startswith("sqlite"):
+        with contextlib.closing(sqlite3.connect(url.removeprefix("sqlite:///"))) as connection:
+            stored = connection.execute(sql).fetchall()
+    else:
+        with psycopg.connect(url) as connection:
+            stored = connection.execute(sql.encode()).fetchall()
+    by_id = {row[1]: ("raw", *row[1:]) for row in stored}
+    return [[by_id[event.id] for event in batch.events] for batch in batches]
 
 
 def _raw_sqlite(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
-    connection = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
-    connection.execute("PRAGMA journal_mode = WAL")
-    connection.execute("PRAGMA synchronous = NORMAL")
+    """Write the batches as stord's writer would, a transaction each; return the seconds it took."""
+    # The daemon's own connection settings: WAL, synchronous, page cache, busy timeout, foreign keys.
+    connection = sqlite_connect(Path(url.removeprefix("sqlite:///")), SqliteOptions())
     insert = f"INSERT INTO events ({_COLUMNS}) VALUES ({', '.join('?' * 14)})"
     started = time.perf_counter()
     for rows in batches:
@@ -172,32 +210,52 @@ def _raw_sqlite(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
         connection.execute("COMMIT")
     elapsed = time.perf_counter() - started
     connection.close()
-    return sum(len(rows) for rows in batches) / elapsed
+    return elapsed
 
 
 def _raw_postgres(url: str, batches: list[list[tuple[Any, ...]]]) -> float:
+    """COPY the batches in binary, a transaction each; return the seconds it took."""
     with psycopg.connect(url, autocommit=True) as connection:
         started = time.perf_counter()
         for rows in batches:
             with (
                 connection.transaction(),
-                connection.cursor().copy(f"COPY events ({_COLUMNS}) FROM STDIN") as copy,
+                connection.cursor().copy(f"COPY events ({_COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy,
             ):
+                copy.set_types(_COPY_TYPES)
                 for row in rows:
                     copy.write_row(row)
-        elapsed = time.perf_counter() - started
-    return sum(len(rows) for rows in batches) / elapsed
+        return time.perf_counter() - started
 
 
-def _bench_ingest(name: str, address: str, raw_url: str, events: int) -> list[IngestRow]:
+def _bench_ingest(
+    name: str, daemon: StordDaemon, deployment: Deployment, events: int, profiles: Path
+) -> list[IngestRow]:
+    """Per batch size, ROUNDS rounds of stord then raw on the next share of the batches: on a busy machine
+    the load drifts within seconds, and alternating lets both sides meet it alike."""
+    assert deployment.raw_url is not None
+    raw_url = deployment.raw_url
+    raw_write = _raw_sqlite if raw_url.startswith("sqlite") else _raw_postgres
     results = []
     for size in (100, 1000):
         _progress(f"  {name}: ingest, batches of {size}")
-        streams = [_batches(events // STREAMS + 3 * size, size, stream) for stream in range(STREAMS)]
-        stord = run(_stord_ingest(address, streams))
-        rows = _raw_rows([batch for batches in streams for batch in batches[3:]])
-        raw = _raw_sqlite(raw_url, rows) if raw_url.startswith("sqlite") else _raw_postgres(raw_url, rows)
-        results.append(IngestRow(name, size, stord, raw))
+        per_round = max(events // STREAMS // ROUNDS // size, 1)
+        streams = [_batches((1 + ROUNDS * per_round) * size, size, stream) for stream in range(STREAMS)]
+        run(_stord_ingest(daemon.address, [batches[:1] for batches in streams]))  # warm-up: connections
+        stord_events = raw_events = 0
+        stord_seconds = raw_seconds = 0.0
+        profile = Profile()
+        for number in range(ROUNDS):
+            part = [batches[1 + number * per_round : 1 + (number + 1) * per_round] for batches in streams]
+            with Profile.attach(daemon.pid, profiles / f"py-spy-{name}-{size}-{number}.txt") as round_profile:
+                stored, seconds = run(_stord_ingest(daemon.address, part))
+            profile.stacks += round_profile.stacks
+            profile.problem = profile.problem or round_profile.problem
+            stord_events, stord_seconds = stord_events + stored, stord_seconds + seconds
+            rows = _stored_rows(deployment.stord_url, [batch for batches in part for batch in batches])
+            raw_events += sum(len(batch) for batch in rows)
+            raw_seconds += raw_write(raw_url, rows)
+        results.append(IngestRow(name, size, stord_events / stord_seconds, raw_events / raw_seconds, profile))
     return results
 
 
@@ -342,7 +400,11 @@ def _bench_backend(
         assert deployment.raw_url is not None
         create_schema(deployment.raw_url)
         daemon = stack.enter_context(StordDaemon.serving(deployment.stord_url, backend.kind, workdir))
-        ingest = _bench_ingest(name, daemon.address, deployment.raw_url, arguments.ingest_events)
+        profiles = Path(arguments.profile_dir) if arguments.profile_dir else workdir
+        profiles.mkdir(parents=True, exist_ok=True)
+        ingest = _bench_ingest(name, daemon, deployment, arguments.ingest_events, profiles)
+        if not arguments.query_events:
+            return ingest, []
         now_ms = int(time.time() * 1000)
         _progress(f"  {name}: loading {arguments.query_events:,} events for the queries")
         started = time.perf_counter()
@@ -364,19 +426,32 @@ def _render(ingest: list[IngestRow], queries: list[QueryRow], load_before: float
             for row in ingest
         ),
         "",
-        f"{'backend':<9} {'over 1M events':<42} {'p50 ms':>8} {'p95 ms':>8} {'rows':>6}",
-        *(
-            f"{row.backend:<9} {row.name:<42} {row.p50_ms:>8.1f} {row.p95_ms:>8.1f} {row.rows:>6}"
-            for row in queries
-        ),
+    ]
+    for row in ingest:
+        lines += row.profile.render(
+            f"Daemon CPU, {row.backend} ingest, batches of {row.batch}", INGEST_CATEGORIES
+        )
+    if queries:
+        lines += [
+            "",
+            f"{'backend':<9} {'over 1M events':<42} {'p50 ms':>8} {'p95 ms':>8} {'rows':>6}",
+            *(
+                f"{row.backend:<9} {row.name:<42} {row.p50_ms:>8.1f} {row.p95_ms:>8.1f} {row.rows:>6}"
+                for row in queries
+            ),
+        ]
+    lines += [
         "",
-        f"Machine: {os.cpu_count()} CPUs, load average {load_before:.1f} before the run. Ingest: {STREAMS}"
-        f" IngestEvents streams from one client process, {IN_FLIGHT} batches in flight each, events of"
-        f" {SESSIONS_PER_STREAM} sessions per stream; raw: the same rows from one connection, a transaction"
-        " per batch (SQLite executemany, WAL, synchronous=NORMAL; PostgreSQL COPY). Queries: pages of 50,"
-        " with `total`; timelines and analytics in full; one request at a time.",
-        "Targets (measured, not asserted): SQLite ingest >= 100,000 events/s with batches of 1000 and >= 0.75"
-        " of raw; filtered QueryEvents p95 <= 10 ms; GetAnalytics p95 <= 500 ms.",
+        f"Machine: {os.cpu_count()} CPUs, load average {load_before:.1f} before the run and"
+        f" {os.getloadavg()[0]:.1f} after (on a busy machine the figures say little). Ingest:"
+        f" {STREAMS} IngestEvents streams from one client process, {IN_FLIGHT} batches in flight each, each"
+        f" stream's events spread at random over its {SESSIONS_PER_STREAM:,} sessions and {AGENTS} agents,"
+        " nested payloads of about 400 bytes; raw: the rows stord stored, read back and written again from"
+        " one connection, a transaction per batch (SQLite executemany with the daemon's pragmas; PostgreSQL"
+        f" binary COPY); the two sides take turns, {ROUNDS} rounds each. Queries: pages of 50, with `total`;"
+        " timelines and analytics in full; one request at a time.",
+        "Targets (measured, not asserted): ingest >= 0.75 of raw and >= 100,000 events/s on SQLite and"
+        " PostgreSQL; filtered QueryEvents p95 <= 10 ms.",
     ]
     return "\n".join(lines)
 
@@ -385,7 +460,10 @@ def _arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.events", description=__doc__.splitlines()[0])
     parser.add_argument("--backends", default="sqlite,postgres", help="from sqlite, postgres (default: both)")
     parser.add_argument("--ingest-events", type=int, default=60_000, help="events per ingest figure")
-    parser.add_argument("--query-events", type=int, default=1_000_000, help="events stored for the queries")
+    parser.add_argument(
+        "--query-events", type=int, default=1_000_000, help="events stored for the queries (0: ingest only)"
+    )
+    parser.add_argument("--profile-dir", help="keep py-spy's raw profiles there (flamegraph.pl's input)")
     parser.add_argument("--repeat", type=int, default=40, help="timed requests per query")
     arguments = parser.parse_args(argv)
     unknown = set(arguments.backends.split(",")) - {"sqlite", "postgres"}

@@ -10,6 +10,7 @@ import pytest
 
 from stord import client as stord_client
 from stord.client import _convert, _events_codec, errors
+from stord.client._ingest_async import _broken
 
 
 @pytest.mark.parametrize(
@@ -104,3 +105,11 @@ def test_naive_datetimes_are_refused_by_every_contract() -> None:
             convert(naive)
     with stord_client.Client("127.0.0.1:1") as client, pytest.raises(ValueError, match="naive"):
         client.jobs.enqueue("q", run_at=naive)  # refused before any call is made
+
+
+def test_the_async_ingestor_resends_after_a_broken_connection_but_not_after_a_refusal() -> None:
+    assert _broken(_FailedCall(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
+    # grpc.aio's report of a connection lost in the middle of a write (a daemon killed under the stream):
+    assert _broken(_FailedCall(grpc.StatusCode.INTERNAL, "Internal error from Core"))
+    assert not _broken(_FailedCall(grpc.StatusCode.INTERNAL, "internal error (request id 7f3a)"))
+    assert not _broken(_FailedCall(grpc.StatusCode.FAILED_PRECONDITION, "batch sequence 2: ..."))

@@ -4,31 +4,41 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import random
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog.testing
+from google.protobuf.struct_pb2 import Struct
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from stord.server.backends.memory import MemoryBackend
 from stord.server.backends.memory._events import MemoryEventStore
 from stord.server.backends.redis import RedisBackend
-from stord.server.config import RedisOptions
-from stord.server.event_chain import JsonValue, canonical_json, format_timestamp
-from stord.server.event_model import payload_facts
-from stord.server.event_retention import retain_events_daily
+from stord.server.backends.sqlite import SqliteBackend
+from stord.server.config import RedisOptions, SqliteOptions
+from stord.server.events import codec
+from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
+from stord.server.events.model import payload_facts
+from stord.server.events.retention import retain_events_daily
+from stord.server.events.tail import EventHub, SubscriberDropped, Subscription
 from stord.server.ports import (
     CommitListener,
+    Event,
     EventFilter,
     EventInput,
     EventType,
+    InvalidArgument,
     Severity,
     Unavailable,
     system_clock,
 )
-from stord.server.services._event_tail import EventHub, SubscriberDropped, Subscription
 from tests.harness.clock import ManualClock
 
 DAY_MS = 86_400_000
@@ -79,6 +89,45 @@ def test_random_doubles_round_trip_through_their_canonical_text() -> None:
             continue
         written = canonical_json([number])
         assert json.loads(written)[0] == number, written
+
+
+_JSON_NUMBERS = st.one_of(
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([0.0, -0.0, 1.0, 2.0**53, 2.0**53 + 2, 1e16, 1e21, 1e-5, 9.99e-6, 1e-7, 5e-324, 0.1]),
+    st.sampled_from(
+        [2**53 - 1, 2**53 + 1, -(2**55) - 3, 2**60 + 1, 2**63 + 1, 2**64 + 7]
+    ),  # doubles round them
+)
+_JSON_TEXT = st.text(st.characters(exclude_categories=["Cs"]), max_size=12)
+"""Any text a Struct can hold (valid UTF-8: no lone surrogates): escapes, controls, quotes, astral planes."""
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | _JSON_NUMBERS | _JSON_TEXT,
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(_JSON_TEXT, children, max_size=4),
+    max_leaves=24,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(document=st.dictionaries(_JSON_TEXT, _JSON_VALUES, max_size=6), ascii_only=st.booleans())
+def test_json_text_reads_as_the_equal_struct_byte_for_byte(
+    document: dict[str, Any], ascii_only: bool
+) -> None:
+    # payload_json must store and hash exactly what the same payload as a Struct does (the hash chain and the
+    # Node example depend on it), whatever the JSON encoder's escapes.
+    message = Struct()
+    message.update(document)
+    from_struct = codec.struct_json(message, "payload")
+    text = json.dumps(document, ensure_ascii=ascii_only, separators=(",", ":"))
+    assert codec.json_text(text, "payload_json") == from_struct
+    spaced = json.dumps(document, ensure_ascii=not ascii_only, indent=1)
+    assert codec.json_text(spaced, "payload_json") == from_struct
+
+
+def test_json_text_that_is_not_a_json_object_is_refused_naming_the_field() -> None:
+    for text in ("[1]", "{", '{"a": NaN}', '{"a": 1e999}', '"x"'):
+        with pytest.raises(InvalidArgument, match="payload_json"):
+            codec.json_text(text, "payload_json")
 
 
 def test_timestamps_are_written_as_to_iso_string() -> None:
@@ -276,3 +325,30 @@ def test_a_commit_noted_after_the_last_subscriber_left_is_ignored() -> None:
         await hub.close()
 
     asyncio.run(scenario())
+
+
+def test_a_store_whose_guessed_heads_are_stale_links_again_in_the_transaction(tmp_path: Path) -> None:
+    # Two stores on one SQLite file, as two daemons: each links a batch ahead after the heads it committed
+    # last, and must find out in the transaction that the other one moved the session's head.
+    async def scenario() -> list[Event]:
+        first, second = (SqliteBackend(tmp_path / "stord.db", options=SqliteOptions()) for _ in range(2))
+        await first.open()
+        await second.open()
+        try:
+            one, other = first.events(), second.events()
+            stored = (await one.insert_events("ns", [_input("e1", 1)])).stored
+            stored += (await other.insert_events("ns", [_input("e2", 2)])).stored
+            stored += (await one.insert_events("ns", [_input("e3", 3)])).stored  # guessed after e1
+            claimed = dataclasses.replace(_input("e4", 4), claims_prev_hash=True, prev_hash=stored[-1].hash)
+            stored += (await other.insert_events("ns", [claimed])).stored  # guessed after e2: refused ahead
+            verification = await one.verify_chain("ns", "s1")
+            assert verification is not None
+            assert (verification.valid, verification.checked_events) == (True, 4)
+            return stored
+        finally:
+            await first.close()
+            await second.close()
+
+    stored = asyncio.run(scenario())
+    assert [(event.id, event.chain_index) for event in stored] == [("e1", 0), ("e2", 1), ("e3", 2), ("e4", 3)]
+    assert [event.prev_hash for event in stored[1:]] == [event.hash for event in stored[:-1]]

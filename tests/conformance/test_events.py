@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from stord.client import (
     AlreadyExists,
     AsyncClient,
+    AsyncEventIngestor,
     Client,
     EventIngestor,
     FailedPrecondition,
@@ -245,6 +246,28 @@ def test_bad_events_are_refused_naming_the_field(store: Store, mutate: Any, fiel
     assert store.events.count() == 0
 
 
+def test_json_text_payloads_are_stored_and_hashed_as_the_equal_struct(store: Store) -> None:
+    payload = {"b": [1, 2.5, 1.0, -0.0, 1e-7, 2**60], "a": 'é "quoted"\n', "nested": {"x": None, "y": True}}
+    metadata = {"trace": "t-1", "n": 3}
+    when = at(1)
+    # The same event (id, session, time) in two namespaces: once with Structs, once with JSON text.
+    as_struct = store.events.insert([event(payload=payload, metadata=metadata, event_id="e", when=when)])
+    with Client(store.served.target, namespace=f"{store.namespace}-text") as other:
+        as_text = other.events.insert(
+            [event(payload=payload, metadata=metadata, event_id="e", when=when, json_text=True)]
+        )
+    assert as_text.events[0] == as_struct.events[0]  # payload, metadata and hash alike
+    both = event(payload=payload, json_text=True)
+    both.payload.update({"x": 1})
+    with pytest.raises(InvalidArgument, match=r"events\[0\]\.payload_json: cannot be combined with payload"):
+        store.events.insert([both])
+    not_an_object = event()
+    not_an_object.metadata_json = "[]"
+    with pytest.raises(InvalidArgument, match=r"events\[0\]\.metadata_json: must be a JSON object"):
+        store.events.insert([not_an_object])
+    assert store.events.count() == 1
+
+
 def test_batches_hold_one_to_a_thousand_events(store: Store) -> None:
     with pytest.raises(InvalidArgument, match="events: must not be empty"):
         store.events.insert([])
@@ -359,6 +382,68 @@ def test_the_ingestor_stops_at_a_refused_batch(store: Store) -> None:
         ingestor.add(event())
     with pytest.raises(FailedPrecondition):
         ingestor.close()
+    assert store.events.count() == 10
+
+
+def test_the_async_ingestor_batches_acknowledges_and_flush_waits_until_everything_is_stored(
+    store: Store,
+) -> None:
+    seen: list[IngestProgress] = []
+
+    async def scenario() -> tuple[list[str], str, IngestProgress]:
+        all_stored = asyncio.Event()
+
+        def watch(progress: IngestProgress) -> None:
+            seen.append(progress)
+            if progress.accepted == 1002:
+                all_stored.set()
+
+        async with AsyncEventIngestor(
+            store.served.target,
+            namespace=store.namespace,
+            batch_size=64,
+            max_in_flight=2,
+            on_progress=watch,
+        ) as ingestor:
+            ids_added = await ingestor.add_many(event(f"s{index % 3}") for index in range(1000))
+            await ingestor.add(event("s0", event_id="given"))
+            await ingestor.flush()
+            flushed = ingestor.progress()
+            assert store.events.count() == 1001
+            lone = await ingestor.add(event("s1"))  # goes out after max_delay, with no flush
+            async with asyncio.timeout(30):
+                await all_stored.wait()
+        return ids_added, lone, flushed
+
+    ids_added, lone, flushed = asyncio.run(scenario())
+    assert (flushed.added, flushed.accepted, flushed.duplicates, flushed.pending_batches) == (
+        1001,
+        1001,
+        0,
+        0,
+    )
+    assert [item.pending_batches <= 2 for item in seen] == [True] * len(seen)
+    assert len(set(ids_added)) == 1000
+    assert store.events.count() == 1002
+    assert store.client.events.get(lone).id == lone
+    for session in ("s0", "s1", "s2"):
+        assert store.events.verify_chain(session).valid
+
+
+def test_the_async_ingestor_stops_at_a_refused_batch(store: Store) -> None:
+    async def scenario() -> None:
+        ingestor = AsyncEventIngestor(store.served.target, namespace=store.namespace, batch_size=10)
+        await ingestor.add_many(event() for _ in range(10))
+        await ingestor.flush()
+        await ingestor.add(event(prev_hash="e" * 64))
+        with pytest.raises(FailedPrecondition, match="batch sequence 2"):
+            await ingestor.flush()
+        with pytest.raises(FailedPrecondition):
+            await ingestor.add(event())
+        with pytest.raises(FailedPrecondition):
+            await ingestor.close()
+
+    asyncio.run(scenario())
     assert store.events.count() == 10
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import collections
+import asyncio
 import signal
 import threading
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from stord.client import Client, EventIngestor, IngestProgress, make_event
+from stord.client import AsyncEventIngestor, Client, EventIngestor, IngestProgress, make_event
 from tests.harness.served import Served
 
 pytestmark = pytest.mark.process
@@ -20,7 +22,37 @@ KILL_AFTER = 5_000
 """Acknowledged events after which the daemon is killed: the ingest is well under way, far from done."""
 
 
-def test_ingest_resumes_after_sigkill_and_stores_every_event_once(tmp_path: Path) -> None:
+def _ingest(address: str, watch: Callable[[IngestProgress], None], added: Counter[str]) -> IngestProgress:
+    with EventIngestor(address, batch_size=250, max_in_flight=4, on_progress=watch) as ingestor:
+        for index in range(EVENTS):
+            session = f"session-{index % SESSIONS}"
+            ingestor.add(make_event(session, "agent", "tool_call", payload={"index": index}))
+            added[session] += 1
+        ingestor.flush()
+        return ingestor.progress()
+
+
+def _ingest_async(
+    address: str, watch: Callable[[IngestProgress], None], added: Counter[str]
+) -> IngestProgress:
+    async def ingest() -> IngestProgress:
+        async with AsyncEventIngestor(
+            address, batch_size=250, max_in_flight=4, on_progress=watch
+        ) as ingestor:
+            for index in range(EVENTS):
+                session = f"session-{index % SESSIONS}"
+                await ingestor.add(make_event(session, "agent", "tool_call", payload={"index": index}))
+                added[session] += 1
+            await ingestor.flush()
+            return ingestor.progress()
+
+    return asyncio.run(ingest())
+
+
+@pytest.mark.parametrize("ingest", [_ingest, _ingest_async], ids=["sync", "async"])
+def test_ingest_resumes_after_sigkill_and_stores_every_event_once(
+    tmp_path: Path, ingest: Callable[[str, Callable[[IngestProgress], None], Counter[str]], IngestProgress]
+) -> None:
     data_dir = tmp_path / "data"
     daemons = [Served(data_dir)]
     address = daemons[0].address
@@ -37,16 +69,9 @@ def test_ingest_resumes_after_sigkill_and_stores_every_event_once(tmp_path: Path
 
     chaos = threading.Thread(target=kill_and_restart)
     chaos.start()
-    added: collections.Counter[str] = collections.Counter()
+    added: Counter[str] = Counter()
     try:
-        with EventIngestor(address, batch_size=250, max_in_flight=4, on_progress=watch) as ingestor:
-            for index in range(EVENTS):
-                session = f"session-{index % SESSIONS}"
-                event = make_event(session, "agent", "tool_call", payload={"index": index})
-                ingestor.add(event)
-                added[session] += 1
-            ingestor.flush()
-            progress = ingestor.progress()
+        progress = ingest(address, watch, added)
         chaos.join()
         assert len(daemons) == 2, "the daemon was not killed during the ingest"
         assert progress.reconnects >= 1

@@ -17,6 +17,7 @@ from stord.client._events import Events, EventTail
 from stord.client._events_async import AsyncEvents, AsyncEventTail
 from stord.client._events_codec import make_event, new_event_id
 from stord.client._ingest import EventIngestor, IngestProgress
+from stord.client._ingest_async import AsyncEventIngestor
 from stord.client._jobs import AsyncJobs, Jobs
 from stord.client._kv import AsyncCache, AsyncDatabase, Cache, Database
 from stord.client._manifests import AsyncManifests, Manifests
@@ -62,6 +63,7 @@ __all__ = [
     "AsyncClient",
     "AsyncDatabase",
     "AsyncDocuments",
+    "AsyncEventIngestor",
     "AsyncEventTail",
     "AsyncEvents",
     "AsyncJobs",

@@ -46,7 +46,67 @@ class IngestProgress:
     """Streams opened again after a broken one."""
 
 
-class EventIngestor:
+class _Batches:
+    """What EventIngestor and AsyncEventIngestor share: their settings, batches and counters."""
+
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        max_delay: float,
+        max_in_flight: int,
+        retry_for: float,
+        on_progress: Callable[[IngestProgress], None] | None,
+    ) -> None:
+        if not 1 <= batch_size <= 1000:
+            raise ValueError("batch_size must be between 1 and 1000")
+        if max_in_flight < 1:
+            raise ValueError("max_in_flight must be at least 1")
+        self._batch_size = batch_size
+        self._max_delay = max_delay
+        self._max_in_flight = max_in_flight
+        self._retry_for = retry_for
+        self._on_progress = on_progress
+        self._current: list[pb.Event] = []
+        self._current_since = 0.0
+        self._batches: dict[int, list[pb.Event]] = {}
+        """Sealed batches not acknowledged yet, by sequence, in sequence order."""
+        self._unsent: deque[int] = deque()
+        self._next_sequence = 1
+        self._stream: object | None = None
+        """Identifies the open stream; its request generator ends once this changes."""
+        self._error: StordError | None = None
+        self._closed = False
+        self._added = self._accepted = self._duplicates = self._reconnects = 0
+
+    def _raise_if_stopped(self) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._closed:
+            raise ValueError("the ingestor is closed")
+
+    def _progress(self) -> IngestProgress:
+        return IngestProgress(
+            added=self._added,
+            acknowledged=self._accepted + self._duplicates,
+            accepted=self._accepted,
+            duplicates=self._duplicates,
+            pending_batches=len(self._batches),
+            reconnects=self._reconnects,
+        )
+
+
+def with_id(event: pb.Event) -> pb.Event:
+    """Return the event, or a copy of it with a new id when it has none (so that a resend is idempotent)."""
+    if event.id:
+        return event
+    copy = pb.Event()
+    copy.CopyFrom(event)
+    copy.id = new_event_id()
+    return copy
+
+
+class EventIngestor(_Batches):
     """Send events in batches over IngestEvents; `flush()` returns once every event added is stored.
 
     Events are batched by count (`batch_size`) and by age (`max_delay` seconds after a batch's first event).
@@ -75,31 +135,18 @@ class EventIngestor:
         on_progress: Callable[[IngestProgress], None] | None = None,
         options: Iterable[tuple[str, Any]] = (),
     ) -> None:
-        if not 1 <= batch_size <= 1000:
-            raise ValueError("batch_size must be between 1 and 1000")
-        if max_in_flight < 1:
-            raise ValueError("max_in_flight must be at least 1")
-        self._batch_size = batch_size
-        self._max_delay = max_delay
-        self._max_in_flight = max_in_flight
-        self._retry_for = retry_for
-        self._on_progress = on_progress
+        super().__init__(
+            batch_size=batch_size,
+            max_delay=max_delay,
+            max_in_flight=max_in_flight,
+            retry_for=retry_for,
+            on_progress=on_progress,
+        )
         self._metadata = _codec.metadata(namespace, api_key=api_key)
         # The channel reconnects quickly; resending is this class's job, so no call waits for ready.
         self._channel = _codec.channel(target, tls, options, _codec.DEFAULT_RETRY)
         self._stub = events_pb2_grpc.EventStoreServiceStub(self._channel)
         self._condition = threading.Condition()
-        self._current: list[pb.Event] = []
-        self._current_since = 0.0
-        self._batches: dict[int, list[pb.Event]] = {}
-        """Sealed batches not acknowledged yet, by sequence, in sequence order."""
-        self._unsent: deque[int] = deque()
-        self._next_sequence = 1
-        self._stream: object | None = None
-        """Identifies the open stream; its request generator ends once this changes."""
-        self._error: StordError | None = None
-        self._closed = False
-        self._added = self._accepted = self._duplicates = self._reconnects = 0
         self._thread = threading.Thread(target=self._run, name="stord-event-ingestor", daemon=True)
         self._thread.start()
 
@@ -107,11 +154,7 @@ class EventIngestor:
 
     def add(self, event: pb.Event) -> str:
         """Queue an event (a copy, with an id if it has none); return its id. Blocks while batches wait."""
-        if not event.id:
-            copy = pb.Event()
-            copy.CopyFrom(event)
-            copy.id = new_event_id()
-            event = copy
+        event = with_id(event)
         with self._condition:
             self._raise_if_stopped()
             if not self._current:
@@ -163,12 +206,6 @@ class EventIngestor:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _raise_if_stopped(self) -> None:
-        if self._error is not None:
-            raise self._error
-        if self._closed:
-            raise ValueError("the ingestor is closed")
-
     def _seal(self, *, wait: bool) -> bool:
         """Make the current events a batch to send; with `wait`, wait for an in-flight slot. Lock held."""
         while len(self._batches) >= self._max_in_flight:
@@ -184,16 +221,6 @@ class EventIngestor:
         self._current = []
         self._condition.notify_all()
         return True
-
-    def _progress(self) -> IngestProgress:
-        return IngestProgress(
-            added=self._added,
-            acknowledged=self._accepted + self._duplicates,
-            accepted=self._accepted,
-            duplicates=self._duplicates,
-            pending_batches=len(self._batches),
-            reconnects=self._reconnects,
-        )
 
     # The sender's side (the ingestor's thread and gRPC's request thread) ---------------------------------
 

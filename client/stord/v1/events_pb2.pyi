@@ -281,6 +281,8 @@ class Event(_message.Message):
     PREV_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     CHAIN_INDEX_FIELD_NUMBER: _builtins.int
+    PAYLOAD_JSON_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """id identifies the event in its namespace. Empty on input: the server makes a ULID, but only an id given
     by the client makes a resend idempotent. An id that is stored already is skipped, whatever the content.
@@ -306,6 +308,16 @@ class Event(_message.Message):
     """chain_index is the event's position in its session's chain, 0 for the first. Output only: ignored on
     input.
     """
+    payload_json: _builtins.str
+    """payload_json is the payload as the text of a JSON object: an alternative to `payload` that is much
+    cheaper for the server to read (Struct is slow to convert in Python), meant for high-volume ingest. Set
+    one of the two, not both (INVALID_ARGUMENT). Its numbers mean what they mean to JavaScript (IEEE
+    doubles: 1.0 is 1, an integer beyond 2^53 is rounded), so the stored payload and the hash are exactly
+    those of the equal `payload`; NaN and Infinity are not JSON. Empty: `payload` is used. Input only: empty
+    on output, which carries `payload`.
+    """
+    metadata_json: _builtins.str
+    """metadata_json is the metadata as the text of a JSON object, as `payload_json` is to `payload`."""
     @_builtins.property
     def timestamp(self) -> _timestamp_pb2.Timestamp:
         """timestamp is when the event happened. Unset on input: the server's current time. Kept to the millisecond."""
@@ -332,10 +344,12 @@ class Event(_message.Message):
         prev_hash: _builtins.str | None = ...,
         hash: _builtins.str = ...,
         chain_index: _builtins.int = ...,
+        payload_json: _builtins.str = ...,
+        metadata_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_prev_hash", b"_prev_hash", "metadata", b"metadata", "payload", b"payload", "prev_hash", b"prev_hash", "timestamp", b"timestamp"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prev_hash", b"_prev_hash", "agent_id", b"agent_id", "chain_index", b"chain_index", "event_type", b"event_type", "hash", b"hash", "id", b"id", "metadata", b"metadata", "payload", b"payload", "prev_hash", b"prev_hash", "session_id", b"session_id", "severity", b"severity", "timestamp", b"timestamp"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_prev_hash", b"_prev_hash", "agent_id", b"agent_id", "chain_index", b"chain_index", "event_type", b"event_type", "hash", b"hash", "id", b"id", "metadata", b"metadata", "metadata_json", b"metadata_json", "payload", b"payload", "payload_json", b"payload_json", "prev_hash", b"prev_hash", "session_id", b"session_id", "severity", b"severity", "timestamp", b"timestamp"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__prev_hash: _TypeAlias = _typing.Literal["prev_hash"]  # noqa: Y015
     _WhichOneofArgType__prev_hash: _TypeAlias = _typing.Literal["_prev_hash", b"_prev_hash"]  # noqa: Y015

@@ -22,7 +22,7 @@ from stord.server.alerts.scheduler import AlertScheduler, PassOutcome, alert_sch
 from stord.server.backends import create_backend
 from stord.server.backends.memory import MemoryBackend
 from stord.server.config import ConnectOptions, Settings, redact_url
-from stord.server.event_retention import retain_events_daily
+from stord.server.events.retention import retain_events_daily
 from stord.server.jobs.port import JobQueueStore, LeaseSweep
 from stord.server.jobs.sweeper import JobPurge, purge_finished_jobs, settle_lapsed_leases
 from stord.server.logs import access_log_policies

@@ -22,7 +22,7 @@ import hashlib
 from dataclasses import dataclass
 
 from stord.server.alerts.port import AlertStateStore, DeliveryKind, RuleState
-from stord.server.event_chain import JsonValue, canonical_json, format_timestamp
+from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
 from stord.server.ports import (
     AlertCondition,
     AlertHistoryEntry,

@@ -29,7 +29,7 @@ import structlog
 
 from stord.server.alerts.evaluator import Notice
 from stord.server.alerts.port import AlertStateStore, Delivery, DeliveryStatus
-from stord.server.event_chain import format_timestamp
+from stord.server.events.chain import format_timestamp
 from stord.server.ports import Clock, StoreError
 
 __all__ = ["WebhookDeliverer", "notice_body", "signature"]

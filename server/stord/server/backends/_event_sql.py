@@ -1,4 +1,4 @@
-"""SQL the SQLite and PostgreSQL event stores share: the filter conditions and the analytics aggregates.
+"""SQL the SQLite and PostgreSQL event stores share: columns, row readers, filters and analytics aggregates.
 
 Both dialects store the same columns with the same meaning, so one builder writes the WHERE clauses; only
 placeholders, list membership and case-insensitive LIKE differ.
@@ -6,21 +6,49 @@ placeholders, list membership and case-insensitive LIKE differ.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stord.server.event_model import search_pattern
-from stord.server.ports import Analytics, AnalyticsFigures, EventFilter, EventPosition
+from stord.server.events.model import search_pattern
+from stord.server.ports import (
+    AlertCondition,
+    AlertHistoryEntry,
+    AlertRule,
+    Analytics,
+    AnalyticsFigures,
+    Event,
+    EventAgent,
+    EventFilter,
+    EventPosition,
+    EventType,
+    Granularity,
+    Session,
+    SessionStatus,
+    Severity,
+)
 
 __all__ = [
+    "AGENT_COLUMNS",
+    "BUCKET_ORIGINS",
+    "BUCKET_WIDTHS",
+    "EVENT_COLUMNS",
+    "HISTORY_COLUMNS",
     "POSTGRES",
+    "RULE_COLUMNS",
+    "SESSION_COLUMNS",
     "SQLITE",
     "Conditions",
     "Dialect",
     "analytics_query",
     "bucket_expression",
+    "read_agent",
     "read_analytics",
+    "read_entry",
+    "read_event",
+    "read_rule",
+    "read_session",
 ]
 
 
@@ -35,10 +63,87 @@ class Dialect:
     """True: a list is one parameter (`= ANY(%s)`); False: one placeholder per item (`IN (?, ?)`)."""
     modulo: str
     """The remainder of {0} divided by {1}, truncated toward zero (psycopg reserves `%` for parameters)."""
+    read_strings: Callable[[Any], tuple[str, ...]]
+    """A column of strings as read: SQLite keeps a JSON array as text, PostgreSQL a text[]."""
 
 
-SQLITE = Dialect("?", "LIKE", binds_lists=False, modulo="(({0}) % {1})")
-POSTGRES = Dialect("%s", "ILIKE", binds_lists=True, modulo="mod({0}, {1})")
+def _json_strings(text: str) -> tuple[str, ...]:
+    return tuple(json.loads(text))
+
+
+SQLITE = Dialect("?", "LIKE", binds_lists=False, modulo="(({0}) % {1})", read_strings=_json_strings)
+POSTGRES = Dialect("%s", "ILIKE", binds_lists=True, modulo="mod({0}, {1})", read_strings=tuple)
+
+# The columns both dialects read, in the order the readers below take them.
+EVENT_COLUMNS = (
+    "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
+    "chain_index"
+)
+SESSION_COLUMNS = (
+    "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
+    "total_cost_usd, tags"
+)
+AGENT_COLUMNS = "id, name, description, first_seen_at, last_seen_at, session_count"
+RULE_COLUMNS = (
+    "id, name, enabled, condition, threshold, window_minutes, scope_agent_id, scope_tags, notify_channels, "
+    "created_at, updated_at"
+)
+HISTORY_COLUMNS = "id, rule_id, triggered_at, resolved_at, current_value, threshold, message"
+BUCKET_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
+BUCKET_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}
+"""Where buckets start: hours and days at the epoch's grid, weeks on Mondays (ISO weeks)."""
+
+_TYPES = {member.value: member for member in EventType}
+_SEVERITIES = {member.value: member for member in Severity}
+
+
+def read_event(row: Sequence[Any]) -> Event:
+    """Return the event of a row of EVENT_COLUMNS."""
+    return Event(row[0], row[1], row[2], row[3], _TYPES[row[4]], _SEVERITIES[row[5]], *row[6:11])
+
+
+def read_session(dialect: Dialect, row: Sequence[Any]) -> Session:
+    """Return the session of a row of SESSION_COLUMNS."""
+    return Session(
+        id=row[0],
+        agent_id=row[1],
+        agent_name=row[2],
+        started_at=row[3],
+        ended_at=row[4],
+        status=SessionStatus(row[5]),
+        event_count=row[6],
+        tool_call_count=row[7],
+        error_count=row[8],
+        total_cost_usd=row[9],
+        tags=dialect.read_strings(row[10]),
+    )
+
+
+def read_agent(row: Sequence[Any]) -> EventAgent:
+    """Return the agent of a row of AGENT_COLUMNS."""
+    return EventAgent(*row)
+
+
+def read_rule(dialect: Dialect, row: Sequence[Any]) -> AlertRule:
+    """Return the alert rule of a row of RULE_COLUMNS."""
+    return AlertRule(
+        id=row[0],
+        name=row[1],
+        enabled=bool(row[2]),
+        condition=AlertCondition(row[3]),
+        threshold=row[4],
+        window_minutes=row[5],
+        scope_agent_id=row[6],
+        scope_tags=dialect.read_strings(row[7]),
+        notify_channels=dialect.read_strings(row[8]),
+        created_at=row[9],
+        updated_at=row[10],
+    )
+
+
+def read_entry(row: Sequence[Any]) -> AlertHistoryEntry:
+    """Return the alert history entry of a row of HISTORY_COLUMNS."""
+    return AlertHistoryEntry(*row)
 
 
 @dataclass(slots=True)
@@ -95,8 +200,9 @@ class Conditions:
         return self
 
 
-def bucket_expression(dialect: Dialect, width: int, origin: int) -> str:
+def bucket_expression(dialect: Dialect, granularity: Granularity) -> str:
     """The start of the bucket of `timestamp`, floored also before the epoch (the remainder truncates)."""
+    width, origin = BUCKET_WIDTHS[granularity], BUCKET_ORIGINS[granularity]
     remainder = dialect.modulo.format(f"timestamp - ({origin})", width)
     return f"timestamp - {dialect.modulo.format(f'{remainder} + {width}', width)}"
 

@@ -18,7 +18,7 @@ import orjson
 from stord.server.agents.port import StoredAgent
 from stord.server.backends.tables import Rows
 from stord.server.documents.port import Document
-from stord.server.event_model import payload_facts
+from stord.server.events.model import payload_facts
 from stord.server.jobs.port import Job
 from stord.server.kv.port import Keyspace
 from stord.server.manifests.port import HandlerManifestRecord, ManifestDocumentKind, TransformerRecord

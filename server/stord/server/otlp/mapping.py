@@ -48,8 +48,8 @@ from opentelemetry.proto.logs.v1.logs_pb2 import (
 )
 from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
-from stord.server.event_chain import canonical_json
-from stord.server.event_model import new_ulid, payload_facts
+from stord.server.events.chain import canonical_json
+from stord.server.events.model import new_ulid, payload_facts
 from stord.server.ports import EventInput, EventType, InvalidArgument, Severity
 from stord.server.services import _validate as check
 

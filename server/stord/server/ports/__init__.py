@@ -3,32 +3,15 @@
 Each contract's own port lives in its package (`kv.port`, `documents.port`, `jobs.port`, `agents.port`,
 `manifests.port`, `transfer.port`); servicers depend on those Protocols only, and backends never see protobuf
 or gRPC. A backend signals failure by raising one of the `StoreError` subclasses (`ports._base`), which the
-server maps to a gRPC status in one place. The event port (`ports._events`) is re-exported here until the
-events package takes it over.
+server maps to a gRPC status in one place. The event port lives in `events.port`; its names are re-exported
+here for the modules that still import them from `ports`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from stord.server.ports._base import (
-    AlreadyExists,
-    Clock,
-    Conflict,
-    FailedPrecondition,
-    InvalidArgument,
-    JsonObject,
-    NamespaceOccupied,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    StoreError,
-    Unavailable,
-    Unimplemented,
-    system_clock,
-)
-from stord.server.ports._capabilities import CONTRACT_CAPABILITIES, Capability
-from stord.server.ports._events import (
+from stord.server.events.port import (
     ALERT_RULE_FIELDS,
     FEED_KEEP_SECONDS,
     AlertCondition,
@@ -63,6 +46,23 @@ from stord.server.ports._events import (
     SessionUpdate,
     Severity,
 )
+from stord.server.ports._base import (
+    AlreadyExists,
+    Clock,
+    Conflict,
+    FailedPrecondition,
+    InvalidArgument,
+    JsonObject,
+    NamespaceOccupied,
+    NotFound,
+    PermissionDenied,
+    ResourceExhausted,
+    StoreError,
+    Unavailable,
+    Unimplemented,
+    system_clock,
+)
+from stord.server.ports._capabilities import CONTRACT_CAPABILITIES, Capability
 
 if TYPE_CHECKING:
     from stord.server.agents.port import AgentStore

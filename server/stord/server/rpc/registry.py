@@ -20,6 +20,7 @@ from stord.server.alerts.port import alert_state_store
 from stord.server.alerts.service import AlertServicer
 from stord.server.config import Settings
 from stord.server.documents.service import DocumentServicer
+from stord.server.events.service import EventStoreServicer
 from stord.server.jobs.service import JobQueueServicer
 from stord.server.kv.port import Keyspace
 from stord.server.kv.service import CacheServicer, DatabaseServicer
@@ -27,7 +28,6 @@ from stord.server.manifests.service import manifest_store_servicer
 from stord.server.metrics import Metrics
 from stord.server.otlp.service import LOGS_SERVICE, TRACE_SERVICE, OtlpLogsServicer, OtlpTraceServicer
 from stord.server.ports import Backend
-from stord.server.services.events import EventStoreServicer
 from stord.v1 import (
     agents_pb2,
     agents_pb2_grpc,

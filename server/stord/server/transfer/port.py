@@ -17,6 +17,7 @@ from typing import Protocol
 
 from stord.server.agents.port import StoredAgent
 from stord.server.documents.port import Document
+from stord.server.events.port import AlertHistoryEntry, AlertRule, Event, EventAgent, Session
 from stord.server.jobs.port import Job
 from stord.server.kv.port import Keyspace
 from stord.server.manifests.port import (
@@ -26,7 +27,6 @@ from stord.server.manifests.port import (
     TransformerRecord,
 )
 from stord.server.ports._base import JsonObject
-from stord.server.ports._events import AlertHistoryEntry, AlertRule, Event, EventAgent, Session
 
 
 @dataclass(frozen=True, slots=True)

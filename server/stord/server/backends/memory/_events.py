@@ -1,3 +1,5 @@
+"""The event store (DESIGN 4.4) in dicts per namespace, for tests and the memory database."""
+
 from __future__ import annotations
 
 import contextlib
@@ -8,15 +10,16 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from stord.server.event_chain import ChainHead, link_events, verify_chain
-from stord.server.event_model import (
-    agent_changes,
+from stord.server.events.chain import ChainHead, verify_chain
+from stord.server.events.ingest import EventRow, store_batch
+from stord.server.events.model import (
+    AgentChange,
+    SessionChange,
     analytics_bucket,
     apply_agent_change,
     apply_session_change,
     counts_as_error,
     matches,
-    session_changes,
 )
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
@@ -49,6 +52,7 @@ from stord.server.ports import (
     SessionPage,
     SessionQuery,
     SessionUpdate,
+    Severity,
 )
 
 _Row = TypeVar("_Row")
@@ -120,6 +124,54 @@ def _figures(records: Sequence[_Record]) -> AnalyticsFigures:
     )
 
 
+class _IngestTransaction:
+    """The primitives of ingest.store_batch over a namespace's dicts.
+
+    A batch runs to completion without awaiting, so it is atomic on the event loop; a primitive that fails
+    changes nothing (insert_events checks every id first).
+    """
+
+    def __init__(self, space: _Space, now: float, feed_keep_seconds: float) -> None:
+        self._space = space
+        self._now = now
+        self._feed_keep_seconds = feed_keep_seconds
+
+    def chain_heads(self, session_ids: Sequence[str]) -> dict[str, ChainHead]:
+        heads = self._space.heads
+        return {session_id: heads[session_id] for session_id in session_ids if session_id in heads}
+
+    def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        return {event_id for event_id in event_ids if event_id in self._space.records}
+
+    def insert_events(self, rows: Sequence[EventRow]) -> bool:
+        records = self._space.records
+        if any(row[1] in records for row in rows):
+            return False
+        for row in rows:
+            event = Event(row[1], row[2], row[3], row[4], EventType(row[5]), Severity(row[6]), *row[7:12])
+            records[event.id] = _Record(event, row[12], row[13])
+        return True
+
+    def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
+        sessions = self._space.sessions
+        for change in changes:
+            sessions[change.session_id] = apply_session_change(sessions.get(change.session_id), change)
+            self._space.heads[change.session_id] = change.head
+
+    def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
+        agents = self._space.agents
+        for change in changes:
+            agents[change.agent_id] = apply_agent_change(agents.get(change.agent_id), change)
+
+    def append_to_feed(self, events: list[Event]) -> int:
+        space, now = self._space, self._now
+        space.feed_head += 1
+        space.feed.append(_FeedEntry(space.feed_head, now, events))
+        while space.feed[0].committed_at < now - self._feed_keep_seconds:
+            space.feed.popleft()
+        return space.feed_head
+
+
 class MemoryEventStore:
     """Events, sessions, agents and alert rules in dicts, per namespace."""
 
@@ -152,33 +204,13 @@ class MemoryEventStore:
 
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
         space = self._space(namespace)
-        fresh = [event for event in events if event.id not in space.records]
-        linked, heads = link_events(fresh, space.heads)
-        for event, stored in zip(fresh, linked, strict=True):
-            space.records[event.id] = _Record(stored, event.cost_usd, event.latency_ms)
-        for change in session_changes(fresh, heads):
-            space.sessions[change.session_id] = apply_session_change(
-                space.sessions.get(change.session_id), change
-            )
-        space.heads.update(heads)
-        for agent_change in agent_changes(fresh):
-            space.agents[agent_change.agent_id] = apply_agent_change(
-                space.agents.get(agent_change.agent_id), agent_change
-            )
-        if not linked:
-            return InsertOutcome(linked, len(events))
-        position = self._append_to_feed(space, linked)
-        for listener in list(self._listeners):
-            listener(namespace, position)
-        return InsertOutcome(linked, len(events) - len(fresh), position)
-
-    def _append_to_feed(self, space: _Space, events: list[Event]) -> int:
-        now = self._clock()
-        space.feed_head += 1
-        space.feed.append(_FeedEntry(space.feed_head, now, events))
-        while space.feed[0].committed_at < now - self._feed_keep_seconds:
-            space.feed.popleft()
-        return space.feed_head
+        outcome = store_batch(
+            _IngestTransaction(space, self._clock(), self._feed_keep_seconds), namespace, events
+        )
+        if outcome.stored:
+            for listener in list(self._listeners):
+                listener(namespace, outcome.feed_position)
+        return outcome
 
     async def feed_position(self, namespace: str) -> int:
         return self._view(namespace).feed_head

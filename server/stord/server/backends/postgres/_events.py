@@ -1,10 +1,11 @@
 """The event store (DESIGN 4.4) over the tables of migrations/postgres/0002_events.sql.
 
-A batch is one transaction: it takes an advisory lock per session (in one order, so writers cannot deadlock),
-reads the session heads, links the batch, COPYs it in and updates sessions and agents. Writers to one
-session, in this daemon or another one on the same database, therefore extend its chain one after the other.
-Last, the transaction appends the batch to its namespace's event feed (0005_event_feed.sql) and NOTIFYs
-`stord_events`; followers LISTEN on a connection of their own and read the feed after their position.
+A batch is one transaction running events.ingest over `_IngestTransaction`: it takes an advisory lock per
+session (in one order, so writers cannot deadlock), reads the session heads, links the batch, COPYs it in
+(binary) and updates sessions and agents. Writers to one session, in this daemon or another one on the same
+database, therefore extend its chain one after the other. Last, the transaction appends the batch to its
+namespace's event feed (0005_event_feed.sql) and NOTIFYs `stord_events`; followers LISTEN on a connection of
+their own and read the feed after their position.
 """
 
 from __future__ import annotations
@@ -15,24 +16,35 @@ import hashlib
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+import orjson
 import psycopg
 import structlog
 
 from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
     POSTGRES,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
     Conditions,
     analytics_query,
     bucket_expression,
+    read_agent,
     read_analytics,
+    read_entry,
+    read_event,
+    read_rule,
+    read_session,
 )
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions, redact_url
-from stord.server.event_chain import ChainHead, link_events, verify_chain
-from stord.server.event_model import agent_changes, session_changes
+from stord.server.events.chain import ChainHead, verify_chain
+from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, store_batch_async
+from stord.server.events.model import AgentChange, SessionChange
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
-    AlertCondition,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
@@ -51,20 +63,15 @@ from stord.server.ports import (
     EventPosition,
     EventQuery,
     EventStats,
-    EventType,
-    FailedPrecondition,
     FeedBatch,
     FeedPage,
-    Granularity,
     InsertOutcome,
     NotFound,
     RetentionOutcome,
     Session,
     SessionPage,
     SessionQuery,
-    SessionStatus,
     SessionUpdate,
-    Severity,
 )
 
 __all__ = ["PostgresEventStore"]
@@ -116,61 +123,64 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
 ORDER BY batch.position
 """
 
-_EVENT_COLUMNS = (
-    "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
-    "chain_index"
-)
-_COPY_EVENTS = f"COPY events (namespace, {_EVENT_COLUMNS}, cost_usd, latency_ms) FROM STDIN"
-_SESSION_COLUMNS = (
-    "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
-    "total_cost_usd, tags"
-)
-_AGENT_COLUMNS = "id, name, description, first_seen_at, last_seen_at, session_count"
-_RULE_COLUMNS = (
-    "id, name, enabled, condition, threshold, window_minutes, scope_agent_id, scope_tags, notify_channels, "
-    "created_at, updated_at"
-)
-_HISTORY_COLUMNS = "id, rule_id, triggered_at, resolved_at, current_value, threshold, message"
+_COPY_EVENTS = f"COPY events ({', '.join(EVENT_ROW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+_COPY_TYPES = (
+    "text", "text", "int8", "text", "text", "text", "text", "text", "text", "text", "text", "int8", "float8",
+    "float8",
+)  # fmt: skip
+"""The types of EventRow's columns, which binary COPY must be told."""
 
 # Array order is lock order: the keys arrive sorted, so two batches never wait for each other in a cycle.
 _LOCK_SESSIONS = "SELECT pg_advisory_xact_lock(key) FROM unnest(%s::bigint[]) AS key"
 _HEADS = "SELECT id, chain_length, last_hash FROM event_sessions WHERE namespace = %s AND id = ANY(%s)"
 _STORED_IDS = "SELECT id FROM events WHERE namespace = %s AND id = ANY(%s)"
 
-# A batch's effect on each session: counters add up, the latest status/end/name/tags win, the head moves.
-_APPLY_SESSION = """
-INSERT INTO event_sessions AS s (namespace, id, agent_id, agent_name, started_at, ended_at, status,
-                                 event_count, tool_call_count, error_count, total_cost_usd, tags,
-                                 chain_length, last_hash)
-VALUES (%(namespace)s, %(id)s, %(agent_id)s, %(agent_name)s, %(started_at)s, %(ended_at)s,
-        coalesce(%(status)s, 'active'), %(event_count)s, %(tool_call_count)s, %(error_count)s, %(cost_usd)s,
-        coalesce(%(tags)s::text[], '{}'::text[]), %(chain_length)s, %(last_hash)s)
-ON CONFLICT (namespace, id) DO UPDATE SET
-    agent_name = coalesce(%(agent_name)s, s.agent_name),
-    started_at = least(s.started_at, %(started_at)s),
-    ended_at = coalesce(%(ended_at)s, s.ended_at),
-    status = coalesce(%(status)s, s.status),
-    event_count = s.event_count + %(event_count)s,
-    tool_call_count = s.tool_call_count + %(tool_call_count)s,
-    error_count = s.error_count + %(error_count)s,
-    total_cost_usd = s.total_cost_usd + %(cost_usd)s,
-    tags = coalesce(%(tags)s::text[], s.tags),
-    chain_length = %(chain_length)s,
-    last_hash = %(last_hash)s
+# A batch's effect on its sessions, one statement for all: counters add up, the latest status/end/name/tags
+# win (NULL: no change), the head moves. The rows of these sessions are the batch's alone: every writer of a
+# session row holds the session's advisory lock.
+_APPLY_SESSIONS = """
+WITH changes AS (
+    SELECT * FROM json_to_recordset(%(changes)s::json) AS c (
+        id text, agent_id text, agent_name text, started_at bigint, ended_at bigint, status text,
+        event_count bigint, tool_call_count bigint, error_count bigint, cost_usd float8, tags json,
+        chain_length bigint, last_hash text
+    )
+), updated AS (
+    UPDATE event_sessions AS s SET
+        agent_name = coalesce(c.agent_name, s.agent_name),
+        started_at = least(s.started_at, c.started_at),
+        ended_at = coalesce(c.ended_at, s.ended_at),
+        status = coalesce(c.status, s.status),
+        event_count = s.event_count + c.event_count,
+        tool_call_count = s.tool_call_count + c.tool_call_count,
+        error_count = s.error_count + c.error_count,
+        total_cost_usd = s.total_cost_usd + c.cost_usd,
+        tags = CASE WHEN c.tags IS NULL THEN s.tags ELSE ARRAY(SELECT json_array_elements_text(c.tags)) END,
+        chain_length = c.chain_length,
+        last_hash = c.last_hash
+    FROM changes AS c
+    WHERE s.namespace = %(namespace)s AND s.id = c.id
+    RETURNING s.id
+)
+INSERT INTO event_sessions (namespace, id, agent_id, agent_name, started_at, ended_at, status, event_count,
+                            tool_call_count, error_count, total_cost_usd, tags, chain_length, last_hash)
+SELECT %(namespace)s, c.id, c.agent_id, c.agent_name, c.started_at, c.ended_at, coalesce(c.status, 'active'),
+       c.event_count, c.tool_call_count, c.error_count, c.cost_usd,
+       CASE WHEN c.tags IS NULL THEN '{}'::text[] ELSE ARRAY(SELECT json_array_elements_text(c.tags)) END,
+       c.chain_length, c.last_hash
+FROM changes AS c WHERE c.id NOT IN (SELECT id FROM updated)
 """
-_APPLY_AGENT = """
+_APPLY_AGENTS = """
 INSERT INTO event_agents AS a (namespace, id, name, description, first_seen_at, last_seen_at, session_count)
-VALUES (%(namespace)s, %(id)s, %(name)s, NULL, %(first_seen_at)s, %(last_seen_at)s, %(sessions_started)s)
+SELECT %(namespace)s, c.id, c.name, NULL, c.first_seen_at, c.last_seen_at, c.sessions_started
+FROM json_to_recordset(%(changes)s::json)
+    AS c (id text, name text, first_seen_at bigint, last_seen_at bigint, sessions_started bigint)
 ON CONFLICT (namespace, id) DO UPDATE SET
-    first_seen_at = least(a.first_seen_at, %(first_seen_at)s),
-    last_seen_at = greatest(a.last_seen_at, %(last_seen_at)s),
-    session_count = a.session_count + %(sessions_started)s
+    first_seen_at = least(a.first_seen_at, excluded.first_seen_at),
+    last_seen_at = greatest(a.last_seen_at, excluded.last_seen_at),
+    session_count = a.session_count + excluded.session_count
 """
 
-_TYPES = {member.value: member for member in EventType}
-_SEVERITIES = {member.value: member for member in Severity}
-_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
-_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}  # weeks start on Monday
 _STORE_TABLES = ("events", "event_sessions", "event_agents", "event_alert_rules", "event_alert_history")
 
 
@@ -178,46 +188,6 @@ def _session_lock(namespace: str, session_id: str) -> int:
     """Return the advisory lock key of a session, the same in every daemon (a signed 64-bit integer)."""
     digest = hashlib.blake2b(f"{namespace}\x00{session_id}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
-
-
-def _event(row: Sequence[Any]) -> Event:
-    return Event(row[0], row[1], row[2], row[3], _TYPES[row[4]], _SEVERITIES[row[5]], *row[6:11])
-
-
-def _session(row: Sequence[Any]) -> Session:
-    return Session(
-        id=row[0],
-        agent_id=row[1],
-        agent_name=row[2],
-        started_at=row[3],
-        ended_at=row[4],
-        status=SessionStatus(row[5]),
-        event_count=row[6],
-        tool_call_count=row[7],
-        error_count=row[8],
-        total_cost_usd=row[9],
-        tags=tuple(row[10]),
-    )
-
-
-def _agent(row: Sequence[Any]) -> EventAgent:
-    return EventAgent(*row)
-
-
-def _rule(row: Sequence[Any]) -> AlertRule:
-    return AlertRule(
-        id=row[0],
-        name=row[1],
-        enabled=row[2],
-        condition=AlertCondition(row[3]),
-        threshold=row[4],
-        window_minutes=row[5],
-        scope_agent_id=row[6],
-        scope_tags=tuple(row[7]),
-        notify_channels=tuple(row[8]),
-        created_at=row[9],
-        updated_at=row[10],
-    )
 
 
 def _rule_values(rule: AlertRule) -> dict[str, object]:
@@ -234,10 +204,6 @@ def _rule_values(rule: AlertRule) -> dict[str, object]:
         "created_at": rule.created_at,
         "updated_at": rule.updated_at,
     }
-
-
-def _entry(row: Sequence[Any]) -> AlertHistoryEntry:
-    return AlertHistoryEntry(*row)
 
 
 async def _fetchall(connection: Connection, sql: str, params: Sequence[object]) -> list[Any]:
@@ -274,24 +240,9 @@ class PostgresEventStore:
     # Writing events --------------------------------------------------------------------------------------
 
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
-        locks = sorted({_session_lock(namespace, event.session_id) for event in events})
-        session_ids = sorted({event.session_id for event in events})
         async with self._pool.connection() as connection, connection.transaction():
-            await connection.execute(_LOCK_SESSIONS, (locks,))
-            rows = await _fetchall(connection, _HEADS, (namespace, session_ids))
-            heads = {row[0]: ChainHead(row[1], row[2]) for row in rows}
-            fresh, linked, new_heads = await _insert_new(connection, namespace, events, heads)
-            await _apply_changes(connection, namespace, fresh, new_heads)
-            if not linked:
-                return InsertOutcome(linked, len(events))
-            parameters = {
-                "namespace": namespace,
-                "ids": [event.id for event in linked],
-                "keep": self._feed_keep_seconds,
-            }
-            row = await (await connection.execute(_APPEND_TO_FEED, parameters)).fetchone()
-            assert row is not None
-        return InsertOutcome(linked, len(events) - len(fresh), int(row[0]))
+            transaction = _IngestTransaction(connection, namespace, self._feed_keep_seconds)
+            return await store_batch_async(transaction, namespace, events)
 
     # Following the feed ----------------------------------------------------------------------------------
 
@@ -301,7 +252,7 @@ class PostgresEventStore:
         return 0 if row is None else int(row[0])
 
     async def read_feed(self, namespace: str, *, after: int, limit: int) -> FeedPage:
-        events = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = ANY(%s)"
+        events = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = ANY(%s)"
         parameters = {"namespace": namespace, "after": after, "limit": limit}
         async with self._pool.connection() as connection:
             rows = await (await connection.execute(_FEED_BATCHES, parameters)).fetchall()
@@ -310,7 +261,9 @@ class PostgresEventStore:
             # Pruned past `after`, or the feed went back (a restored backup).
             missed = batches[0][0] != after + 1 if batches else head != after
             wanted = [event_id for _, event_ids in batches for event_id in event_ids]
-            found = {row[0]: _event(row) for row in await _fetchall(connection, events, (namespace, wanted))}
+            found = {
+                row[0]: read_event(row) for row in await _fetchall(connection, events, (namespace, wanted))
+            }
         return FeedPage(
             [
                 FeedBatch(position, [found[event_id] for event_id in event_ids if event_id in found])
@@ -373,10 +326,10 @@ class PostgresEventStore:
     # Reading events --------------------------------------------------------------------------------------
 
     async def get_event(self, namespace: str, event_id: str) -> Event | None:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, event_id))
-        return None if row is None else _event(row)
+        return None if row is None else read_event(row)
 
     async def query_events(self, namespace: str, query: EventQuery) -> EventPage:
         matching = Conditions(POSTGRES).events(namespace, query.filter)
@@ -384,7 +337,7 @@ class PostgresEventStore:
         page.after(query.after, descending=query.descending)
         direction = "DESC" if query.descending else "ASC"
         select = f"""
-            SELECT {_EVENT_COLUMNS} FROM events WHERE {page.where()}
+            SELECT {EVENT_COLUMNS} FROM events WHERE {page.where()}
             ORDER BY timestamp {direction}, id {direction} LIMIT %s OFFSET %s
         """
         count = f"SELECT count(*) FROM events WHERE {matching.where()}"
@@ -393,7 +346,7 @@ class PostgresEventStore:
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = await _fetchall(connection, select, (*page.params, query.limit, query.offset))
             total = (await _fetchone(connection, count, matching.params))[0]
-        return EventPage([_event(row) for row in rows], total)
+        return EventPage([read_event(row) for row in rows], total)
 
     async def count_events(self, namespace: str, event_filter: EventFilter) -> int:
         matching = Conditions(POSTGRES).events(namespace, event_filter)
@@ -408,16 +361,14 @@ class PostgresEventStore:
     ) -> list[Event]:
         conditions = Conditions(POSTGRES).events(namespace, EventFilter(session_id=session_id))
         conditions.after(after, descending=False)
-        sql = (
-            f"SELECT {_EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT %s"
-        )
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT %s"
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql, (*conditions.params, limit))
-        return [_event(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     async def verify_chain(self, namespace: str, session_id: str) -> ChainVerification | None:
         heads = "SELECT chain_length, last_hash FROM event_sessions WHERE namespace = %s AND id = %s"
-        events = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = %s AND session_id = %s"
+        events = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = %s AND session_id = %s"
         events += " ORDER BY chain_index"
         async with self._pool.connection() as connection, connection.transaction():
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
@@ -425,7 +376,7 @@ class PostgresEventStore:
             if head is None:
                 return None
             rows = await _fetchall(connection, events, (namespace, session_id))
-        return verify_chain([_event(row) for row in rows], ChainHead(head[0], head[1]))
+        return verify_chain([read_event(row) for row in rows], ChainHead(head[0], head[1]))
 
     # Sessions and agents ---------------------------------------------------------------------------------
 
@@ -447,21 +398,23 @@ class PostgresEventStore:
         written = sorted(update.written)
         assignments = ", ".join(f"{name} = %s" for name in written)
         update_sql = f"UPDATE event_sessions SET {assignments} WHERE namespace = %s AND id = %s"
-        select = f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
+        select = f"SELECT {SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection, connection.transaction():
+            # The lock of a batch writing to the session: batches update its row in a set, not by upsert.
+            await connection.execute(_LOCK_SESSIONS, ([_session_lock(namespace, update.id)],))
             created = await connection.execute(insert, (namespace, update.id, *values.values()))
             if created.rowcount == 0 and written:
                 await connection.execute(
                     update_sql, (*(values[name] for name in written), namespace, update.id)
                 )
             row = await _fetchone(connection, select, (namespace, update.id))
-        return _session(row)
+        return read_session(POSTGRES, row)
 
     async def get_session(self, namespace: str, session_id: str) -> Session | None:
-        sql = f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {SESSION_COLUMNS} FROM event_sessions WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, session_id))
-        return None if row is None else _session(row)
+        return None if row is None else read_session(POSTGRES, row)
 
     async def query_sessions(self, namespace: str, query: SessionQuery) -> SessionPage:
         matching = Conditions(POSTGRES)
@@ -477,7 +430,7 @@ class PostgresEventStore:
         if query.tags:
             matching.add("tags && {}::text[]", sorted(query.tags))
         select = f"""
-            SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
+            SELECT {SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
             ORDER BY started_at DESC, id DESC LIMIT %s OFFSET %s
         """
         count = f"SELECT count(*) FROM event_sessions WHERE {matching.where()}"
@@ -485,17 +438,17 @@ class PostgresEventStore:
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = await _fetchall(connection, select, (*matching.params, query.limit, query.offset))
             total = (await _fetchone(connection, count, matching.params))[0]
-        return SessionPage([_session(row) for row in rows], total)
+        return SessionPage([read_session(POSTGRES, row) for row in rows], total)
 
     async def upsert_agent(self, namespace: str, update: EventAgentUpdate) -> EventAgent:
         insert = f"""
-            INSERT INTO event_agents (namespace, {_AGENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 0)
+            INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, 0)
             ON CONFLICT (namespace, id) DO NOTHING
         """
         values = {"name": update.name, "description": update.description}
         written = sorted(update.written)
         assignments = ", ".join(f"{name} = %s" for name in written)
-        select = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
+        select = f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection, connection.transaction():
             created = await connection.execute(
                 insert, (namespace, update.id, update.name, update.description, update.now, update.now)
@@ -506,21 +459,21 @@ class PostgresEventStore:
                     (*(values[name] for name in written), namespace, update.id),
                 )
             row = await _fetchone(connection, select, (namespace, update.id))
-        return _agent(row)
+        return read_agent(row)
 
     async def get_agent(self, namespace: str, agent_id: str) -> EventAgent | None:
-        sql = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, agent_id))
-        return None if row is None else _agent(row)
+        return None if row is None else read_agent(row)
 
     async def list_agents(self, namespace: str, *, after: str | None, limit: int) -> list[EventAgent]:
         sql = (
-            f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id > %s ORDER BY id LIMIT %s"
+            f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = %s AND id > %s ORDER BY id LIMIT %s"
         )
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql, (namespace, after or "", limit))
-        return [_agent(row) for row in rows]
+        return [read_agent(row) for row in rows]
 
     # Analytics -------------------------------------------------------------------------------------------
 
@@ -530,7 +483,7 @@ class PostgresEventStore:
         matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
         if query.agent_id is not None:
             matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(POSTGRES, _WIDTHS[query.granularity], _ORIGINS[query.granularity])
+        bucket = bucket_expression(POSTGRES, query.granularity)
         sql = analytics_query(POSTGRES, bucket, matching.where())
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql, matching.params)
@@ -541,7 +494,7 @@ class PostgresEventStore:
     async def create_alert_rule(self, namespace: str, rule: AlertRule) -> None:
         values = _rule_values(rule)
         placeholders = ", ".join(f"%({name})s" for name in values)
-        sql = f"INSERT INTO event_alert_rules (namespace, {_RULE_COLUMNS})"
+        sql = f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS})"
         sql += f" VALUES (%(namespace)s, {placeholders})"
         try:
             async with self._pool.connection() as connection:
@@ -550,10 +503,10 @@ class PostgresEventStore:
             raise AlreadyExists(f"alert rule {rule.id} exists already") from None
 
     async def get_alert_rule(self, namespace: str, rule_id: str) -> AlertRule | None:
-        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id = %s"
+        sql = f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id = %s"
         async with self._pool.connection() as connection:
             row = await _fetchone(connection, sql, (namespace, rule_id))
-        return None if row is None else _rule(row)
+        return None if row is None else read_rule(POSTGRES, row)
 
     async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
         values = _rule_values(rule)
@@ -564,13 +517,13 @@ class PostgresEventStore:
         assignments = ", ".join(f"{name} = %({name})s" for name in columns)
         sql = f"""
             UPDATE event_alert_rules SET {assignments} WHERE namespace = %(namespace)s AND id = %(id)s
-            RETURNING {_RULE_COLUMNS}
+            RETURNING {RULE_COLUMNS}
         """
         async with self._pool.connection() as connection:
             row = await (await connection.execute(sql, {"namespace": namespace, **values})).fetchone()
         if row is None:
             raise NotFound(f"alert rule {rule.id} does not exist")
-        return _rule(row)
+        return read_rule(POSTGRES, row)
 
     async def delete_alert_rule(self, namespace: str, rule_id: str) -> bool:
         sql = "DELETE FROM event_alert_rules WHERE namespace = %s AND id = %s"
@@ -579,16 +532,16 @@ class PostgresEventStore:
         return cursor.rowcount > 0
 
     async def list_alert_rules(self, namespace: str, *, after: str | None, limit: int) -> list[AlertRule]:
-        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id > %s ORDER BY id"
+        sql = f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = %s AND id > %s ORDER BY id"
         async with self._pool.connection() as connection:
             rows = await _fetchall(connection, sql + " LIMIT %s", (namespace, after or "", limit))
-        return [_rule(row) for row in rows]
+        return [read_rule(POSTGRES, row) for row in rows]
 
     async def record_alert(self, namespace: str, entry: AlertHistoryEntry) -> None:
         # The rule is read FOR SHARE: a concurrent delete waits, so no entry is recorded for a vanished rule.
         rule = "SELECT 1 FROM event_alert_rules WHERE namespace = %s AND id = %s FOR SHARE"
         insert = f"""
-            INSERT INTO event_alert_history (namespace, {_HISTORY_COLUMNS})
+            INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS})
             VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
         """
         values = (entry.id, entry.rule_id, entry.triggered_at, entry.resolved_at, entry.current_value,
@@ -609,7 +562,7 @@ class PostgresEventStore:
         if rule_id is not None:
             matching.add("rule_id = {}", rule_id)
         select = f"""
-            SELECT {_HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
+            SELECT {HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
             ORDER BY triggered_at DESC, id DESC LIMIT %s OFFSET %s
         """
         count = f"SELECT count(*) FROM event_alert_history WHERE {matching.where()}"
@@ -617,7 +570,7 @@ class PostgresEventStore:
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             rows = await _fetchall(connection, select, (*matching.params, limit, offset))
             total = (await _fetchone(connection, count, matching.params))[0]
-        return AlertHistoryPage([_entry(row) for row in rows], total)
+        return AlertHistoryPage([read_entry(row) for row in rows], total)
 
     # Retention and stats ---------------------------------------------------------------------------------
 
@@ -668,76 +621,71 @@ class PostgresEventStore:
 # Inside a batch's transaction ----------------------------------------------------------------------------
 
 
-async def _copy(
-    connection: Connection, namespace: str, linked: list[Event], events: Sequence[EventInput]
-) -> None:
-    async with connection.cursor() as cursor, cursor.copy(_COPY_EVENTS) as copy:
-        for stored, event in zip(linked, events, strict=True):
-            await copy.write_row(
-                (namespace, stored.id, stored.timestamp, stored.session_id, stored.agent_id,
-                 stored.event_type.value, stored.severity.value, stored.payload, stored.metadata,
-                 stored.prev_hash, stored.hash, stored.chain_index, event.cost_usd, event.latency_ms)
-            )  # fmt: skip
+class _IngestTransaction:
+    """The primitives of ingest.store_batch_async on one connection, inside the batch's transaction."""
 
+    def __init__(self, connection: Connection, namespace: str, feed_keep_seconds: float) -> None:
+        self._connection = connection
+        self._namespace = namespace
+        self._feed_keep_seconds = feed_keep_seconds
 
-async def _insert_new(
-    connection: Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
-) -> tuple[Sequence[EventInput], list[Event], dict[str, ChainHead]]:
-    """COPY the events whose ids are not stored yet, linked; return them, as stored, and the new heads."""
-    # Resends are rare: COPY as if every event were new, in a savepoint, and only when that fails (a stored
-    # id, or a claimed prev_hash that a stored duplicate explains) look up which ids are stored.
-    try:
-        async with connection.transaction():
-            linked, new_heads = link_events(events, heads)
-            await _copy(connection, namespace, linked, events)
-        return events, linked, new_heads
-    except (psycopg.errors.UniqueViolation, FailedPrecondition):
-        pass
-    rows = await _fetchall(connection, _STORED_IDS, (namespace, [event.id for event in events]))
-    stored = {row[0] for row in rows}
-    fresh = [event for event in events if event.id not in stored]
-    linked, new_heads = link_events(fresh, heads)
-    if fresh:
-        await _copy(connection, namespace, linked, fresh)
-    return fresh, linked, new_heads
+    async def chain_heads(self, session_ids: Sequence[str]) -> dict[str, ChainHead]:
+        # The sessions' advisory locks, held until the commit, make writers to a session take turns.
+        namespace = self._namespace
+        locks = sorted({_session_lock(namespace, session_id) for session_id in session_ids})
+        await self._connection.execute(_LOCK_SESSIONS, (locks,))
+        rows = await _fetchall(self._connection, _HEADS, (namespace, list(session_ids)))
+        return {row[0]: ChainHead(row[1], row[2]) for row in rows}
 
+    async def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        rows = await _fetchall(self._connection, _STORED_IDS, (self._namespace, list(event_ids)))
+        return {row[0] for row in rows}
 
-async def _apply_changes(
-    connection: Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
-) -> None:
-    """Update the batch's sessions and agents, in id order (the order concurrent batches lock rows in)."""
-    sessions = [
-        {
-            "namespace": namespace,
-            "id": change.session_id,
-            "agent_id": change.agent_id,
-            "agent_name": change.agent_name,
-            "started_at": change.first_timestamp,
-            "ended_at": change.ended_at,
-            "status": None if change.status is None else change.status.value,
-            "event_count": change.event_count,
-            "tool_call_count": change.tool_call_count,
-            "error_count": change.error_count,
-            "cost_usd": change.cost_usd,
-            "tags": None if change.tags is None else list(change.tags),
-            "chain_length": change.head.length,
-            "last_hash": change.head.last_hash,
+    async def insert_events(self, rows: Sequence[EventRow]) -> bool:
+        try:
+            async with (
+                self._connection.transaction(),
+                self._connection.cursor() as cursor,
+                cursor.copy(_COPY_EVENTS) as copy,
+            ):
+                copy.set_types(_COPY_TYPES)
+                for row in rows:
+                    await copy.write_row(row)
+        except psycopg.errors.UniqueViolation:
+            return False
+        return True
+
+    async def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
+        # One JSON document for the whole batch: orjson writes it in C, where array parameters would be
+        # dumped element by element in Python.
+        rows = [
+            {"id": change.session_id, "agent_id": change.agent_id, "agent_name": change.agent_name,
+             "started_at": change.first_timestamp, "ended_at": change.ended_at,
+             "status": None if change.status is None else change.status.value,
+             "event_count": change.event_count, "tool_call_count": change.tool_call_count,
+             "error_count": change.error_count, "cost_usd": change.cost_usd, "tags": change.tags,
+             "chain_length": change.head.length, "last_hash": change.head.last_hash}
+            for change in changes
+        ]  # fmt: skip
+        parameters = {"namespace": self._namespace, "changes": orjson.dumps(rows).decode()}
+        await self._connection.execute(_APPLY_SESSIONS, parameters)
+
+    async def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
+        rows = [
+            {"id": change.agent_id, "name": change.name or change.agent_id,
+             "first_seen_at": change.first_seen_at, "last_seen_at": change.last_seen_at,
+             "sessions_started": change.sessions_started}
+            for change in changes
+        ]  # fmt: skip
+        parameters = {"namespace": self._namespace, "changes": orjson.dumps(rows).decode()}
+        await self._connection.execute(_APPLY_AGENTS, parameters)
+
+    async def append_to_feed(self, events: list[Event]) -> int:
+        parameters = {
+            "namespace": self._namespace,
+            "ids": [event.id for event in events],
+            "keep": self._feed_keep_seconds,
         }
-        for change in session_changes(events, heads)
-    ]
-    agents = [
-        {
-            "namespace": namespace,
-            "id": change.agent_id,
-            "name": change.name or change.agent_id,
-            "first_seen_at": change.first_seen_at,
-            "last_seen_at": change.last_seen_at,
-            "sessions_started": change.sessions_started,
-        }
-        for change in agent_changes(events)
-    ]
-    async with connection.cursor() as cursor:
-        if sessions:
-            await cursor.executemany(_APPLY_SESSION, sessions)
-        if agents:
-            await cursor.executemany(_APPLY_AGENT, agents)
+        row = await (await self._connection.execute(_APPEND_TO_FEED, parameters)).fetchone()
+        assert row is not None
+        return int(row[0])

@@ -13,6 +13,7 @@ shifted past the greatest, in order; at commit the identity generators move past
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -21,6 +22,19 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
+    read_agent,
+    read_entry,
+    read_event,
+    read_rule,
+    read_session,
+)
+from stord.server.backends._event_sql import POSTGRES as EVENT_POSTGRES
 from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
@@ -97,33 +111,29 @@ ON CONFLICT (keyspace, namespace, key) DO UPDATE SET length = greatest(list.leng
 _INSERT_DOCUMENT = DOCUMENTS.insert("%s", cast={"data": "::jsonb"})
 _INSERT_JOB = JOBS.insert("%s", cast={"payload": "::jsonb"}, clause="OVERRIDING SYSTEM VALUE")
 _INSERT_SESSION = f"""
-INSERT INTO event_sessions (namespace, {_events._SESSION_COLUMNS}, chain_length, last_hash)
+INSERT INTO event_sessions (namespace, {SESSION_COLUMNS}, chain_length, last_hash)
 VALUES ({_values(11)}, %s::text[], %s, %s)
 """
-_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {_events._AGENT_COLUMNS}) VALUES ({_values(7)})"
-_RULE_NAMES = _events._RULE_COLUMNS.split(", ")
+_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES ({_values(7)})"
+_RULE_NAMES = RULE_COLUMNS.split(", ")
 _INSERT_RULE = f"""
-INSERT INTO event_alert_rules (namespace, {_events._RULE_COLUMNS})
+INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS})
 VALUES (%(namespace)s, {", ".join(f"%({name})s" for name in _RULE_NAMES)})
 """
-_INSERT_ENTRY = (
-    f"INSERT INTO event_alert_history (namespace, {_events._HISTORY_COLUMNS}) VALUES ({_values(8)})"
-)
+_INSERT_ENTRY = f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES ({_values(8)})"
 _INSERT_AGENT = AGENTS.insert("%s", clause="OVERRIDING SYSTEM VALUE")
 _INSERT_MANIFEST = HANDLER_MANIFESTS.insert("%s")
 _INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("%s")
 _INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("%s")
 
-# The event store's column lists and row mappers are private to its module, which the events package owns;
-# it is named here, statically, so mypy checks every use.
 _SOURCES = DumpSources(
     document=_documents.DOCUMENT_ROWS,
     job=_jobs.JOB_ROWS,
-    event=Rows(_events._EVENT_COLUMNS, _events._event),
-    session=Rows(_events._SESSION_COLUMNS, _events._session),
-    event_agent=Rows(_events._AGENT_COLUMNS, _events._agent),
-    alert_rule=Rows(_events._RULE_COLUMNS, _events._rule),
-    alert_entry=Rows(_events._HISTORY_COLUMNS, _events._entry),
+    event=Rows(EVENT_COLUMNS, read_event),
+    session=Rows(SESSION_COLUMNS, functools.partial(read_session, EVENT_POSTGRES)),
+    event_agent=Rows(AGENT_COLUMNS, read_agent),
+    alert_rule=Rows(RULE_COLUMNS, functools.partial(read_rule, EVENT_POSTGRES)),
+    alert_entry=Rows(HISTORY_COLUMNS, read_entry),
     agent=_agents.AGENT_ROWS,
     manifest=manifest_rows(POSTGRES),
     transformer=transformer_rows(POSTGRES),
@@ -251,6 +261,7 @@ class _Sink:
 
     async def _copy_events(self, cursor: psycopg.AsyncCursor[Any], records: list[EventRecord]) -> None:
         async with cursor.copy(_events._COPY_EVENTS) as copy:
+            copy.set_types(_events._COPY_TYPES)
             for record in records:
                 e = record.event
                 cost_usd, latency_ms = event_facts(e)

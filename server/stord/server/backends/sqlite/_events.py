@@ -1,10 +1,11 @@
 """The event store (DESIGN 4.4) over the tables of migrations/sqlite/0002_events.sql.
 
-A batch is one write on the engine's writer thread: the session heads are read, the batch linked and
-inserted with one executemany, sessions and agents updated and the batch appended to the namespace's event
-feed, all in the write's transaction. SQLite runs one write transaction at a time on a file (other processes
-on the same file wait for its lock), so nothing can move a head between the read and the insert, and feed
-positions follow commit order. Followers notice commits by polling `PRAGMA data_version`.
+A batch is one write on the engine's writer thread, running events.ingest over `_IngestTransaction`: the
+session heads are read, the batch linked and inserted with one executemany, sessions and agents updated and
+the batch appended to the namespace's event feed, all in the write's transaction. SQLite runs one write
+transaction at a time on a file (other processes on the same file wait for its lock), so nothing can move a
+head between the read and the insert, and feed positions follow commit order. Followers notice commits by
+polling `PRAGMA data_version`.
 """
 
 from __future__ import annotations
@@ -17,18 +18,28 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
 from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
     SQLITE,
     Conditions,
     analytics_query,
     bucket_expression,
+    read_agent,
     read_analytics,
+    read_entry,
+    read_event,
+    read_rule,
+    read_session,
 )
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.event_chain import ChainHead, link_events, verify_chain
-from stord.server.event_model import agent_changes, session_changes
+from stord.server.events.chain import ChainHead, verify_chain
+from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, HeadGuesses, store_batch
+from stord.server.events.model import AgentChange, SessionChange
 from stord.server.ports import (
     FEED_KEEP_SECONDS,
-    AlertCondition,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
@@ -47,20 +58,15 @@ from stord.server.ports import (
     EventPosition,
     EventQuery,
     EventStats,
-    EventType,
-    FailedPrecondition,
     FeedBatch,
     FeedPage,
-    Granularity,
     InsertOutcome,
     NotFound,
     RetentionOutcome,
     Session,
     SessionPage,
     SessionQuery,
-    SessionStatus,
     SessionUpdate,
-    Severity,
     Unavailable,
 )
 
@@ -92,115 +98,37 @@ _FEED_BATCHES = """
 SELECT position, event_ids FROM event_feed WHERE namespace = ? AND position > ? ORDER BY position LIMIT ?
 """
 
-_EVENT_COLUMNS = (
-    "id, timestamp, session_id, agent_id, event_type, severity, payload, metadata, prev_hash, hash, "
-    "chain_index"
+_QUALIFIED_EVENT_COLUMNS = ", ".join(f"events.{column}" for column in EVENT_COLUMNS.split(", "))
+_INSERT_EVENT = (
+    f"INSERT INTO events ({', '.join(EVENT_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_ROW_COLUMNS))})"
 )
-_QUALIFIED_EVENT_COLUMNS = ", ".join(f"events.{column}" for column in _EVENT_COLUMNS.split(", "))
-_INSERT_EVENT = f"""
-INSERT INTO events (namespace, {_EVENT_COLUMNS}, cost_usd, latency_ms)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
-_SESSION_COLUMNS = (
-    "id, agent_id, agent_name, started_at, ended_at, status, event_count, tool_call_count, error_count, "
-    "total_cost_usd, tags"
-)
-_AGENT_COLUMNS = "id, name, description, first_seen_at, last_seen_at, session_count"
-_RULE_COLUMNS = (
-    "id, name, enabled, condition, threshold, window_minutes, scope_agent_id, scope_tags, notify_channels, "
-    "created_at, updated_at"
-)
-_HISTORY_COLUMNS = "id, rule_id, triggered_at, resolved_at, current_value, threshold, message"
 
 # A batch's effect on each session: counters add up, the latest status/end/name/tags win, the head moves.
 _APPLY_SESSION = """
 INSERT INTO event_sessions (namespace, id, agent_id, agent_name, started_at, ended_at, status, event_count,
                             tool_call_count, error_count, total_cost_usd, tags, chain_length, last_hash)
-VALUES (:namespace, :id, :agent_id, :agent_name, :started_at, :ended_at, coalesce(:status, 'active'),
-        :event_count, :tool_call_count, :error_count, :cost_usd, coalesce(:tags, '[]'), :chain_length,
-        :last_hash)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, coalesce(?7, 'active'), ?8, ?9, ?10, ?11, coalesce(?12, '[]'), ?13, ?14)
 ON CONFLICT (namespace, id) DO UPDATE SET
-    agent_name = coalesce(:agent_name, agent_name),
-    started_at = min(started_at, :started_at),
-    ended_at = coalesce(:ended_at, ended_at),
-    status = coalesce(:status, status),
-    event_count = event_count + :event_count,
-    tool_call_count = tool_call_count + :tool_call_count,
-    error_count = error_count + :error_count,
-    total_cost_usd = total_cost_usd + :cost_usd,
-    tags = coalesce(:tags, tags),
-    chain_length = :chain_length,
-    last_hash = :last_hash
+    agent_name = coalesce(?4, agent_name),
+    started_at = min(started_at, ?5),
+    ended_at = coalesce(?6, ended_at),
+    status = coalesce(?7, status),
+    event_count = event_count + ?8,
+    tool_call_count = tool_call_count + ?9,
+    error_count = error_count + ?10,
+    total_cost_usd = total_cost_usd + ?11,
+    tags = coalesce(?12, tags),
+    chain_length = ?13,
+    last_hash = ?14
 """
 _APPLY_AGENT = """
 INSERT INTO event_agents (namespace, id, name, description, first_seen_at, last_seen_at, session_count)
-VALUES (:namespace, :id, :name, NULL, :first_seen_at, :last_seen_at, :sessions_started)
+VALUES (?1, ?2, ?3, NULL, ?4, ?5, ?6)
 ON CONFLICT (namespace, id) DO UPDATE SET
-    first_seen_at = min(first_seen_at, :first_seen_at),
-    last_seen_at = max(last_seen_at, :last_seen_at),
-    session_count = session_count + :sessions_started
+    first_seen_at = min(first_seen_at, ?4),
+    last_seen_at = max(last_seen_at, ?5),
+    session_count = session_count + ?6
 """
-
-_TYPES = {member.value: member for member in EventType}
-_SEVERITIES = {member.value: member for member in Severity}
-_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
-_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}  # weeks start on Monday
-
-
-def _event(row: Sequence[Any]) -> Event:
-    return Event(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        _TYPES[row[4]],
-        _SEVERITIES[row[5]],
-        row[6],
-        row[7],
-        row[8],
-        row[9],
-        row[10],
-    )
-
-
-def _session(row: Sequence[Any]) -> Session:
-    return Session(
-        id=row[0],
-        agent_id=row[1],
-        agent_name=row[2],
-        started_at=row[3],
-        ended_at=row[4],
-        status=SessionStatus(row[5]),
-        event_count=row[6],
-        tool_call_count=row[7],
-        error_count=row[8],
-        total_cost_usd=row[9],
-        tags=tuple(json.loads(row[10])),
-    )
-
-
-def _agent(row: Sequence[Any]) -> EventAgent:
-    return EventAgent(*row)
-
-
-def _rule(row: Sequence[Any]) -> AlertRule:
-    return AlertRule(
-        id=row[0],
-        name=row[1],
-        enabled=bool(row[2]),
-        condition=AlertCondition(row[3]),
-        threshold=row[4],
-        window_minutes=row[5],
-        scope_agent_id=row[6],
-        scope_tags=tuple(json.loads(row[7])),
-        notify_channels=tuple(json.loads(row[8])),
-        created_at=row[9],
-        updated_at=row[10],
-    )
-
-
-def _entry(row: Sequence[Any]) -> AlertHistoryEntry:
-    return AlertHistoryEntry(*row)
 
 
 def _in(values: Iterable[object]) -> str:
@@ -216,6 +144,7 @@ class SqliteEventStore:
         self._engine = engine
         self._clock = clock
         self._feed_keep_ms = int(feed_keep_seconds * 1000)
+        self._head_guesses = HeadGuesses()
 
     @property
     def clock(self) -> Clock:
@@ -225,9 +154,16 @@ class SqliteEventStore:
 
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
         now = int(self._clock() * 1000)
-        return await self._engine.write(
-            lambda connection: _insert_batch(connection, namespace, events, now, now - self._feed_keep_ms)
+        expired = now - self._feed_keep_ms
+        # Linked here, on the event loop, so that the writer thread only checks the heads and writes.
+        guess = self._head_guesses.link(namespace, events)
+        outcome = await self._engine.write(
+            lambda connection: store_batch(
+                _IngestTransaction(connection, namespace, now, expired), namespace, events, guess=guess
+            )
         )
+        self._head_guesses.committed(namespace, outcome.stored)
+        return outcome
 
     # Following the feed ----------------------------------------------------------------------------------
 
@@ -265,11 +201,11 @@ class SqliteEventStore:
     # Reading events --------------------------------------------------------------------------------------
 
     async def get_event(self, namespace: str, event_id: str) -> Event | None:
-        sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = ? AND id = ?"
+        sql = f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = ? AND id = ?"
         row = await self._engine.lookup(
             lambda connection: connection.execute(sql, (namespace, event_id)).fetchone()
         )
-        return None if row is None else _event(row)
+        return None if row is None else read_event(row)
 
     async def query_events(self, namespace: str, query: EventQuery) -> EventPage:
         matching = Conditions(SQLITE).events(namespace, query.filter)
@@ -277,7 +213,7 @@ class SqliteEventStore:
         page.after(query.after, descending=query.descending)
         direction = "DESC" if query.descending else "ASC"
         select = f"""
-            SELECT {_EVENT_COLUMNS} FROM events WHERE {page.where()}
+            SELECT {EVENT_COLUMNS} FROM events WHERE {page.where()}
             ORDER BY timestamp {direction}, id {direction} LIMIT ? OFFSET ?
         """
         count = f"SELECT count(*) FROM events WHERE {matching.where()}"
@@ -285,7 +221,7 @@ class SqliteEventStore:
         def read(connection: sqlite3.Connection) -> EventPage:
             rows = connection.execute(select, (*page.params, query.limit, query.offset)).fetchall()
             total = connection.execute(count, matching.params).fetchone()[0]
-            return EventPage([_event(row) for row in rows], total)
+            return EventPage([read_event(row) for row in rows], total)
 
         return await self._engine.read(read)
 
@@ -303,12 +239,12 @@ class SqliteEventStore:
         conditions = Conditions(SQLITE).events(namespace, EventFilter(session_id=session_id))
         conditions.after(after, descending=False)
         sql = f"""
-            SELECT {_EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT ?
+            SELECT {EVENT_COLUMNS} FROM events WHERE {conditions.where()} ORDER BY timestamp, id LIMIT ?
         """
         rows = await self._engine.read(
             lambda connection: connection.execute(sql, (*conditions.params, limit)).fetchall()
         )
-        return [_event(row) for row in rows]
+        return [read_event(row) for row in rows]
 
     async def verify_chain(self, namespace: str, session_id: str) -> ChainVerification | None:
         def read(connection: sqlite3.Connection) -> ChainVerification | None:
@@ -319,11 +255,11 @@ class SqliteEventStore:
             if head is None:
                 return None
             rows = connection.execute(
-                f"SELECT {_EVENT_COLUMNS} FROM events WHERE namespace = ? AND session_id = ?"
+                f"SELECT {EVENT_COLUMNS} FROM events WHERE namespace = ? AND session_id = ?"
                 " ORDER BY chain_index",
                 (namespace, session_id),
             ).fetchall()
-            return verify_chain([_event(row) for row in rows], ChainHead(head[0], head[1]))
+            return verify_chain([read_event(row) for row in rows], ChainHead(head[0], head[1]))
 
         return await self._engine.read(read)
 
@@ -334,7 +270,7 @@ class SqliteEventStore:
 
     async def get_session(self, namespace: str, session_id: str) -> Session | None:
         row = await self._engine.lookup(lambda connection: _session_row(connection, namespace, session_id))
-        return None if row is None else _session(row)
+        return None if row is None else read_session(SQLITE, row)
 
     async def query_sessions(self, namespace: str, query: SessionQuery) -> SessionPage:
         matching = Conditions(SQLITE)
@@ -356,7 +292,7 @@ class SqliteEventStore:
                 *tags,
             )
         select = f"""
-            SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
+            SELECT {SESSION_COLUMNS} FROM event_sessions WHERE {matching.where()}
             ORDER BY started_at DESC, id DESC LIMIT ? OFFSET ?
         """
         count = f"SELECT count(*) FROM event_sessions WHERE {matching.where()}"
@@ -364,14 +300,14 @@ class SqliteEventStore:
         def read(connection: sqlite3.Connection) -> SessionPage:
             rows = connection.execute(select, (*matching.params, query.limit, query.offset)).fetchall()
             total = connection.execute(count, matching.params).fetchone()[0]
-            return SessionPage([_session(row) for row in rows], total)
+            return SessionPage([read_session(SQLITE, row) for row in rows], total)
 
         return await self._engine.read(read)
 
     async def upsert_agent(self, namespace: str, update: EventAgentUpdate) -> EventAgent:
         def write(connection: sqlite3.Connection) -> EventAgent:
             connection.execute(
-                f"INSERT INTO event_agents (namespace, {_AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)"
+                f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, 0)"
                 " ON CONFLICT (namespace, id) DO NOTHING",
                 (namespace, update.id, update.name, update.description, update.now, update.now),
             )
@@ -383,20 +319,20 @@ class SqliteEventStore:
                     " WHERE namespace = ? AND id = ?",
                     (*(values[name] for name in written), namespace, update.id),
                 )
-            return _agent(_agent_row(connection, namespace, update.id))
+            return read_agent(_agent_row(connection, namespace, update.id))
 
         return await self._engine.write(write)
 
     async def get_agent(self, namespace: str, agent_id: str) -> EventAgent | None:
         row = await self._engine.lookup(lambda connection: _agent_row(connection, namespace, agent_id))
-        return None if row is None else _agent(row)
+        return None if row is None else read_agent(row)
 
     async def list_agents(self, namespace: str, *, after: str | None, limit: int) -> list[EventAgent]:
-        sql = f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
+        sql = f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id > ? ORDER BY id LIMIT ?"
         rows = await self._engine.lookup(
             lambda connection: connection.execute(sql, (namespace, after or "", limit)).fetchall()
         )
-        return [_agent(row) for row in rows]
+        return [read_agent(row) for row in rows]
 
     # Analytics -------------------------------------------------------------------------------------------
 
@@ -406,7 +342,7 @@ class SqliteEventStore:
         matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
         if query.agent_id is not None:
             matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(SQLITE, _WIDTHS[query.granularity], _ORIGINS[query.granularity])
+        bucket = bucket_expression(SQLITE, query.granularity)
         sql = analytics_query(SQLITE, bucket, matching.where())
         rows = await self._engine.read(lambda connection: connection.execute(sql, matching.params).fetchall())
         return read_analytics(rows)
@@ -417,7 +353,7 @@ class SqliteEventStore:
         def write(connection: sqlite3.Connection) -> None:
             try:
                 connection.execute(
-                    f"INSERT INTO event_alert_rules (namespace, {_RULE_COLUMNS}) VALUES (?{', ?' * 11})",
+                    f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})",
                     (namespace, *_rule_values(rule)),
                 )
             except sqlite3.IntegrityError:
@@ -427,10 +363,10 @@ class SqliteEventStore:
 
     async def get_alert_rule(self, namespace: str, rule_id: str) -> AlertRule | None:
         row = await self._engine.lookup(lambda connection: _rule_row(connection, namespace, rule_id))
-        return None if row is None else _rule(row)
+        return None if row is None else read_rule(SQLITE, row)
 
     async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
-        values = dict(zip(_RULE_COLUMNS.split(", "), _rule_values(rule), strict=True))
+        values = dict(zip(RULE_COLUMNS.split(", "), _rule_values(rule), strict=True))
         columns = sorted(
             ({"scope_agent_id", "scope_tags"} if "scope" in written else set()) | (written - {"scope"})
         )
@@ -444,7 +380,7 @@ class SqliteEventStore:
                 == 0
             ):
                 raise NotFound(f"alert rule {rule.id} does not exist")
-            return _rule(_rule_row(connection, namespace, rule.id))
+            return read_rule(SQLITE, _rule_row(connection, namespace, rule.id))
 
         return await self._engine.write(write)
 
@@ -456,12 +392,12 @@ class SqliteEventStore:
         return deleted > 0
 
     async def list_alert_rules(self, namespace: str, *, after: str | None, limit: int) -> list[AlertRule]:
-        sql = f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id > ? ORDER BY id"
+        sql = f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id > ? ORDER BY id"
         sql += " LIMIT ?"
         rows = await self._engine.lookup(
             lambda connection: connection.execute(sql, (namespace, after or "", limit)).fetchall()
         )
-        return [_rule(row) for row in rows]
+        return [read_rule(SQLITE, row) for row in rows]
 
     async def record_alert(self, namespace: str, entry: AlertHistoryEntry) -> None:
         def write(connection: sqlite3.Connection) -> None:
@@ -469,7 +405,7 @@ class SqliteEventStore:
                 raise NotFound(f"alert rule {entry.rule_id} does not exist")
             try:
                 connection.execute(
-                    f"INSERT INTO event_alert_history (namespace, {_HISTORY_COLUMNS}) VALUES (?{', ?' * 7})",
+                    f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES (?{', ?' * 7})",
                     (namespace, *_entry_values(entry)),
                 )
             except sqlite3.IntegrityError:
@@ -485,7 +421,7 @@ class SqliteEventStore:
         if rule_id is not None:
             matching.add("rule_id = {}", rule_id)
         select = f"""
-            SELECT {_HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
+            SELECT {HISTORY_COLUMNS} FROM event_alert_history WHERE {matching.where()}
             ORDER BY triggered_at DESC, id DESC LIMIT ? OFFSET ?
         """
         count = f"SELECT count(*) FROM event_alert_history WHERE {matching.where()}"
@@ -493,7 +429,7 @@ class SqliteEventStore:
         def read(connection: sqlite3.Connection) -> AlertHistoryPage:
             rows = connection.execute(select, (*matching.params, limit, offset)).fetchall()
             return AlertHistoryPage(
-                [_entry(row) for row in rows], connection.execute(count, matching.params).fetchone()[0]
+                [read_entry(row) for row in rows], connection.execute(count, matching.params).fetchone()[0]
             )
 
         return await self._engine.read(read)
@@ -542,39 +478,6 @@ class SqliteEventStore:
 # Statements run on the writer thread ---------------------------------------------------------------------
 
 
-def _heads(connection: sqlite3.Connection, namespace: str, session_ids: list[str]) -> dict[str, ChainHead]:
-    rows = connection.execute(
-        "SELECT id, chain_length, last_hash FROM event_sessions"
-        f" WHERE namespace = ? AND id IN ({_in(session_ids)})",
-        (namespace, *session_ids),
-    ).fetchall()
-    return {row[0]: ChainHead(row[1], row[2]) for row in rows}
-
-
-def _stored_ids(connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput]) -> set[str]:
-    ids = [event.id for event in events]
-    rows = connection.execute(
-        f"SELECT id FROM events WHERE namespace = ? AND id IN ({_in(ids)})", (namespace, *ids)
-    )
-    return {row[0] for row in rows}
-
-
-def _insert_linked(
-    connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput], heads: dict[str, ChainHead]
-) -> tuple[list[Event], dict[str, ChainHead]]:
-    linked, new_heads = link_events(events, heads)
-    connection.executemany(
-        _INSERT_EVENT,
-        [
-            (namespace, stored.id, stored.timestamp, stored.session_id, stored.agent_id,
-             stored.event_type.value, stored.severity.value, stored.payload, stored.metadata,
-             stored.prev_hash, stored.hash, stored.chain_index, event.cost_usd, event.latency_ms)
-            for stored, event in zip(linked, events, strict=True)
-        ],
-    )  # fmt: skip
-    return linked, new_heads
-
-
 def _data_version(connection: sqlite3.Connection) -> int:
     version: int = connection.execute("PRAGMA data_version").fetchone()[0]
     return version
@@ -594,7 +497,7 @@ def _read_feed(connection: sqlite3.Connection, namespace: str, after: int, limit
     batches = [(position, json.loads(event_ids)) for position, event_ids in rows]
     wanted = [event_id for _, event_ids in batches for event_id in event_ids]
     found = {
-        row[0]: _event(row)
+        row[0]: read_event(row)
         for row in connection.execute(
             f"SELECT {_QUALIFIED_EVENT_COLUMNS} FROM json_each(?) AS wanted CROSS JOIN events"
             " WHERE events.namespace = ? AND events.id = wanted.value",
@@ -610,74 +513,76 @@ def _read_feed(connection: sqlite3.Connection, namespace: str, after: int, limit
     )
 
 
-def _append_to_feed(
-    connection: sqlite3.Connection, namespace: str, stored: list[Event], now: int, expired: int
-) -> int:
-    """Append the batch's new events to the namespace's feed, prune expired batches; return its position."""
-    position: int = connection.execute(_FEED_NEXT, (namespace,)).fetchall()[0][0]
-    event_ids = json.dumps([event.id for event in stored])
-    connection.execute(_FEED_APPEND, (namespace, position, now, event_ids))
-    connection.execute(_FEED_PRUNE, (namespace, expired, namespace))
-    return position
+class _IngestTransaction:
+    """The primitives of ingest.store_batch on the writer's connection, in the engine's transaction."""
 
+    def __init__(self, connection: sqlite3.Connection, namespace: str, now: int, expired: int) -> None:
+        self._connection = connection
+        self._namespace = namespace
+        self._now = now
+        self._expired = expired
 
-def _insert_batch(
-    connection: sqlite3.Connection, namespace: str, events: Sequence[EventInput], now: int, expired: int
-) -> InsertOutcome:
-    batch_size = len(events)
-    heads = _heads(connection, namespace, sorted({event.session_id for event in events}))
-    # Resends are rare: insert as if every event were new, and only when that fails (a stored id, or a claimed
-    # prev_hash that a stored duplicate explains) look up which ids are stored and link the rest.
-    connection.execute("SAVEPOINT stord_events")
-    try:
-        linked, new_heads = _insert_linked(connection, namespace, events, heads)
-    except (sqlite3.IntegrityError, FailedPrecondition):
-        connection.execute("ROLLBACK TO stord_events")
-        stored = _stored_ids(connection, namespace, events)
-        events = [event for event in events if event.id not in stored]
-        linked, new_heads = _insert_linked(connection, namespace, events, heads)
-    finally:
-        connection.execute("RELEASE stord_events")
-    connection.executemany(
-        _APPLY_SESSION,
-        [
-            {
-                "namespace": namespace,
-                "id": change.session_id,
-                "agent_id": change.agent_id,
-                "agent_name": change.agent_name,
-                "started_at": change.first_timestamp,
-                "ended_at": change.ended_at,
-                "status": None if change.status is None else change.status.value,
-                "event_count": change.event_count,
-                "tool_call_count": change.tool_call_count,
-                "error_count": change.error_count,
-                "cost_usd": change.cost_usd,
-                "tags": None if change.tags is None else json.dumps(change.tags),
-                "chain_length": change.head.length,
-                "last_hash": change.head.last_hash,
-            }
-            for change in session_changes(events, new_heads)
-        ],
-    )
-    connection.executemany(
-        _APPLY_AGENT,
-        [
-            {
-                "namespace": namespace,
-                "id": change.agent_id,
-                "name": change.name or change.agent_id,
-                "first_seen_at": change.first_seen_at,
-                "last_seen_at": change.last_seen_at,
-                "sessions_started": change.sessions_started,
-            }
-            for change in agent_changes(events)
-        ],
-    )
-    if not linked:
-        return InsertOutcome(linked, batch_size)
-    position = _append_to_feed(connection, namespace, linked, now, expired)
-    return InsertOutcome(linked, batch_size - len(events), position)
+    def chain_heads(self, session_ids: Sequence[str]) -> dict[str, ChainHead]:
+        # The write's transaction holds the file's write lock: nobody moves a head until it commits.
+        rows = self._connection.execute(
+            "SELECT session.id, session.chain_length, session.last_hash FROM json_each(?) AS wanted"
+            " CROSS JOIN event_sessions AS session WHERE session.namespace = ? AND session.id = wanted.value",
+            (json.dumps(session_ids), self._namespace),
+        )
+        return {row[0]: ChainHead(row[1], row[2]) for row in rows}
+
+    def stored_ids(self, event_ids: Sequence[str]) -> set[str]:
+        rows = self._connection.execute(
+            "SELECT events.id FROM json_each(?) AS wanted CROSS JOIN events"
+            " WHERE events.namespace = ? AND events.id = wanted.value",
+            (json.dumps(event_ids), self._namespace),
+        )
+        return {row[0] for row in rows}
+
+    def insert_events(self, rows: Sequence[EventRow]) -> bool:
+        self._connection.execute("SAVEPOINT stord_events")
+        try:
+            self._connection.executemany(_INSERT_EVENT, rows)
+        except sqlite3.IntegrityError:
+            self._connection.execute("ROLLBACK TO stord_events")
+            return False
+        finally:
+            self._connection.execute("RELEASE stord_events")
+        return True
+
+    def upsert_sessions(self, changes: Sequence[SessionChange]) -> None:
+        namespace = self._namespace
+        self._connection.executemany(
+            _APPLY_SESSION,
+            [
+                (namespace, change.session_id, change.agent_id, change.agent_name, change.first_timestamp,
+                 change.ended_at, None if change.status is None else change.status.value, change.event_count,
+                 change.tool_call_count, change.error_count, change.cost_usd,
+                 None if change.tags is None else json.dumps(change.tags), change.head.length,
+                 change.head.last_hash)
+                for change in changes
+            ],
+        )  # fmt: skip
+
+    def upsert_agents(self, changes: Sequence[AgentChange]) -> None:
+        namespace = self._namespace
+        self._connection.executemany(
+            _APPLY_AGENT,
+            [
+                (namespace, change.agent_id, change.name or change.agent_id, change.first_seen_at,
+                 change.last_seen_at, change.sessions_started)
+                for change in changes
+            ],
+        )  # fmt: skip
+
+    def append_to_feed(self, events: list[Event]) -> int:
+        # Expired batches go in the same write: the feed stays a few minutes long.
+        connection, namespace = self._connection, self._namespace
+        position: int = connection.execute(_FEED_NEXT, (namespace,)).fetchall()[0][0]
+        event_ids = json.dumps([event.id for event in events])
+        connection.execute(_FEED_APPEND, (namespace, position, self._now, event_ids))
+        connection.execute(_FEED_PRUNE, (namespace, self._expired, namespace))
+        return position
 
 
 def _expired_events(namespace: str, cutoff: int) -> Callable[[sqlite3.Connection], int]:
@@ -712,7 +617,7 @@ def _emptied_sessions(namespace: str, cutoff: int) -> Callable[[sqlite3.Connecti
 
 def _session_row(connection: sqlite3.Connection, namespace: str, session_id: str) -> Any:
     return connection.execute(
-        f"SELECT {_SESSION_COLUMNS} FROM event_sessions WHERE namespace = ? AND id = ?",
+        f"SELECT {SESSION_COLUMNS} FROM event_sessions WHERE namespace = ? AND id = ?",
         (namespace, session_id),
     ).fetchone()
 
@@ -740,18 +645,18 @@ def _upsert_session(connection: sqlite3.Connection, namespace: str, update: Sess
             " WHERE namespace = ? AND id = ?",
             (*(values[name] for name in written), namespace, update.id),
         )
-    return _session(_session_row(connection, namespace, update.id))
+    return read_session(SQLITE, _session_row(connection, namespace, update.id))
 
 
 def _agent_row(connection: sqlite3.Connection, namespace: str, agent_id: str) -> Any:
     return connection.execute(
-        f"SELECT {_AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id = ?", (namespace, agent_id)
+        f"SELECT {AGENT_COLUMNS} FROM event_agents WHERE namespace = ? AND id = ?", (namespace, agent_id)
     ).fetchone()
 
 
 def _rule_row(connection: sqlite3.Connection, namespace: str, rule_id: str) -> Any:
     return connection.execute(
-        f"SELECT {_RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id = ?", (namespace, rule_id)
+        f"SELECT {RULE_COLUMNS} FROM event_alert_rules WHERE namespace = ? AND id = ?", (namespace, rule_id)
     ).fetchone()
 
 

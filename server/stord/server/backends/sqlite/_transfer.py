@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import functools
 import json
 import sqlite3
 import threading
@@ -25,6 +26,19 @@ from typing import Any, Generic, TypeVar
 import orjson
 
 from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._event_sql import (
+    AGENT_COLUMNS,
+    EVENT_COLUMNS,
+    HISTORY_COLUMNS,
+    RULE_COLUMNS,
+    SESSION_COLUMNS,
+    read_agent,
+    read_entry,
+    read_event,
+    read_rule,
+    read_session,
+)
+from stord.server.backends._event_sql import SQLITE as EVENT_SQLITE
 from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
@@ -100,29 +114,25 @@ ON CONFLICT (keyspace, namespace, key) DO UPDATE SET length = max(length, exclud
 _INSERT_DOCUMENT = DOCUMENTS.insert("?")
 _INSERT_JOB = JOBS.insert("?")
 _INSERT_SESSION = f"""
-INSERT INTO event_sessions (namespace, {_events._SESSION_COLUMNS}, chain_length, last_hash)
+INSERT INTO event_sessions (namespace, {SESSION_COLUMNS}, chain_length, last_hash)
 VALUES (?{", ?" * 13})
 """
-_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {_events._AGENT_COLUMNS}) VALUES (?{', ?' * 6})"
-_INSERT_RULE = f"INSERT INTO event_alert_rules (namespace, {_events._RULE_COLUMNS}) VALUES (?{', ?' * 11})"
-_INSERT_ENTRY = (
-    f"INSERT INTO event_alert_history (namespace, {_events._HISTORY_COLUMNS}) VALUES (?{', ?' * 7})"
-)
+_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES (?{', ?' * 6})"
+_INSERT_RULE = f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})"
+_INSERT_ENTRY = f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES (?{', ?' * 7})"
 _INSERT_AGENT = AGENTS.insert("?")
 _INSERT_MANIFEST = HANDLER_MANIFESTS.insert("?")
 _INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("?")
 _INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("?")
 
-# The event store's column lists and row mappers are private to its module, which the events package owns;
-# it is named here, statically, so mypy checks every use.
 _SOURCES = DumpSources(
     document=_documents.DOCUMENT_ROWS,
     job=_jobs.JOB_ROWS,
-    event=Rows(_events._EVENT_COLUMNS, _events._event),
-    session=Rows(_events._SESSION_COLUMNS, _events._session),
-    event_agent=Rows(_events._AGENT_COLUMNS, _events._agent),
-    alert_rule=Rows(_events._RULE_COLUMNS, _events._rule),
-    alert_entry=Rows(_events._HISTORY_COLUMNS, _events._entry),
+    event=Rows(EVENT_COLUMNS, read_event),
+    session=Rows(SESSION_COLUMNS, functools.partial(read_session, EVENT_SQLITE)),
+    event_agent=Rows(AGENT_COLUMNS, read_agent),
+    alert_rule=Rows(RULE_COLUMNS, functools.partial(read_rule, EVENT_SQLITE)),
+    alert_entry=Rows(HISTORY_COLUMNS, read_entry),
     agent=_agents.AGENT_ROWS,
     manifest=manifest_rows(SQLITE),
     transformer=transformer_rows(SQLITE),

@@ -1,7 +1,8 @@
 """The per-session hash chain of the event store (DESIGN 4.4), exactly as `events.proto` defines it.
 
-Pure functions, shared by the servicer (canonical JSON of payloads) and every backend (linking a batch inside
-its transaction, verifying a stored chain), so that the chain is the same whatever stores it.
+Pure functions, shared by the servicer (canonical JSON of payloads), the ingest algorithm (hashing a batch
+inside its transaction) and every backend (verifying a stored chain), so that the chain is the same whatever
+stores it.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import functools
 import hashlib
 import math
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import orjson
 
-from stord.server.ports import ChainVerification, Event, EventInput, FailedPrecondition
+from stord.server.ports import ChainVerification, Event, EventInput
 
 __all__ = [
     "ChainHead",
@@ -25,7 +26,6 @@ __all__ = [
     "event_hash",
     "format_timestamp",
     "is_hash",
-    "link_events",
     "orjson_writes_like_javascript",
     "verify_chain",
 ]
@@ -41,9 +41,11 @@ _ORJSON_FIXED_FROM = 1e-5
 """orjson writes numbers from this magnitude as JavaScript does; JavaScript keeps fixed notation to 1e-6."""
 
 
-@dataclass(frozen=True, slots=True)
-class ChainHead:
-    """The end of a session's chain: how many events it holds and the last one's hash."""
+class ChainHead(NamedTuple):
+    """The end of a session's chain: how many events it holds and the last one's hash.
+
+    A NamedTuple: ingest makes one per event, and a frozen dataclass costs several times more to make.
+    """
 
     length: int = 0
     last_hash: str | None = None
@@ -174,48 +176,6 @@ def event_hash(event: Event | EventInput, prev_hash: str | None) -> str:
         )
     )
     return hashlib.sha256(canonical).hexdigest()
-
-
-def link_events(
-    events: Sequence[EventInput], heads: Mapping[str, ChainHead]
-) -> tuple[list[Event], dict[str, ChainHead]]:
-    """Link each event after its session's head, in batch order; return them and the sessions' new heads.
-
-    `heads` holds the stored head of every session of the batch that has one. Raise FailedPrecondition,
-    naming the event, when a claimed prev_hash or hash does not match: the batch must then store nothing.
-    """
-    new_heads: dict[str, ChainHead] = {}
-    linked: list[Event] = []
-    for event in events:
-        head = new_heads.get(event.session_id) or heads.get(event.session_id) or ChainHead()
-        if event.claims_prev_hash and event.prev_hash != head.last_hash:
-            raise FailedPrecondition(
-                f"event {event.id}: prev_hash {event.prev_hash or '(empty: first event)'} does not match the "
-                f"last hash of session {event.session_id}, "
-                f"{head.last_hash or '(none: the session has no event yet)'}"
-            )
-        digest = event_hash(event, head.last_hash)
-        if event.hash is not None and event.hash != digest:
-            raise FailedPrecondition(
-                f"event {event.id}: hash {event.hash} does not match its content, which hashes to {digest}"
-            )
-        linked.append(
-            Event(
-                id=event.id,
-                timestamp=event.timestamp,
-                session_id=event.session_id,
-                agent_id=event.agent_id,
-                event_type=event.event_type,
-                severity=event.severity,
-                payload=event.payload,
-                metadata=event.metadata,
-                prev_hash=head.last_hash,
-                hash=digest,
-                chain_index=head.length,
-            )
-        )
-        new_heads[event.session_id] = ChainHead(head.length + 1, digest)
-    return linked, new_heads
 
 
 def verify_chain(events: Sequence[Event], head: ChainHead) -> ChainVerification:

@@ -9,7 +9,9 @@ from typing import Any
 import grpc
 
 from stord.server import calls
-from stord.server.event_model import new_ulid
+from stord.server.events import codec
+from stord.server.events.model import new_ulid
+from stord.server.events.tail import EventHub, SubscriberDropped
 from stord.server.ports import (
     ALERT_RULE_FIELDS,
     AlertHistoryEntry,
@@ -30,9 +32,7 @@ from stord.server.ports import (
     SessionUpdate,
     StoreError,
 )
-from stord.server.services import _event_codec as codec
 from stord.server.services import _validate as check
-from stord.server.services._event_tail import EventHub, SubscriberDropped
 from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import orjson
 from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.struct_pb2 import Struct, Value
 
-from stord.server.event_chain import JsonValue, canonical_json, is_hash, orjson_writes_like_javascript
-from stord.server.event_model import new_ulid, payload_facts
+from stord.server.events.chain import JsonValue, canonical_json, is_hash, orjson_writes_like_javascript
+from stord.server.events.model import new_ulid, payload_facts
 from stord.server.ports import (
     AlertCondition,
     AlertHistoryEntry,
@@ -176,6 +176,65 @@ def struct_json(struct: Struct, field: str) -> tuple[dict[str, JsonValue], str]:
         raise InvalidArgument(field, str(error)) from None
 
 
+_EXACT_DOUBLE_INTS = 2**53
+"""Integers below this magnitude are the same as JavaScript numbers (IEEE doubles) and as Struct numbers."""
+
+
+def _written_alike(document: JsonValue) -> bool:
+    """Return whether every number of a parsed JSON value is one a Struct holds as it is and orjson writes as
+    JavaScript does: an integer below 2^53, or a non-integral double from 1e-5 up."""
+    pending = [document]  # a stack, not recursion: this runs for every event ingested
+    while pending:
+        value = pending.pop()
+        if isinstance(value, str) or value is None:
+            continue
+        if isinstance(value, dict):
+            pending.extend(value.values())
+        elif isinstance(value, list):
+            pending.extend(value)
+        elif isinstance(value, float):
+            if not orjson_writes_like_javascript(value):
+                return False
+        elif not isinstance(value, bool) and not -_EXACT_DOUBLE_INTS < value < _EXACT_DOUBLE_INTS:
+            return False
+    return True
+
+
+def _as_double(value: JsonValue) -> JsonValue:
+    """Return a parsed JSON value with every number as a Struct holds it: a double, integral ones as ints."""
+    if isinstance(value, dict):
+        return {key: _as_double(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_as_double(item) for item in value]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+        if number.is_integer() and -_ORJSON_INT_LIMIT < number < _ORJSON_INT_LIMIT:
+            return int(number)
+        return number
+    return value
+
+
+def json_text(text: str, field: str) -> tuple[dict[str, JsonValue], str]:
+    """Return JSON object text as a JSON object and its canonical text, the same as for the equal Struct.
+
+    One parse and one write with orjson; only when a number is one JavaScript writes otherwise (or holds
+    rounded) are the numbers made doubles, as a Struct's are, and written the careful way.
+    """
+    try:
+        document = orjson.loads(text)
+    except orjson.JSONDecodeError as error:
+        raise InvalidArgument(field, f"is not JSON text: {error}") from None
+    if not isinstance(document, dict):
+        raise InvalidArgument(field, "must be a JSON object")
+    if _written_alike(document):
+        return document, orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode()
+    document = cast(dict[str, JsonValue], _as_double(document))
+    try:
+        return document, canonical_json(document)
+    except ValueError as error:
+        raise InvalidArgument(field, str(error)) from None
+
+
 def json_struct(canonical: str) -> Struct:
     """Return stored JSON object text as a Struct."""
     struct = Struct()
@@ -193,6 +252,19 @@ def _event_id(value: str, field: str, name: str) -> str:
     return check.identifier(value, f"{field}.{name}")
 
 
+def _json_object(message: pb.Event, name: str, field: str) -> tuple[dict[str, JsonValue], str]:
+    """Return the payload or metadata of an event, from its JSON text or its Struct."""
+    text = message.payload_json if name == "payload" else message.metadata_json
+    if text:
+        if message.HasField(name):  # type: ignore[arg-type]
+            raise InvalidArgument(f"{field}.{name}_json", f"cannot be combined with {name}")
+        return json_text(text, f"{field}.{name}_json")
+    struct: Struct = getattr(message, name)
+    if not struct.fields:
+        return {}, "{}"
+    return struct_json(struct, f"{field}.{name}")
+
+
 def event_input(message: pb.Event, field: str, now_ms: int) -> EventInput:
     """Return a validated event to store; `now_ms` fills an unset timestamp and dates a made id."""
     event_type = EVENT_TYPES.get(message.event_type) or member(
@@ -201,8 +273,8 @@ def event_input(message: pb.Event, field: str, now_ms: int) -> EventInput:
     severity = SEVERITIES.get(message.severity) or member(
         message.severity, SEVERITIES, f"{field}.severity", pb.Severity
     )
-    payload, payload_text = struct_json(message.payload, f"{field}.payload")
-    metadata_text = struct_json(message.metadata, f"{field}.metadata")[1] if message.metadata.fields else "{}"
+    payload, payload_text = _json_object(message, "payload", field)
+    metadata_text = _json_object(message, "metadata", field)[1]
     claims_prev_hash = message.HasField("prev_hash")
     prev_hash, claimed_hash = message.prev_hash, message.hash
     if claims_prev_hash and prev_hash and not is_hash(prev_hash):

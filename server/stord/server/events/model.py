@@ -1,23 +1,23 @@
 """Event store rules all backends share: payload facts, ids, filters, and what a batch does to sessions.
 
-Backends apply `session_changes` and `agent_changes` in the transaction that stores the batch, in SQL or in
-dicts, so derived sessions and agents follow the same rules everywhere (DESIGN 4.4, as the original).
+`ingest.link_batch` folds a batch into one `SessionChange` per session and one `AgentChange` per agent;
+backends apply them in the transaction that stores the batch, in SQL or in dicts (`apply_session_change`,
+`apply_agent_change`), so derived sessions and agents follow the same rules everywhere (DESIGN 4.4).
 """
 
 from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from stord.server.event_chain import ChainHead
+from stord.server.events.chain import ChainHead
 from stord.server.ports import (
     Event,
     EventAgent,
     EventFilter,
-    EventInput,
     EventType,
     Session,
     SessionStatus,
@@ -27,7 +27,6 @@ from stord.server.ports import (
 __all__ = [
     "AgentChange",
     "SessionChange",
-    "agent_changes",
     "analytics_bucket",
     "apply_agent_change",
     "apply_session_change",
@@ -36,7 +35,6 @@ __all__ = [
     "new_ulid",
     "payload_facts",
     "search_pattern",
-    "session_changes",
 ]
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
@@ -130,30 +128,6 @@ class SessionChange:
     ended_at: int | None = None
 
 
-def session_changes(events: Sequence[EventInput], heads: Mapping[str, ChainHead]) -> list[SessionChange]:
-    """Fold a linked batch, in order, into one change per session, by session id."""
-    changes: dict[str, SessionChange] = {}
-    for event in events:
-        change = changes.get(event.session_id)
-        if change is None:
-            change = changes[event.session_id] = SessionChange(
-                event.session_id, event.agent_id, event.timestamp, heads[event.session_id]
-            )
-        change.first_timestamp = min(change.first_timestamp, event.timestamp)
-        change.event_count += 1
-        change.tool_call_count += event.event_type is EventType.TOOL_CALL
-        change.error_count += counts_as_error(event.event_type, event.severity)
-        change.cost_usd += event.cost_usd or 0.0
-        if event.event_type is EventType.SESSION_STARTED:
-            change.status = SessionStatus.ACTIVE
-            change.agent_name = event.agent_name or change.agent_name
-            change.tags = event.tags or change.tags
-        elif event.event_type is EventType.SESSION_ENDED:
-            change.status = SessionStatus.ERROR if event.ends_in_error else SessionStatus.COMPLETED
-            change.ended_at = event.timestamp
-    return [changes[session_id] for session_id in sorted(changes)]
-
-
 def apply_session_change(session: Session | None, change: SessionChange) -> Session:
     """Return the session after the change; a new one when `session` is None."""
     if session is None:
@@ -195,20 +169,6 @@ class AgentChange:
     name: str | None = None
     """The first agentName of the batch's events: a new agent's name (else its id)."""
     sessions_started: int = 0
-
-
-def agent_changes(events: Sequence[EventInput]) -> list[AgentChange]:
-    """Fold a batch into one change per agent, by agent id."""
-    changes: dict[str, AgentChange] = {}
-    for event in events:
-        change = changes.get(event.agent_id)
-        if change is None:
-            change = changes[event.agent_id] = AgentChange(event.agent_id, event.timestamp, event.timestamp)
-        change.first_seen_at = min(change.first_seen_at, event.timestamp)
-        change.last_seen_at = max(change.last_seen_at, event.timestamp)
-        change.name = change.name or event.agent_name
-        change.sessions_started += event.event_type is EventType.SESSION_STARTED
-    return [changes[agent_id] for agent_id in sorted(changes)]
 
 
 def apply_agent_change(agent: EventAgent | None, change: AgentChange) -> EventAgent:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from stord.server.event_model import matches
+from stord.server.events.model import matches
 from stord.server.ports import Event, EventFilter, EventStore, InsertOutcome, StoreError, Unavailable
 
 __all__ = ["EventHub", "SubscriberDropped", "Subscription"]

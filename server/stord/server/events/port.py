@@ -1,4 +1,4 @@
-"""The event store contract (DESIGN 4.4)."""
+"""The event store port (DESIGN 4.4): the EventStore Protocol and its domain types."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import enum
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from stord.server.ports._base import Clock
+if TYPE_CHECKING:
+    # Only for annotations: stord.server.ports re-exports this module, so importing it here would be a cycle.
+    from stord.server.ports._base import Clock
 
 # Times are integers: milliseconds since the epoch, UTC. Payloads and metadata are canonical JSON text.
 
