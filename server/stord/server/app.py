@@ -26,6 +26,7 @@ from stord.server.interceptors import CallInterceptor
 from stord.server.listen import ListenError, check_port_free
 from stord.server.metrics import Metrics, MetricsServer
 from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplemented, system_clock
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.services.admin import AdminServicer, BackendStatus
 from stord.server.services.registry import CONTRACTS, UnservedService
 from stord.v1 import admin_pb2, admin_pb2_grpc
@@ -171,11 +172,12 @@ class Daemon:
             ],
         )
         backends = {"database": database, "cache": cache}
+        page_tokens = {role: await self._page_tokens(role, backend) for role, backend in backends.items()}
         unserved: list[grpc.GenericRpcHandler] = []
         for contract in CONTRACTS:
             backend = backends[contract.role]
             try:
-                servicer = contract.servicer(backend, cache, metrics)
+                servicer = contract.servicer(backend, cache, metrics, page_tokens[contract.role])
                 contract.add_to_server(servicer, server)
                 if isinstance(servicer, _Draining):
                     self._draining.append(servicer)
@@ -223,6 +225,13 @@ class Daemon:
             client_certificates=settings.tls_client_ca is not None,
             metrics=self._metrics_url(),
         )
+
+    async def _page_tokens(self, role: str, backend: Backend) -> PageTokens:
+        """Return the page-token codec of a role, sealed with the key its backend shares among daemons."""
+        try:
+            return PageTokens(await backend.page_token_key())
+        except StoreError as error:
+            raise StartupError(f"cannot read the page-token key of the {role} backend: {error}") from None
 
     def _serve_metrics(self, metrics: Metrics, database: Backend, address: tuple[str, int]) -> None:
         """Collect backend health and job queue depth at scrape time, and bind the HTTP endpoint."""

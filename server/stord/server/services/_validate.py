@@ -6,13 +6,10 @@ common ones named here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import orjson
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -169,41 +166,3 @@ def page_size(
         raise InvalidArgument(field, "must not be negative")
     default, maximum = limits
     return min(size or default, maximum)
-
-
-def _token_bytes(token: str) -> bytes:
-    return base64.b64decode(token.encode(), altchars=b"-_", validate=True)
-
-
-def encode_page_token(position: str) -> str:
-    """Return an opaque token that resumes after `position`."""
-    return base64.urlsafe_b64encode(position.encode()).decode()
-
-
-def decode_page_token(token: str, field: str = "page_token") -> str | None:
-    """Return the position a page token resumes after, None for the first page."""
-    if not token:
-        return None
-    try:
-        position = _token_bytes(token).decode()
-    except (binascii.Error, UnicodeError, ValueError):
-        position = ""
-    if not position or "\x00" in position:
-        raise InvalidArgument(field, "is not a token this server issued")
-    return position
-
-
-def encode_listing_token(kind: str, *parts: object) -> str:
-    """Return an opaque page token of a listing of `kind`, holding `parts`."""
-    return base64.urlsafe_b64encode(orjson.dumps((kind, *parts))).decode()
-
-
-def decode_listing_token(token: str, kind: str, field: str = "page_token") -> list[Any]:
-    """Return the parts of a page token made by `encode_listing_token(kind, ...)`."""
-    try:
-        parts = orjson.loads(_token_bytes(token))
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        parts = None
-    if not isinstance(parts, list) or not parts or parts[0] != kind:
-        raise InvalidArgument(field, "is not a token this server issued for this listing")
-    return parts[1:]

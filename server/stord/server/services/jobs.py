@@ -12,6 +12,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from stord.server import calls
 from stord.server.ports import InvalidArgument, Job, JobLease, JobQueueStore, JobStatus, NewJob
+from stord.server.rpc.page_tokens import PageTokens, new_key
 from stord.server.services import _fields as fields
 from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
@@ -122,20 +123,18 @@ def _statuses(messages: Sequence[pb.JobStatus.ValueType]) -> frozenset[JobStatus
     return frozenset(statuses)
 
 
-def _sequence_after(token: str) -> int | None:
-    position = check.decode_page_token(token)
-    if position is None:
-        return None
-    if not position.isdigit():
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return int(position)
-
-
 class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
     """Jobs: enqueue, lease, complete, fail and inspect."""
 
-    def __init__(self, store: JobQueueStore, *, saw_queue: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self,
+        store: JobQueueStore,
+        *,
+        tokens: PageTokens | None = None,
+        saw_queue: Callable[[str, str], None] | None = None,
+    ) -> None:
         self._store = store
+        self._tokens = tokens or PageTokens(new_key())
         self._saw_queue = saw_queue
         """Told the namespace and queue of every enqueue and dequeue (the metrics' queue depth)."""
         self._waiting: set[asyncio.Event] = set()
@@ -238,7 +237,8 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         queue = fields.name(request.queue, "queue")
         statuses = _statuses(request.statuses)
         limit = check.page_size(request.page_size)
-        after = _sequence_after(request.page_token)
+        position = self._tokens.resume(request, calls.namespace(), int)
+        after = None if position is None else int(position[0])
         # One extra job tells whether another page follows.
         jobs = await self._store.find(
             calls.namespace(), queue, statuses=statuses, after=after, limit=limit + 1
@@ -246,7 +246,7 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         token = ""
         if len(jobs) > limit:
             jobs = jobs[:limit]
-            token = check.encode_page_token(str(jobs[-1].sequence))
+            token = self._tokens.issue(request, calls.namespace(), jobs[-1].sequence)
         return pb.ListJobsResponse(jobs=[job_message(job) for job in jobs], next_page_token=token)
 
     async def GetQueueStats(

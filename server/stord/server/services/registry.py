@@ -15,6 +15,7 @@ import grpc
 
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, Keyspace
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.services.agents import agent_store_servicer
 from stord.server.services.documents import DocumentServicer
 from stord.server.services.events import EventStoreServicer
@@ -48,9 +49,10 @@ class Contract:
     service: str
     """The full service name, e.g. `stord.v1.CacheService`."""
     role: Role
-    servicer: Callable[[Backend, Backend, Metrics | None], object]
-    """Build the servicer over the role's backend, the cache role's backend (for read-through caches) and
-    the daemon's metrics (None when off); raise Unimplemented when the role's backend does not serve it."""
+    servicer: Callable[[Backend, Backend, Metrics | None, PageTokens], object]
+    """Build the servicer over the role's backend, the cache role's backend (for read-through caches), the
+    daemon's metrics (None when off) and the role's page-token codec; raise Unimplemented when the role's
+    backend does not serve it."""
     add_to_server: Callable[[Any, grpc.aio.Server], None]
 
 
@@ -63,34 +65,38 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         _service_name(kv_pb2.DESCRIPTOR, "CacheService"),
         "cache",
-        lambda backend, cache, metrics: CacheServicer(backend.key_value(Keyspace.CACHE)),
+        lambda backend, cache, metrics, tokens: CacheServicer(backend.key_value(Keyspace.CACHE), tokens),
         kv_pb2_grpc.add_CacheServiceServicer_to_server,
     ),
     Contract(
         _service_name(kv_pb2.DESCRIPTOR, "DatabaseService"),
         "database",
-        lambda backend, cache, metrics: DatabaseServicer(backend.key_value(Keyspace.DATABASE)),
+        lambda backend, cache, metrics, tokens: DatabaseServicer(
+            backend.key_value(Keyspace.DATABASE), tokens
+        ),
         kv_pb2_grpc.add_DatabaseServiceServicer_to_server,
     ),
     Contract(
         _service_name(documents_pb2.DESCRIPTOR, "DocumentService"),
         "database",
-        lambda backend, cache, metrics: DocumentServicer(backend.documents()),
+        lambda backend, cache, metrics, tokens: DocumentServicer(backend.documents(), tokens),
         documents_pb2_grpc.add_DocumentServiceServicer_to_server,
     ),
     Contract(
         _service_name(jobs_pb2.DESCRIPTOR, "JobQueueService"),
         "database",
-        lambda backend, cache, metrics: JobQueueServicer(
-            backend.jobs(), saw_queue=None if metrics is None else metrics.saw_queue
+        lambda backend, cache, metrics, tokens: JobQueueServicer(
+            backend.jobs(), tokens=tokens, saw_queue=None if metrics is None else metrics.saw_queue
         ),
         jobs_pb2_grpc.add_JobQueueServiceServicer_to_server,
     ),
     Contract(
         _service_name(events_pb2.DESCRIPTOR, "EventStoreService"),
         "database",
-        lambda backend, cache, metrics: EventStoreServicer(
-            backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
+        lambda backend, cache, metrics, tokens: EventStoreServicer(
+            backend.events(),
+            tokens=tokens,
+            count_stored=None if metrics is None else metrics.events_ingested(backend.kind),
         ),
         events_pb2_grpc.add_EventStoreServiceServicer_to_server,
     ),

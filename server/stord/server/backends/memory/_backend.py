@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import secrets
+
 from stord.server.backends._jobs import QueueWakeups
 from stord.server.backends.memory._agents import MemoryAgentStore
 from stord.server.backends.memory._documents import MemoryDocumentStore
@@ -33,6 +35,7 @@ class MemoryBackend:
         wakeups = QueueWakeups()
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
+        self._page_token_key = secrets.token_bytes(32)  # nothing outlives the process, tokens included
 
     @property
     def kind(self) -> str:
@@ -43,6 +46,9 @@ class MemoryBackend:
 
     async def close(self) -> None:
         pass
+
+    async def page_token_key(self) -> bytes:
+        return self._page_token_key
 
     async def check(self) -> None:
         pass
