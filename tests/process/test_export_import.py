@@ -586,9 +586,9 @@ def align_page_tokens(expected: Message, actual: Message) -> None:
     Page tokens are sealed with a key of each database's own, so the same page has another token there.
     """
     if "next_page_token" in expected.DESCRIPTOR.fields_by_name and type(expected) is type(actual):
-        theirs = getattr(actual, "next_page_token")
-        if getattr(expected, "next_page_token") and theirs:
-            setattr(expected, "next_page_token", theirs)
+        theirs = actual.next_page_token
+        if expected.next_page_token and theirs:
+            expected.next_page_token = theirs
 
 
 def assert_same_answers(
