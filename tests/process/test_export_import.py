@@ -580,7 +580,7 @@ def align_times(expected: Message, actual: Message) -> None:
             align_times(mine, theirs)
 
 
-def align_page_tokens(expected: Message, actual: Message) -> None:
+def align_page_tokens(expected: Any, actual: Any) -> None:
     """Give `expected` the next_page_token of `actual` when both have one.
 
     Page tokens are sealed with a key of each database's own, so the same page has another token there.
