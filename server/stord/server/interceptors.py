@@ -203,10 +203,15 @@ async def _begin(method: str, context: Context, keys: KeyRing | None, meter: Rpc
     started = time.perf_counter()
     request_id = secrets.token_hex(8)
     requested: dict[str, str] = {}
+    authorizations = 0
     for key, value in context.invocation_metadata() or ():
+        authorizations += key == AUTHORIZATION_METADATA
         if key in (NAMESPACE_METADATA, PRINCIPAL_METADATA, AUTHORIZATION_METADATA) and isinstance(value, str):
             requested.setdefault(key, value)
     try:
+        if keys is not None and authorizations > 1:
+            # Whichever copy stord read, a proxy in front may have checked another: refuse the ambiguity.
+            raise _Refused(StatusCode.UNAUTHENTICATED, "send exactly one authorization value")
         if keys is None:
             call = Call(
                 request_id=request_id,
