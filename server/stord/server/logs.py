@@ -2,8 +2,8 @@
 
 Every line the process writes through structlog or the standard library's `logging` (grpc's Cython
 layer, psycopg, redis-py, asyncio) passes one redaction step, `redact`, which replaces anything shaped like
-an API key or a bearer value: a caller's bad `authorization` header can reach a library's message (grpc logs the raw
-bytes of a header it cannot decode), so no code path is trusted to leave secrets out.
+an API key or a bearer value: a caller's bad `authorization` header can reach a library's message (grpc
+logs the raw bytes of a header it cannot decode), so no code path is trusted to leave secrets out.
 """
 
 from __future__ import annotations
