@@ -17,11 +17,13 @@ from stord.client import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    StordError,
     Unauthenticated,
     make_event,
 )
 from stord.server.app import StartupError, stord_version
 from stord.server.auth import Role
+from stord.server.backends.sqlite._key_value import SqliteKeyValueStore
 from stord.server.config import ConfigError, ConnectOptions, Settings, load_settings
 from stord.server.metrics import UNKNOWN_METHOD, Metrics
 from tests.harness._system import free_port
@@ -242,3 +244,20 @@ def test_methods_no_proto_declares_share_one_series() -> None:
         for sample in family.samples
     }
     assert counted == {UNKNOWN_METHOD: 2, "CreateDocument": 1}
+
+
+@pytest.mark.internal_errors_expected
+def test_internal_errors_are_counted(daemon: DaemonThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert value(scrape(daemon), "stord_internal_errors_total") == 0
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SqliteKeyValueStore, "get", broken)
+    with Client(daemon.target, namespace="metrics") as client:
+        for _ in range(2):
+            with pytest.raises(StordError, match="internal error; request id"):
+                client.db.get("key")
+    after = scrape(daemon)
+    assert value(after, "stord_internal_errors_total") == 2
+    assert rpcs(after, "DatabaseService", "Get", "INTERNAL") == 2

@@ -421,6 +421,8 @@ class Daemon:
                 await self._refresh_health()
             except Exception:  # a bug in one check must not freeze health at its last state
                 _log.exception("health_check_crashed")
+                if self.metrics is not None:
+                    self.metrics.internal_error()
 
     async def sweep_expired(self) -> int:
         """Delete expired records on every backend now; return how many went."""
@@ -439,6 +441,8 @@ class Daemon:
                 deleted = await self.sweep_expired()
             except Exception:
                 _log.exception("expiry_sweep_crashed")
+                if self.metrics is not None:
+                    self.metrics.internal_error()
             else:
                 _log.debug("expired_deleted", count=deleted)
 

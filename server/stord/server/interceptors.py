@@ -275,6 +275,8 @@ async def _fail(outcome: _Outcome, error: BaseException, context: Context) -> No
         pass  # a servicer aborted with its own status, or a client went away from a stream
     elif isinstance(error, Exception):
         outcome.status = StatusCode.INTERNAL
+        if outcome.meter is not None:
+            outcome.meter.internal_error()
         _log.error(
             "rpc_failed", method=outcome.call.method, request_id=outcome.call.request_id, exc_info=error
         )

@@ -73,9 +73,11 @@ _JOB_STATUSES = tuple(QueueStats.__dataclass_fields__)
 class RpcMeter:
     """The pre-bound series of one RPC method: its latency histogram and a counter per status seen."""
 
-    __slots__ = ("_by_status", "_counter", "_latency", "_method", "_service")
+    __slots__ = ("_by_status", "_counter", "_internal_errors", "_latency", "_method", "_service")
 
-    def __init__(self, counter: Counter, latency: Histogram, full_method: str) -> None:
+    def __init__(
+        self, counter: Counter, latency: Histogram, full_method: str, internal_errors: Counter
+    ) -> None:
         service, _, method = full_method.strip("/").partition("/")
         try:
             descriptor_pool.Default().FindMethodByName(f"{service}.{method}")
@@ -87,6 +89,11 @@ class RpcMeter:
         self._method = method
         self._latency = latency.labels(service, method)
         self._by_status: dict[object, Counter] = {}
+        self._internal_errors = internal_errors
+
+    def internal_error(self) -> None:
+        """Count a call that failed with a bug (INTERNAL)."""
+        self._internal_errors.inc()
 
     def observe(self, status: object, seconds: float) -> None:
         """Count one finished call with its status and record how long it took."""
@@ -146,12 +153,21 @@ class Metrics:
             ["store", "result"],
             registry=registry,
         )
+        self._internal_errors = Counter(
+            "stord_internal_errors",
+            "Bugs: RPCs answered INTERNAL and background tasks that crashed. Alert on any increase.",
+            registry=registry,
+        )
         self._queues: set[tuple[str, str]] = set()
         self._queues_full_logged = False
 
     def rpc(self, full_method: str) -> RpcMeter:
         """Return the meter of one method, e.g. `/stord.v1.CacheService/Get`; bind it once per method."""
-        return RpcMeter(self._rpcs, self._latency, full_method)
+        return RpcMeter(self._rpcs, self._latency, full_method, self._internal_errors)
+
+    def internal_error(self) -> None:
+        """Count a bug outside any RPC (a background task that crashed)."""
+        self._internal_errors.inc()
 
     def events_ingested(self, backend_kind: str) -> Callable[[int], None]:
         """Return the function that counts events stored into a backend of this kind."""
