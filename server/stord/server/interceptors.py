@@ -16,7 +16,7 @@ import structlog
 from google.protobuf.message import DecodeError
 from grpc import StatusCode
 
-from stord.server.auth import KeyRing, permits
+from stord.server.auth import ApiKey, KeyRing, permits
 from stord.server.calls import (
     NAMESPACE_METADATA,
     PRINCIPAL_METADATA,
@@ -38,12 +38,16 @@ from stord.server.ports import (
     Unavailable,
     Unimplemented,
 )
+from stord.server.rpc.revocation import OpenCalls, Revoked
 
 __all__ = ["CallInterceptor", "status_for"]
 
 AUTHORIZATION_METADATA = "authorization"
 
 _log = structlog.get_logger("stord.rpc")
+
+_LONG_POLLS = frozenset({"/stord.v1.JobQueueService/Dequeue"})
+"""Unary methods that may wait long for their answer, so a key revoked meanwhile must end them."""
 
 _STATUS_BY_ERROR: dict[type[StoreError], StatusCode] = {
     NotFound: StatusCode.NOT_FOUND,
@@ -77,10 +81,12 @@ def status_for(error: StoreError) -> StatusCode:
 class _Outcome:
     """What the access log and the metrics report about one RPC."""
 
-    __slots__ = ("call", "meter", "started", "status")
+    __slots__ = ("call", "key", "meter", "started", "status")
 
-    def __init__(self, call: Call, started: float, meter: RpcMeter | None) -> None:
+    def __init__(self, call: Call, started: float, meter: RpcMeter | None, key: ApiKey | None = None) -> None:
         self.call = call
+        self.key = key
+        """The API key the call presented; None when authentication is off."""
         self.started = started
         self.meter = meter
         self.status = StatusCode.OK
@@ -93,6 +99,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._keys = keys
         """With keys, every stord RPC needs one, and the namespace and principal are the key's."""
         self._metrics = metrics
+        self._open_calls = None if keys is None else OpenCalls(keys)
+        """The streams and long polls open now, ended when a key reload takes their key's right away."""
         # The wrapped handler of each method, built on its first call rather than on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -133,10 +141,15 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
     def _unary(
         self, method: str, behaviour: _AsyncUnary, request_streaming: bool, meter: RpcMeter | None
     ) -> _AsyncUnary:
+        watched = request_streaming or method in _LONG_POLLS
+
         async def serve(request: Any, context: Context) -> Any:
             outcome = await _begin(method, context, self._keys, meter)
             try:
-                return await behaviour(_checked(request, request_streaming), context)
+                if outcome.key is None or self._open_calls is None or not watched:
+                    return await behaviour(_checked(request, request_streaming), context)
+                with self._open_calls.watching(outcome.call, outcome.key) as watch:
+                    return await watch.race(behaviour(_checked(request, request_streaming), context))
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
@@ -151,8 +164,14 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         async def serve(request: Any, context: Context) -> AsyncIterator[Any]:
             outcome = await _begin(method, context, self._keys, meter)
             try:
-                async for response in behaviour(_checked(request, request_streaming), context):
-                    yield response
+                responses = behaviour(_checked(request, request_streaming), context)
+                if outcome.key is None or self._open_calls is None:
+                    async for response in responses:
+                        yield response
+                else:
+                    with self._open_calls.watching(outcome.call, outcome.key) as watch:
+                        async for response in watch.guard(responses):
+                            yield response
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
@@ -212,6 +231,7 @@ async def _begin(method: str, context: Context, keys: KeyRing | None, meter: Rpc
         if keys is not None and authorizations > 1:
             # Whichever copy stord read, a proxy in front may have checked another: refuse the ambiguity.
             raise _Refused(StatusCode.UNAUTHENTICATED, "send exactly one authorization value")
+        api_key = None
         if keys is None:
             call = Call(
                 request_id=request_id,
@@ -220,7 +240,7 @@ async def _begin(method: str, context: Context, keys: KeyRing | None, meter: Rpc
                 principal=resolve_principal(requested.get(PRINCIPAL_METADATA)),
             )
         else:
-            call = _authenticated_call(request_id, method, requested, keys)
+            call, api_key = _authenticated_call(request_id, method, requested, keys)
     except _Refused as refusal:
         _log.info(
             "rpc", method=method, status=refusal.status.name, request_id=request_id, error=refusal.reason
@@ -234,7 +254,7 @@ async def _begin(method: str, context: Context, keys: KeyRing | None, meter: Rpc
             meter.observe(StatusCode.INVALID_ARGUMENT, time.perf_counter() - started)
         await context.abort(StatusCode.INVALID_ARGUMENT, str(error))
     current_call.set(call)
-    return _Outcome(call, started, meter)
+    return _Outcome(call, started, meter, api_key)
 
 
 class _Refused(Exception):
@@ -246,8 +266,10 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _authenticated_call(request_id: str, method: str, requested: dict[str, str], keys: KeyRing) -> Call:
-    """Return the Call of a request that presents a key allowed to make it, or raise _Refused.
+def _authenticated_call(
+    request_id: str, method: str, requested: dict[str, str], keys: KeyRing
+) -> tuple[Call, ApiKey]:
+    """Return the Call of a request that presents a key allowed to make it, and the key; or raise _Refused.
 
     The namespace and principal are the key's; metadata naming another one is refused rather than ignored,
     so a misconfigured client fails loudly instead of reading a namespace it did not mean.
@@ -261,7 +283,7 @@ def _authenticated_call(request_id: str, method: str, requested: dict[str, str],
         claimed = requested.get(name)
         if claimed is not None and claimed != own:
             raise _Refused(StatusCode.PERMISSION_DENIED, f"{name} differs from the API key's; omit it")
-    return Call(request_id=request_id, method=method, namespace=key.namespace, principal=key.principal)
+    return Call(request_id=request_id, method=method, namespace=key.namespace, principal=key.principal), key
 
 
 async def _fail(outcome: _Outcome, error: BaseException, context: Context) -> None:
@@ -271,6 +293,10 @@ async def _fail(outcome: _Outcome, error: BaseException, context: Context) -> No
         if outcome.status is StatusCode.UNAVAILABLE:
             _log.warning("backend_unavailable", method=outcome.call.method, error=str(error))
         await context.abort(outcome.status, str(error))
+    elif isinstance(error, Revoked):
+        outcome.status = error.status
+        _log.info("rpc_revoked", method=outcome.call.method, request_id=outcome.call.request_id)
+        await context.abort(error.status, error.reason)
     elif isinstance(error, (grpc.aio.AbortError, GeneratorExit)):
         pass  # a servicer aborted with its own status, or a client went away from a stream
     elif isinstance(error, Exception):
