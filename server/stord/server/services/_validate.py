@@ -26,6 +26,7 @@ MAX_PAGE_SIZE = 1000
 _NANOS = 1_000_000_000
 _MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the least instant a Timestamp may hold
 _MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the greatest
+_MAX_DURATION_SECONDS = 315_576_000_000  # 10,000 years: the longest Duration protobuf defines
 
 _T = TypeVar("_T")
 
@@ -105,6 +106,8 @@ def ttl(duration: Duration, present: bool, field: str = "ttl") -> float | None:
         raise InvalidArgument(field, "must not be negative")
     if duration.nanos >= _NANOS:
         raise InvalidArgument(field, "nanos must be below 1e9")
+    if duration.seconds > _MAX_DURATION_SECONDS:
+        raise InvalidArgument(field, "must be at most 315,576,000,000 seconds, the largest Duration")
     seconds_ = duration.seconds + duration.nanos / 1e9
     return seconds_ or None
 
