@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 from google.protobuf.field_mask_pb2 import FieldMask
@@ -42,7 +44,7 @@ class EventMachine(RuleBasedStateMachine):
         self.call = Caller(self.target)
         self.stub = events_pb2_grpc.EventStoreServiceStub(self.call.channel)
         self.stored: dict[str, pb.Event] = {}
-        self.rules: set[str] = set()
+        self.rule_ids: set[str] = set()
 
     def teardown(self) -> None:
         self.call.close()
@@ -58,7 +60,7 @@ class EventMachine(RuleBasedStateMachine):
         metadata=structs(),
     )
     def insert(
-        self, session: str, at: object, kind: int, severity: int, payload: object, metadata: object
+        self, session: str, at: object, kind: Any, severity: Any, payload: object, metadata: object
     ) -> None:
         event = pb.Event(session_id=session, agent_id="agent", event_type=kind, severity=severity)
         if at is not None:
@@ -99,7 +101,7 @@ class EventMachine(RuleBasedStateMachine):
         )
         answer = self.call(self.stub.CreateAlertRule, pb.CreateAlertRuleRequest(rule=message))
         if isinstance(answer, pb.CreateAlertRuleResponse):
-            self.rules.add(rule_id)
+            self.rule_ids.add(rule_id)
             got = self.call(self.stub.GetAlertRule, pb.GetAlertRuleRequest(id=rule_id))
             assert isinstance(got, pb.GetAlertRuleResponse)
             assert got.rule == answer.rule
@@ -189,7 +191,7 @@ class EventMachine(RuleBasedStateMachine):
         self.call(self.stub.VerifySessionChain, pb.VerifySessionChainRequest(session_id=session))
 
     @rule(start=timestamps(), end=timestamps(), granularity=GRANULARITIES)
-    def analytics(self, start: object, end: object, granularity: int) -> None:
+    def analytics(self, start: object, end: object, granularity: Any) -> None:
         request = pb.GetAnalyticsRequest(granularity=granularity)
         request.from_time.CopyFrom(start)  # type: ignore[arg-type]
         request.to_time.CopyFrom(end)  # type: ignore[arg-type]
@@ -208,7 +210,7 @@ class EventMachine(RuleBasedStateMachine):
             self.call.refused_token(self.stub.QuerySessions, request, data.draw(mutated_tokens(token)), token)
             request.page_token = token
 
-    @precondition(lambda self: bool(self.rules))
+    @precondition(lambda self: bool(self.rule_ids))
     @rule(data=st.data())
     def listing_pages(self, data: st.DataObject) -> None:
         for method, request in (
@@ -217,7 +219,7 @@ class EventMachine(RuleBasedStateMachine):
             (self.stub.ListAgents, pb.ListAgentsRequest(page_size=1)),
         ):
             for _ in range(10):
-                answer = self.call(method, request)
+                answer: Any = self.call(method, request)
                 if isinstance(answer, grpc.StatusCode) or not answer.next_page_token:
                     break
                 token = answer.next_page_token
