@@ -42,7 +42,7 @@ __all__ = [
 
 _LONG_RUN = "STORD_FUZZ_EXAMPLES" in os.environ
 FUZZ_SETTINGS = settings(
-    max_examples=int(os.environ.get("STORD_FUZZ_EXAMPLES", "6")),
+    max_examples=int(os.environ.get("STORD_FUZZ_EXAMPLES", "8")),
     stateful_step_count=int(os.environ.get("STORD_FUZZ_STEPS", "12")),
     deadline=None,
     derandomize=not _LONG_RUN,  # the bounded run is the same every time: a failure in CI reproduces here
