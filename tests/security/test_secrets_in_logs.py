@@ -86,15 +86,20 @@ def test_two_authorization_values_are_unauthenticated(keyed: tuple[Served, Tenan
 @pytest.mark.parametrize(
     "text",
     [
-        "Invalid encoding on b'Bearer stord_AbC-12_x\\xff'",
-        "authorization: bearer\tstord_AbC-12_x, next",
-        "key=stord_AbC-12_x",
+        "Invalid encoding on b'Bearer stord_AbC-12_xYz0987654321\\xff'",
+        "authorization: bearer\tstord_AbC-12_xYz0987654321, next",
+        "key=stord_AbC-12_xYz0987654321",
         "BEARER opaque-token-value",
-        "b'\\xc3Bearer\\xffstord_AbC-12_x'",
+        "b'\\xc3Bearer\\xffstord_AbC-12_xYz0987654321'",
     ],
 )
 def test_redact_removes_bearer_values_and_keys(text: str) -> None:
     cleaned = redact(text)
-    assert "AbC-12_x" not in cleaned
+    assert "AbC-12_xYz0987654321" not in cleaned
     assert "opaque-token-value" not in cleaned
     assert REDACTED in cleaned
+
+
+def test_redact_keeps_names_that_only_start_like_a_key() -> None:
+    text = "postgres_listen_failed channel=stord_jobs url=postgresql://127.0.0.1/stord_4242_7"
+    assert redact(text) == text

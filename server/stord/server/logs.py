@@ -27,8 +27,9 @@ _SECRET = re.compile(
     # A bearer value whatever it holds, up to a quote, a comma or whitespace (also in a bytes repr, where a
     # bad byte shows as \xff and an apostrophe ends the value).
     r"(?i:bearer)(?:\s|\\x[0-9a-fA-F]{2}|\\[tnr])+[^\s'\",]*"
-    # An API key anywhere, also split from its scheme or cut short.
-    rf"|{re.escape(KEY_PREFIX)}[A-Za-z0-9_\-\\]*"
+    # An API key anywhere, also without its scheme: the prefix and at least 16 of its 43 characters (short
+    # names that merely start with the prefix, such as the `stord_jobs` channel, stay readable).
+    rf"|{re.escape(KEY_PREFIX)}[A-Za-z0-9_\-]{{16,}}"
 )
 
 
