@@ -290,10 +290,11 @@ def test_every_listing_refuses_altered_and_foreign_tokens(channel: grpc.Channel,
         _assert_refused(call, _with_token(other, token), metadata)  # another query of the listing
 
 
-def test_a_token_from_one_daemon_pages_on_another_over_the_same_postgres(
-    request: pytest.FixtureRequest, tmp_path: Path
+@pytest.mark.parametrize("backend", ["sqlite", "postgres", "redis"])
+def test_a_token_from_one_daemon_pages_on_another_over_the_same_database(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
-    url = make_backend_url(request, "postgres", tmp_path)
+    url = make_backend_url(request, backend, tmp_path)
     daemons = [
         DaemonThread(Settings(listen="127.0.0.1:0", database=url, cache=url, log_level="warning")).start()
         for _ in range(2)
@@ -301,12 +302,32 @@ def test_a_token_from_one_daemon_pages_on_another_over_the_same_postgres(
     try:
         metadata = _metadata()
         first, second = (grpc.insecure_channel(daemon.target) for daemon in daemons)
-        _seed_documents(first, metadata)
-        listing = LISTINGS[0]
+        listing = next(listing for listing in LISTINGS if listing.name == "db-keys")
+        listing.seed(first, metadata)
         page = listing.call(first)(listing.request(), metadata=metadata)
         rest = listing.call(second)(_with_token(listing.request(), page.next_page_token), metadata=metadata)
-        assert len(rest.documents) == 1
-        assert rest.next_page_token
+        assert list(page.keys) == ["k0"]
+        assert list(rest.keys) == ["k1"]
+        first.close()
+        second.close()
+    finally:
+        for daemon in daemons:
+            daemon.stop()
+
+
+def test_each_memory_daemon_seals_with_a_key_of_its_own() -> None:
+    daemons = [
+        DaemonThread(Settings(listen="127.0.0.1:0", database="memory://", log_level="warning")).start()
+        for _ in range(2)
+    ]
+    try:
+        metadata = _metadata()
+        first, second = (grpc.insecure_channel(daemon.target) for daemon in daemons)
+        listing = next(listing for listing in LISTINGS if listing.name == "db-keys")
+        for channel in (first, second):
+            listing.seed(channel, metadata)
+        page = listing.call(first)(listing.request(), metadata=metadata)
+        _assert_refused(listing.call(second), _with_token(listing.request(), page.next_page_token), metadata)
         first.close()
         second.close()
     finally:
