@@ -4,6 +4,7 @@ ends within a second, with UNAUTHENTICATED for a revoked key and PERMISSION_DENI
 from __future__ import annotations
 
 import queue
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from stord.server.config import Settings
 from stord.v1 import events_pb2, events_pb2_grpc, jobs_pb2, jobs_pb2_grpc
 from tests.harness.auth import Tenant, write_keys
 from tests.harness.daemon import DaemonThread
+from tests.harness.served import Served
 
 WITHIN = 1.0
 """Seconds from the reload to the end of every call the reload took the right to."""
@@ -169,3 +171,27 @@ def test_a_revoked_keys_long_poll_ends_within_a_second(keyed: Keyed) -> None:
         dequeue.result(timeout=30)
     assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
     assert time.monotonic() - revoked_at < WITHIN
+
+
+@pytest.mark.process
+def test_sighup_ends_a_revoked_keys_tail_in_a_served_daemon(tmp_path: Path) -> None:
+    writer = Tenant("writer", "shop", "svc", Role.READ_WRITE)
+    witness = Tenant("witness", "shop", "svc", Role.READ_WRITE)
+    keys_file = write_keys(tmp_path / "keys.yaml", [writer, witness])
+    served = Served(tmp_path / "data", "--database", "memory://", "--api-keys-file", str(keys_file))
+    try:
+        with grpc.insecure_channel(served.address) as channel:
+            stub = events_pb2_grpc.EventStoreServiceStub(channel)
+            tail = Ended(stub.TailEvents(events_pb2.TailEventsRequest(), metadata=auth(writer)))
+            deadline = time.monotonic() + 30
+            while tail.received.empty():
+                stub.InsertEvents(
+                    events_pb2.InsertEventsRequest(events=[event("probe")]), metadata=auth(witness)
+                )
+                time.sleep(0.05)
+                assert time.monotonic() < deadline
+            write_keys(keys_file, [witness])
+            served.process.send_signal(signal.SIGHUP)
+            assert tail.wait() is grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        served.stop()
