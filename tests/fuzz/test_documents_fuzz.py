@@ -52,6 +52,29 @@ class DocumentMachine(RuleBasedStateMachine):
         if isinstance(answer, pb.UpdateDocumentResponse):
             self.documents[document_id] = answer.document
 
+    @rule(first=IDS, second=IDS, data=structs(), delete=st.booleans(), index_field=FIELDS)
+    def transact(self, first: str, second: str, data: Any, delete: bool, index_field: str) -> None:
+        """Two writes, all or nothing: either both show or the documents are as they were."""
+        operations = [
+            pb.TransactOperation(
+                create=pb.CreateDocumentRequest(collection="c", document_id=first, data=data)
+            ),
+            pb.TransactOperation(delete=pb.DeleteDocumentRequest(collection="c", document_id=second))
+            if delete
+            else pb.TransactOperation(
+                update=pb.UpdateDocumentRequest(collection="c", document_id=second, data=data)
+            ),
+        ]
+        answer = self.call(self.stub.Transact, pb.TransactRequest(operations=operations))
+        if isinstance(answer, pb.TransactResponse):
+            created, outcome = answer.results
+            self.documents[created.document.id] = created.document
+            if delete:
+                self.documents.pop(second, None)
+            else:
+                self.documents[second] = outcome.document
+        self.call(self.stub.CreateIndex, pb.CreateIndexRequest(collection="c", field=index_field))
+
     @invariant()
     def every_document_reads_back_as_written(self) -> None:
         for document_id, written in self.documents.items():
