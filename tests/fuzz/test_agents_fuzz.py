@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from stord.v1 import agents_pb2 as pb
 from stord.v1 import agents_pb2_grpc
 from tests.conftest import DATABASE_BACKENDS, Daemons
-from tests.fuzz._edges import FUZZ_SETTINGS, Caller, mutated_tokens, structs, texts
+from tests.fuzz._edges import FUZZ_SETTINGS, Caller, mutated_token, structs, texts
 
 URIS = st.one_of(st.sampled_from(["agent://a", "agent://ключ", "%_*"]), texts(1024))
 
@@ -63,7 +63,7 @@ class AgentMachine(RuleBasedStateMachine):
             if not answer.next_page_token:
                 break
             token = answer.next_page_token
-            self.call.refused_token(self.stub.SearchAgents, request, data.draw(mutated_tokens(token)), token)
+            self.call.refused_token(self.stub.SearchAgents, request, mutated_token(token, data), token)
             request.page_token = token
         assert len(seen) == len(set(seen)), "a page repeated an agent"
         if not query:

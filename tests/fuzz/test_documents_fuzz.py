@@ -12,7 +12,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from stord.v1 import documents_pb2 as pb
 from stord.v1 import documents_pb2_grpc
 from tests.conftest import DATABASE_BACKENDS, Daemons
-from tests.fuzz._edges import FUZZ_SETTINGS, Caller, floats, int64s, mutated_tokens, structs, texts
+from tests.fuzz._edges import FUZZ_SETTINGS, Caller, floats, int64s, mutated_token, structs, texts
 
 IDS = st.one_of(st.sampled_from(["d1", "d2", "ключ", "%_"]), texts(256))
 OPERATORS = st.sampled_from([value for value in pb.FilterOperator.values() if value])
@@ -123,9 +123,7 @@ class DocumentMachine(RuleBasedStateMachine):
                         assert set(seen) == set(self.documents)
                     break
                 token = answer.next_page_token
-                self.call.refused_token(
-                    self.stub.ListDocuments, request, data.draw(mutated_tokens(token)), token
-                )
+                self.call.refused_token(self.stub.ListDocuments, request, mutated_token(token, data), token)
                 request.page_token, request.offset = token, 0
 
 

@@ -24,7 +24,7 @@ from tests.fuzz._edges import (
     Caller,
     floats,
     int32s,
-    mutated_tokens,
+    mutated_token,
     structs,
     texts,
     timestamps,
@@ -164,7 +164,7 @@ class EventMachine(RuleBasedStateMachine):
             if not answer.next_page_token:
                 break
             token = answer.next_page_token
-            self.call.refused_token(self.stub.QueryEvents, request, data.draw(mutated_tokens(token)), token)
+            self.call.refused_token(self.stub.QueryEvents, request, mutated_token(token, data), token)
             request.page_token = token
         assert len(seen) == len(set(seen)), "a page repeated an event"
         if start is None and end is None and not search:
@@ -183,9 +183,7 @@ class EventMachine(RuleBasedStateMachine):
             if not answer.next_page_token:
                 break
             token = answer.next_page_token
-            self.call.refused_token(
-                self.stub.GetSessionTimeline, request, data.draw(mutated_tokens(token)), token
-            )
+            self.call.refused_token(self.stub.GetSessionTimeline, request, mutated_token(token, data), token)
             request.page_token = token
         assert sorted(seen) == sorted(e for e, event in self.stored.items() if event.session_id == session)
         self.call(self.stub.VerifySessionChain, pb.VerifySessionChainRequest(session_id=session))
@@ -207,7 +205,7 @@ class EventMachine(RuleBasedStateMachine):
             if not isinstance(answer, pb.QuerySessionsResponse) or not answer.next_page_token:
                 return
             token = answer.next_page_token
-            self.call.refused_token(self.stub.QuerySessions, request, data.draw(mutated_tokens(token)), token)
+            self.call.refused_token(self.stub.QuerySessions, request, mutated_token(token, data), token)
             request.page_token = token
 
     @precondition(lambda self: bool(self.rule_ids))
@@ -223,7 +221,7 @@ class EventMachine(RuleBasedStateMachine):
                 if isinstance(answer, grpc.StatusCode) or not answer.next_page_token:
                     break
                 token = answer.next_page_token
-                self.call.refused_token(method, request, data.draw(mutated_tokens(token)), token)
+                self.call.refused_token(method, request, mutated_token(token, data), token)
                 request.page_token = token
         self.call(self.stub.GetStats, pb.GetStatsRequest())
         self.call(self.stub.GetAgent, pb.GetAgentRequest(id="agent"))

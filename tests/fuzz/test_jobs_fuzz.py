@@ -16,7 +16,7 @@ from tests.fuzz._edges import (
     Caller,
     durations,
     int32s,
-    mutated_tokens,
+    mutated_token,
     structs,
     texts,
     timestamps,
@@ -95,7 +95,7 @@ class JobMachine(RuleBasedStateMachine):
             if not answer.next_page_token:
                 break
             token = answer.next_page_token
-            self.call.refused_token(self.stub.ListJobs, request, data.draw(mutated_tokens(token)), token)
+            self.call.refused_token(self.stub.ListJobs, request, mutated_token(token, data), token)
             request.page_token = token
         assert sorted(seen) == sorted(job_id for job_id, owner in self.jobs.items() if owner == queue)
 

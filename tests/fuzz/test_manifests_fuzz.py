@@ -11,7 +11,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_stat
 from stord.v1 import manifests_pb2 as pb
 from stord.v1 import manifests_pb2_grpc
 from tests.conftest import DATABASE_BACKENDS, Daemons
-from tests.fuzz._edges import FUZZ_SETTINGS, Caller, durations, int32s, mutated_tokens, texts, timestamps
+from tests.fuzz._edges import FUZZ_SETTINGS, Caller, durations, int32s, mutated_token, texts, timestamps
 
 HANDLERS = st.sampled_from(["h1", "h2", "ключ"])
 VERSIONS = st.one_of(st.sampled_from(["1", "2", "1.0.0-ß"]), texts(1024))
@@ -109,7 +109,7 @@ class ManifestMachine(RuleBasedStateMachine):
                 break
             token = answer.next_page_token
             self.call.refused_token(
-                self.stub.ListManifestVersions, request, data.draw(mutated_tokens(token)), token
+                self.stub.ListManifestVersions, request, mutated_token(token, data), token
             )
             request.page_token = token
         assert sorted(seen) == sorted(version for handler, version in self.manifests if handler == handler_id)
@@ -118,9 +118,7 @@ class ManifestMachine(RuleBasedStateMachine):
         assert isinstance(listed, pb.ManifestStoreServiceListHookManifestsResponse)
         if listed.next_page_token:
             token = listed.next_page_token
-            self.call.refused_token(
-                self.stub.ListHookManifests, hooks, data.draw(mutated_tokens(token)), token
-            )
+            self.call.refused_token(self.stub.ListHookManifests, hooks, mutated_token(token, data), token)
         self.call(self.stub.GetStats, pb.ManifestStoreServiceGetStatsRequest())
 
 
