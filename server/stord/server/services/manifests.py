@@ -105,8 +105,12 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
     ) -> pb.ManifestStoreServiceListManifestVersionsResponse:
         handler_id = check.key(request.handler_id, "handler_id")
         limit = check.page_size(request.page_size)
-        position = self._tokens.resume(request, calls.namespace(), int, str)
-        after = None if position is None else (int(position[0]), str(position[1]))
+        # The creation time goes as seconds and nanoseconds: nanoseconds since the epoch need 68 bits.
+        position = self._tokens.resume(request, calls.namespace(), int, int, str)
+        after = None
+        if position is not None:
+            seconds, nanos, version = position
+            after = (int(seconds) * 1_000_000_000 + int(nanos), str(version))
         # One extra record tells whether another page follows.
         records = await self._store.list_manifests(
             calls.namespace(), handler_id, after=after, limit=limit + 1
@@ -114,9 +118,8 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
         token = ""
         if len(records) > limit:
             records = records[:limit]
-            token = self._tokens.issue(
-                request, calls.namespace(), records[-1].created_at, records[-1].version
-            )
+            seconds, nanos = divmod(records[-1].created_at, 1_000_000_000)
+            token = self._tokens.issue(request, calls.namespace(), seconds, nanos, records[-1].version)
         return pb.ManifestStoreServiceListManifestVersionsResponse(
             manifests=[_manifest(record) for record in records], next_page_token=token
         )
