@@ -42,7 +42,6 @@ def test_versions_page_at_both_ends_of_time(database_client: Client) -> None:
     assert versions(database_client, "edges", page_size=1) == ["old", "mid", "new"]
 
 
-
 def test_a_manifest_round_trips_with_every_field(database_client: Client) -> None:
     stored = pb.HandlerManifest(
         handler_id="user.create",
