@@ -72,10 +72,10 @@ def value(data: bytes, field: str = "value") -> bytes:
 
 
 def finite(number: float, field: str) -> float:
-    """Return a finite number."""
+    """Return a finite number, with -0.0 as 0.0 (SQLite and JSON stores drop the sign, so all backends do)."""
     if not math.isfinite(number):
         raise InvalidArgument(field, "must be a finite number")
-    return number
+    return number + 0.0
 
 
 def enum_value(number: int, enum: EnumDescriptor, field: str) -> int:
