@@ -6,7 +6,7 @@ INSTALLED := $(VENV)/.installed
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
 
-.PHONY: venv run test lint proto proto-image bench soak soak-faults docker image-test clean
+.PHONY: venv run test lint proto proto-image bench soak soak-faults fuzz docker image-test clean
 
 $(INSTALLED): pyproject.toml setup.py client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,13 @@ lint: $(INSTALLED) $(BUF)
 
 test: lint
 	$(BIN)/pytest
+
+# The stateful fuzzers of every contract (tests/fuzz) for longer than `make test` runs them, and randomly:
+# FUZZ_EXAMPLES runs of FUZZ_STEPS steps per contract and backend.
+FUZZ_EXAMPLES ?= 300
+FUZZ_STEPS ?= 40
+fuzz: $(INSTALLED)
+	STORD_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) STORD_FUZZ_STEPS=$(FUZZ_STEPS) $(BIN)/pytest tests/fuzz -q
 
 proto: $(INSTALLED)
 	$(BIN)/python scripts/generate_protos.py

@@ -37,7 +37,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "google/protobuf/",
             "parse_or_mark",  # the request's deserializer, called by grpc
             "server/services/_validate.py:",
-            "server/services/_fields.py:",
+            "server/documents/fields.py:",
             "server/services/_message_json.py:",
         ),
     ),
@@ -45,14 +45,14 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     (
         "interceptors",
         (
-            "server/interceptors.py:",
-            "server/auth.py:",
+            "server/rpc/interceptors.py:",
+            "server/rpc/auth.py:",
             "server/metrics.py:",
             "server/calls.py:",
             "prometheus_client/",
         ),
     ),
-    ("servicer", ("server/services/", "server/read_cache.py:")),
+    ("servicer", ("/service.py:", "server/services/", "server/read_cache.py:")),
 )
 OTHER = "grpc core and event loop"
 _IDLE = ("EpollSelector.select", "select (selectors.py")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import structlog
 
 from stord.client import Client
 from stord.server.backends import KINDS, declared_capabilities
@@ -164,7 +165,40 @@ def client(served: SharedDaemon) -> Iterator[Client]:
         yield client
 
 
+INTERNAL_ERROR_EVENTS = frozenset({"rpc_failed", "health_check_crashed", "expiry_sweep_crashed"})
+"""What a daemon logs for a bug: an RPC answered INTERNAL, a background task that crashed."""
+
+_internal_errors: list[str] = []
+"""Every internal error that a daemon of this process logged, in order."""
+
+
+def _record_internal_errors(
+    logger: structlog.typing.WrappedLogger, method: str, event: structlog.typing.EventDict
+) -> structlog.typing.EventDict:
+    if event.get("event") in INTERNAL_ERROR_EVENTS:
+        _internal_errors.append(f"{event.get('event')} {event.get('method', '')}: {event.get('exc_info')!r}")
+    return event
+
+
 @pytest.fixture(scope="session", autouse=True)
 def _quiet_logs() -> None:
-    """Keep the daemons' access logs out of the test output; failures still show warnings and errors."""
+    """Keep the daemons' access logs out of the test output; failures still show warnings and errors.
+
+    Every daemon this process starts also reports its internal errors to `_no_internal_errors`.
+    """
     configure_logging(log_format="console", level="warning")
+    processors = structlog.get_config()["processors"]
+    structlog.configure(processors=[_record_internal_errors, *processors])
+
+
+@pytest.fixture(autouse=True)
+def _no_internal_errors(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Fail a test during which any in-process daemon logged an internal error: INTERNAL is a bug everywhere.
+
+    A test that provokes one on purpose says so with `@pytest.mark.internal_errors_expected`.
+    """
+    seen = len(_internal_errors)
+    yield
+    found = _internal_errors[seen:]
+    if found and request.node.get_closest_marker("internal_errors_expected") is None:
+        pytest.fail("a daemon logged internal errors:\n" + "\n".join(found), pytrace=False)

@@ -20,12 +20,14 @@ from stord.client import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    StordError,
     Unauthenticated,
     make_event,
 )
 from stord.server.app import StartupError, stord_version
 from stord.server.backends import create_backend
 from stord.server.backends.postgres import PostgresBackend
+from stord.server.backends.sqlite._key_value import SqliteKeyValueStore
 from stord.server.config import ConfigError, ConnectOptions, PostgresOptions, Settings, load_settings
 from stord.server.metrics import UNKNOWN_METHOD, Metrics
 from stord.server.rpc.auth import Role
@@ -437,3 +439,20 @@ def test_the_job_sweepers_count_what_they_settled_and_deleted(tmp_path: Path) ->
         assert value(samples, "stord_jobs_deleted_total", status="failed") == 0  # within its 30 days
     finally:
         daemon.stop()
+
+
+@pytest.mark.internal_errors_expected
+def test_internal_errors_are_counted(daemon: DaemonThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert value(scrape(daemon), "stord_internal_errors_total") == 0
+
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(SqliteKeyValueStore, "get", broken)
+    with Client(daemon.target, namespace="metrics") as client:
+        for _ in range(2):
+            with pytest.raises(StordError, match="internal error; request id"):
+                client.db.get("key")
+    after = scrape(daemon)
+    assert value(after, "stord_internal_errors_total") == 2
+    assert rpcs(after, "DatabaseService", "Get", "INTERNAL") == 2

@@ -39,6 +39,7 @@ EXPECTED_TABLES = {
     "event_feed",
     "alert_evaluations",
     "alert_deliveries",
+    "page_token_key",
 }
 
 

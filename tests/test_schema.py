@@ -20,7 +20,9 @@ from stord.server.backends.tables import TABLES, Dialect, Table
 from stord.server.config import PostgresOptions, SqliteOptions
 from tests.harness.postgres import PostgresServer
 
-EVENT_TABLES = {
+# Tables checked by name only: the event store, alert evaluation and the page-token key are not (yet) in
+# backends/tables.py.
+NAME_ONLY_TABLES = {
     "events",
     "event_sessions",
     "event_agents",
@@ -30,6 +32,7 @@ EVENT_TABLES = {
     "event_feed",
     "alert_evaluations",
     "alert_deliveries",
+    "page_token_key",
 }
 
 
@@ -144,7 +147,7 @@ def test_sqlite_database_built_from_migrations_matches_the_declared_schema(tmp_p
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         }
-        assert tables == {table.name for table in TABLES} | EVENT_TABLES | {"schema_migrations"}
+        assert tables == {table.name for table in TABLES} | NAME_ONLY_TABLES | {"schema_migrations"}
         for table in TABLES:
             assert sqlite_table(connection, table) == declared(table, "sqlite"), table.name
 
@@ -165,7 +168,7 @@ def test_postgres_database_built_from_migrations_matches_the_declared_schema(
             row[0]
             for row in connection.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
         }
-        assert tables == {table.name for table in TABLES} | EVENT_TABLES | {"schema_migrations"}
+        assert tables == {table.name for table in TABLES} | NAME_ONLY_TABLES | {"schema_migrations"}
         for table in TABLES:
             assert postgres_table(connection, table) == declared(table, "postgres"), table.name
 

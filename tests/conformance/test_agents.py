@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -89,6 +90,20 @@ def test_an_empty_configuration_differs_from_none(caller: Caller) -> None:
     assert none is not None
     assert agent_configuration(empty) == {}
     assert agent_configuration(none) is None
+
+
+def test_negative_zero_reads_back_as_the_set_answered_it(caller: Caller) -> None:
+    """JSON stores disagree on -0 (PostgreSQL's jsonb drops its sign): every backend keeps it as 0."""
+    client = caller(None)
+    answered = client.agents.set("zero", configuration={"a": -0.0, "b": [-0.0]}).agent
+    stored = client.agents.get("zero")
+    assert stored is not None
+    for agent in (answered, stored):
+        configuration = agent_configuration(agent)
+        assert configuration == {"a": 0, "b": [0]}
+        assert configuration is not None
+        assert math.copysign(1, configuration["a"]) == 1
+        assert math.copysign(1, configuration["b"][0]) == 1
 
 
 def test_get_and_delete_of_a_missing_agent(caller: Caller) -> None:

@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import itertools
 import json
+import math
 import threading
 import uuid
 from collections.abc import Iterator
@@ -744,6 +745,13 @@ def rule(**fields: Any) -> pb.AlertRule:
     }
     values.update(fields)
     return pb.AlertRule(**values)
+
+
+def test_negative_zero_thresholds_read_back_as_answered(store: Store) -> None:
+    """SQLite keeps -0.0 as 0: every backend answers 0, at creation and on every read."""
+    created = store.events.create_alert_rule(rule(id="zero", threshold=-0.0))
+    for found in (created, store.events.get_alert_rule("zero")):
+        assert math.copysign(1, found.threshold) == 1
 
 
 def test_alert_rules_crud(store: Store) -> None:

@@ -34,6 +34,14 @@ def latest(client: Client, handler_id: str) -> str | None:
 # Handler manifests -----------------------------------------------------------------------------------------
 
 
+def test_versions_page_at_both_ends_of_time(database_client: Client) -> None:
+    """Nanoseconds since the epoch of year 0001 or 9999 need 68 bits; paging through them still works."""
+    first, last = at(-62_135_596_800), at(253_402_300_799, 999_999_999)
+    for version, created in (("old", first), ("new", last), ("mid", at(0))):
+        database_client.manifests.store_manifest(manifest("edges", version, created))
+    assert versions(database_client, "edges", page_size=1) == ["old", "mid", "new"]
+
+
 def test_a_manifest_round_trips_with_every_field(database_client: Client) -> None:
     stored = pb.HandlerManifest(
         handler_id="user.create",

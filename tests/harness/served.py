@@ -17,6 +17,7 @@ from tests.harness._system import free_port
 __all__ = ["STORD", "Served", "health"]
 
 STORD = str(Path(sys.executable).parent / "stord")
+_INTERNAL_ERROR_EVENTS = ("rpc_failed", "health_check_crashed", "expiry_sweep_crashed")
 
 
 class Served:
@@ -63,10 +64,22 @@ class Served:
     def events(self) -> list[dict[str, object]]:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.startswith("{")]
 
+    def internal_errors(self) -> list[str]:
+        """Return the lines of this port's log that report a bug: an INTERNAL answer, a crashed task."""
+        return [
+            line
+            for line in self.log.read_text(errors="backslashreplace").splitlines()
+            if any(f'"event":"{name}"' in line for name in _INTERNAL_ERROR_EVENTS)
+        ]
+
     def stop(self, signum: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Stop the daemon; fail when it logged an internal error (INTERNAL is a bug everywhere)."""
         if self.process.poll() is None:
             self.process.send_signal(signum)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        found = self.internal_errors()
+        assert not found, "stord logged internal errors:\n" + "\n".join(found)
+        return code
 
 
 def health(address: str, *extra: str) -> subprocess.CompletedProcess[str]:

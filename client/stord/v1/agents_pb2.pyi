@@ -293,6 +293,9 @@ class AgentStoreServiceSearchAgentsRequest(_message.Message):
     page_token: _builtins.str
     """page_token is the next_page_token of the previous page, with the same query; empty starts at the first
     agent.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
     """
     def __init__(
         self,
@@ -320,6 +323,7 @@ class AgentStoreServiceSearchAgentsResponse(_message.Message):
     next_page_token: _builtins.str
     """next_page_token continues the search; empty when this is the last page. An agent stored while paging
     may or may not appear on a later page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
     """
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___StoredAgent]:

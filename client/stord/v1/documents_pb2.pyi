@@ -328,6 +328,9 @@ class ListDocumentsRequest(_message.Message):
     """page_token is the next_page_token of the previous page of the same query (same collection, filters and
     order); empty starts at the first document, after `offset`. A token is a position: documents created
     or deleted before it meanwhile shift what the next page holds.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
     """
     offset: _builtins.int
     """offset skips that many matching documents before the page; 0 skips none; negative is INVALID_ARGUMENT,
@@ -368,7 +371,9 @@ class ListDocumentsResponse(_message.Message):
     DOCUMENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Document]:
         """documents are the page's documents, in the requested order."""

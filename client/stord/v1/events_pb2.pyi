@@ -604,6 +604,9 @@ class QueryEventsRequest(_message.Message):
     page_token: _builtins.str
     """page_token is the next_page_token of the previous page, asked with the same order; empty starts at the
     first matching event.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
     """
     @_builtins.property
     def filter(self) -> Global___EventFilter:
@@ -643,7 +646,9 @@ class QueryEventsResponse(_message.Message):
     has_more: _builtins.bool
     """has_more is true when events follow this page."""
     next_page_token: _builtins.str
-    """next_page_token continues after this page; empty when has_more is false."""
+    """next_page_token continues after this page; empty when has_more is false.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
         """events are the page's events, in the requested order."""
@@ -726,7 +731,11 @@ class GetSessionTimelineRequest(_message.Message):
     INVALID_ARGUMENT.
     """
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the oldest event."""
+    """page_token is the next_page_token of the previous page; empty starts at the oldest event.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -751,7 +760,9 @@ class GetSessionTimelineResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the timeline; empty when this is the last page."""
+    """next_page_token continues the timeline; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___Event]:
         """events are the page's events by ascending timestamp, ties by id."""
@@ -1083,7 +1094,11 @@ class QuerySessionsRequest(_message.Message):
     with page_token.
     """
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the newest session."""
+    """page_token is the next_page_token of the previous page; empty starts at the newest session.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___SessionStatus.ValueType]:
         """statuses selects sessions in any of these statuses; empty selects every status."""
@@ -1137,6 +1152,7 @@ class QuerySessionsResponse(_message.Message):
     next_page_token: _builtins.str
     """next_page_token continues after this page; empty when has_more is false. It holds a position, so a
     session that starts meanwhile shifts later pages.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
     """
     @_builtins.property
     def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Session]:
@@ -1319,7 +1335,11 @@ class ListAgentsRequest(_message.Message):
     page_size: _builtins.int
     """page_size is the most agents to return: 0 means 100, above 1000 means 1000, negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the first id."""
+    """page_token is the next_page_token of the previous page; empty starts at the first id.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -1343,7 +1363,9 @@ class ListAgentsResponse(_message.Message):
     AGENTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def agents(self) -> _containers.RepeatedCompositeFieldContainer[Global___Agent]:
         """agents are the page's agents by ascending id."""
@@ -1825,7 +1847,11 @@ class ListAlertRulesRequest(_message.Message):
     page_size: _builtins.int
     """page_size is the most rules to return: 0 means 100, above 1000 means 1000, negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the first id."""
+    """page_token is the next_page_token of the previous page; empty starts at the first id.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -1849,7 +1875,9 @@ class ListAlertRulesResponse(_message.Message):
     RULES_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertRule]:
         """rules are the page's rules by ascending id."""
@@ -1985,7 +2013,11 @@ class ListAlertHistoryRequest(_message.Message):
     page_token.
     """
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the newest entry."""
+    """page_token is the next_page_token of the previous page; empty starts at the newest entry.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -2017,7 +2049,9 @@ class ListAlertHistoryResponse(_message.Message):
     has_more: _builtins.bool
     """has_more is true when entries follow this page."""
     next_page_token: _builtins.str
-    """next_page_token continues after this page; empty when has_more is false."""
+    """next_page_token continues after this page; empty when has_more is false.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AlertHistoryEntry]:
         """entries are the page's entries, newest triggered_time first, ties by id."""

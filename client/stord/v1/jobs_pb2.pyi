@@ -629,7 +629,11 @@ class ListJobsRequest(_message.Message):
     page_size: _builtins.int
     """page_size is the most jobs to return: 0 means 100, above 1000 means 1000, negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts with the first job enqueued."""
+    """page_token is the next_page_token of the previous page; empty starts with the first job enqueued.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     @_builtins.property
     def statuses(self) -> _containers.RepeatedScalarFieldContainer[Global___JobStatus.ValueType]:
         """statuses keeps only jobs in one of these statuses; empty keeps every status."""
@@ -659,7 +663,9 @@ class ListJobsResponse(_message.Message):
     JOBS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Job]:
         """jobs are the selected jobs in the order they were enqueued, without lease_token."""

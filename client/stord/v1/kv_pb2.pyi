@@ -476,7 +476,11 @@ class CacheServiceKeysRequest(_message.Message):
     page_size: _builtins.int
     """page_size is the most keys to return: 0 means 100, above 1000 means 1000, negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the first key."""
+    """page_token is the next_page_token of the previous page; empty starts at the first key.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -501,7 +505,9 @@ class CacheServiceKeysResponse(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """keys are the matching keys of this page, in ascending order."""
@@ -850,7 +856,11 @@ class DatabaseServiceKeysRequest(_message.Message):
     page_size: _builtins.int
     """page_size is the most keys to return: 0 means 100, above 1000 means 1000, negative is INVALID_ARGUMENT."""
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the first key."""
+    """page_token is the next_page_token of the previous page; empty starts at the first key.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -875,7 +885,9 @@ class DatabaseServiceKeysResponse(_message.Message):
     KEYS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """keys are the matching keys of this page, in ascending order."""

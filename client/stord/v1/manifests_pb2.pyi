@@ -1329,7 +1329,11 @@ class ManifestStoreServiceListManifestVersionsRequest(_message.Message):
     INVALID_ARGUMENT.
     """
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the oldest version."""
+    """page_token is the next_page_token of the previous page; empty starts at the oldest version.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -1354,7 +1358,9 @@ class ManifestStoreServiceListManifestVersionsResponse(_message.Message):
     MANIFESTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def manifests(self) -> _containers.RepeatedCompositeFieldContainer[Global___HandlerManifest]:
         """manifests are the handler's manifests ordered by create_time ascending, then version ascending (the
@@ -1475,7 +1481,11 @@ class ManifestStoreServiceListHookManifestsRequest(_message.Message):
     INVALID_ARGUMENT.
     """
     page_token: _builtins.str
-    """page_token is the next_page_token of the previous page; empty starts at the first handler_id."""
+    """page_token is the next_page_token of the previous page; empty starts at the first handler_id.
+    The token is opaque and sealed by the server (AIP-158): a token altered in any way, or sent with
+    other fields than those of the request it came from (page_size may change), or in another
+    namespace, is INVALID_ARGUMENT naming page_token. Every daemon over the same database accepts it.
+    """
     def __init__(
         self,
         *,
@@ -1499,7 +1509,9 @@ class ManifestStoreServiceListHookManifestsResponse(_message.Message):
     HOOK_MANIFESTS_FIELD_NUMBER: _builtins.int
     NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     next_page_token: _builtins.str
-    """next_page_token continues the listing; empty when this is the last page."""
+    """next_page_token continues the listing; empty when this is the last page.
+    The token is opaque: send it back unchanged as page_token, with the same other request fields.
+    """
     @_builtins.property
     def hook_manifests(self) -> _containers.RepeatedCompositeFieldContainer[Global___HookManifest]:
         """hook_manifests are ordered by handler_id ascending (code point order)."""

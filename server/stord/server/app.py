@@ -31,6 +31,7 @@ from stord.server.ports import Backend, Clock, StoreError, Unavailable, Unimplem
 from stord.server.rpc.auth import KeyRing, KeysFileError
 from stord.server.rpc.interceptors import CallInterceptor
 from stord.server.rpc.listen import ListenError, check_port_free
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.rpc.registry import CONTRACTS, UnservedService
 from stord.v1 import admin_pb2, admin_pb2_grpc
 
@@ -181,11 +182,12 @@ class Daemon:
             ],
         )
         backends = {"database": database, "cache": cache}
+        page_tokens = {role: await self._page_tokens(role, backend) for role, backend in backends.items()}
         unserved: list[grpc.GenericRpcHandler] = []
         for contract in CONTRACTS:
             backend = backends[contract.role]
             try:
-                servicer = contract.servicer(backend, cache, metrics, settings)
+                servicer = contract.servicer(backend, cache, metrics, settings, page_tokens[contract.role])
                 contract.add_to_server(servicer, server)
                 if isinstance(servicer, _Draining):
                     self._draining.append(servicer)
@@ -237,6 +239,13 @@ class Daemon:
             client_certificates=settings.tls_client_ca is not None,
             metrics=self._metrics_url(),
         )
+
+    async def _page_tokens(self, role: str, backend: Backend) -> PageTokens:
+        """Return the page-token codec of a role, sealed with the key its backend shares among daemons."""
+        try:
+            return PageTokens(await backend.page_token_key())
+        except StoreError as error:
+            raise StartupError(f"cannot read the page-token key of the {role} backend: {error}") from None
 
     def _serve_metrics(
         self, metrics: Metrics, backends: dict[str, Backend], address: tuple[str, int]
@@ -436,6 +445,8 @@ class Daemon:
                 await self._refresh_health()
             except Exception:  # a bug in one check must not freeze health at its last state
                 _log.exception("health_check_crashed")
+                if self.metrics is not None:
+                    self.metrics.internal_error()
 
     async def sweep_expired(self) -> int:
         """Delete expired records on every backend now; return how many went."""
@@ -490,6 +501,8 @@ class Daemon:
                 deleted = await self.sweep_expired()
             except Exception:
                 _log.exception("expiry_sweep_crashed")
+                if self.metrics is not None:
+                    self.metrics.internal_error()
             else:
                 _log.debug("expired_deleted", count=deleted)
             try:

@@ -105,6 +105,7 @@ class RpcMeter:
     __slots__ = (
         "_by_status",
         "_handled",
+        "_internal_errors",
         "_labels",
         "_latency",
         "active",
@@ -124,6 +125,7 @@ class RpcMeter:
         self._handled = families.handled
         self._latency = families.latency.labels(*self._labels)
         self._by_status: dict[object, Callable[[], None]] = {}
+        self._internal_errors = families.internal_errors
         self.active = 0
         """Calls begun and not yet finished."""
         self.started: Callable[[], None] = families.started.labels(*self._labels).inc
@@ -139,6 +141,10 @@ class RpcMeter:
         """Count one call begun."""
         self.active += 1
         self.started()
+
+    def internal_error(self) -> None:
+        """Count a call that failed with a bug (INTERNAL)."""
+        self._internal_errors.inc()
 
     def observe(self, status: object, seconds: float) -> None:
         """Count one finished call with its status and record how long it took."""
@@ -197,6 +203,11 @@ class _RpcFamilies:
             "grpc_server_msg_sent",
             "Messages sent in response streams (streaming RPCs only).",
             labels,
+            registry=registry,
+        )
+        self.internal_errors = Counter(
+            "stord_internal_errors",
+            "Bugs: RPCs answered INTERNAL and background tasks that crashed. Alert on any increase.",
             registry=registry,
         )
 
@@ -276,6 +287,10 @@ class Metrics:
             self._tail = _TailMeter(self._rpc_families, full_method, grpc_type, self._tail_dropped)
             return self._tail
         return RpcMeter(self._rpc_families, full_method, grpc_type)
+
+    def internal_error(self) -> None:
+        """Count a bug outside any RPC (a background task that crashed)."""
+        self._rpc_families.internal_errors.inc()
 
     def events_ingested(self, backend_kind: str) -> Callable[[int], None]:
         """Return the function that counts one committed batch and the events it stored, for this backend."""

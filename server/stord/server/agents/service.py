@@ -12,6 +12,7 @@ from stord.server.agents.port import AgentStatus, AgentStore, AgentVisibility, S
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, InvalidArgument, NotFound
 from stord.server.read_cache import CachedAgentStore, read_cache_for
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.services import _message_json as message_json
 from stord.server.services import _validate as check
 from stord.v1 import agents_pb2 as pb
@@ -36,13 +37,13 @@ _VISIBILITY_VALUES = {domain: value for value, domain in _VISIBILITIES.items()}
 
 
 def agent_store_servicer(
-    database: Backend, cache: Backend, metrics: Metrics | None = None
+    database: Backend, cache: Backend, metrics: Metrics | None, tokens: PageTokens
 ) -> AgentStoreServicer:
     """Serve the database's agents, through the cache role's store when that is shared (`read_cache_for`)."""
     store = database.agents()
     meter = None if metrics is None else lambda: metrics.read_cache("agents")
     read_cache = read_cache_for(database, cache, meter)
-    return AgentStoreServicer(store if read_cache is None else CachedAgentStore(store, read_cache))
+    return AgentStoreServicer(store if read_cache is None else CachedAgentStore(store, read_cache), tokens)
 
 
 def _agent_from_proto(agent: pb.StoredAgent, owner: str) -> StoredAgent:
@@ -90,21 +91,12 @@ def _query(query: str) -> str:
     return check.text(query, "query", MAX_QUERY_BYTES)
 
 
-def _position(page_token: str) -> int | None:
-    """Return the insertion position a search page token resumes after, None for the first page."""
-    position = check.decode_page_token(page_token)
-    if position is None:
-        return None
-    if not position.isascii() or not position.isdigit():
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return int(position)
-
-
 class AgentStoreServicer(agents_pb2_grpc.AgentStoreServiceServicer):
     """Agents by uri, owned by the caller's principal and visible by their visibility."""
 
-    def __init__(self, store: AgentStore) -> None:
+    def __init__(self, store: AgentStore, tokens: PageTokens) -> None:
         self._store = store
+        self._tokens = tokens
 
     async def GetAgent(
         self, request: pb.AgentStoreServiceGetAgentRequest, context: Context
@@ -139,7 +131,8 @@ class AgentStoreServicer(agents_pb2_grpc.AgentStoreServiceServicer):
         self, request: pb.AgentStoreServiceSearchAgentsRequest, context: Context
     ) -> pb.AgentStoreServiceSearchAgentsResponse:
         query, limit = _query(request.query), check.page_size(request.page_size)
-        after = _position(request.page_token)
+        position = self._tokens.resume(request, calls.namespace(), int)
+        after = None if position is None else int(position[0])
         # One extra match tells whether another page follows, so the last page never has an empty successor.
         matches = await self._store.search(
             calls.namespace(), query, principal=calls.principal(), after=after, limit=limit + 1
@@ -147,6 +140,6 @@ class AgentStoreServicer(agents_pb2_grpc.AgentStoreServiceServicer):
         token = ""
         if len(matches) > limit:
             matches = matches[:limit]
-            token = check.encode_page_token(str(matches[-1].position))
+            token = self._tokens.issue(request, calls.namespace(), matches[-1].position)
         agents = [_agent_to_proto(match.agent) for match in matches]
         return pb.AgentStoreServiceSearchAgentsResponse(agents=agents, next_page_token=token)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +26,7 @@ from stord.server.documents.port import (
 from stord.server.jobs.port import EnqueuedJob, now_micros
 from stord.server.jobs.service import new_job
 from stord.server.ports import Clock, InvalidArgument
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.services import _validate as check
 from stord.v1 import documents_pb2 as pb
 from stord.v1 import documents_pb2_grpc, jobs_pb2
@@ -97,27 +97,20 @@ def _order_by(messages: Sequence[pb.DocumentOrder]) -> tuple[SortKey, ...]:
     )
 
 
-def _query_fingerprint(request: pb.ListDocumentsRequest) -> str:
-    """Identify the query a page token belongs to: the request without its paging fields."""
-    query = pb.ListDocumentsRequest(
-        collection=request.collection, filters=request.filters, order_by=request.order_by
-    )
-    return hashlib.sha256(query.SerializeToString(deterministic=True)).hexdigest()[:16]
-
-
-def _page_start(request: pb.ListDocumentsRequest) -> int:
+def _page_start(request: pb.ListDocumentsRequest, tokens: PageTokens) -> int:
     """Return how many matching documents precede the page: the offset, or the token's position."""
     if request.offset < 0:
         raise InvalidArgument("offset", "must not be negative")
-    position = check.decode_page_token(request.page_token)
+    if request.offset and request.page_token:
+        raise InvalidArgument("offset", "must be 0 with a page_token, which carries the position")
+    position = tokens.resume(request, calls.namespace(), int)
     if position is None:
         return request.offset
-    if request.offset:
-        raise InvalidArgument("offset", "must be 0 with a page_token, which carries the position")
-    start, _, fingerprint = position.partition(":")
-    if not start.isdigit() or fingerprint != _query_fingerprint(request):
-        raise InvalidArgument("page_token", "is not a token this server issued for this query")
-    return int(start)
+    (start,) = position
+    assert isinstance(start, int)
+    if start < 0:
+        raise InvalidArgument("page_token", "is not a token this server issued for this listing and query")
+    return start
 
 
 def _create(message: pb.CreateDocumentRequest, prefix: str = "") -> CreateDocument:
@@ -184,8 +177,9 @@ def _result(result: OperationResult) -> pb.TransactResult:
 class DocumentServicer(documents_pb2_grpc.DocumentServiceServicer):
     """Documents: create, read, query, update, delete, transactions and indexes."""
 
-    def __init__(self, store: DocumentStore, *, job_clock: Clock) -> None:
+    def __init__(self, store: DocumentStore, tokens: PageTokens, *, job_clock: Clock) -> None:
         self._store = store
+        self._tokens = tokens
         self._job_clock = job_clock
         """The job queue's clock, which resolves the delay of a job a transaction enqueues."""
 
@@ -207,7 +201,7 @@ class DocumentServicer(documents_pb2_grpc.DocumentServiceServicer):
         self, request: pb.ListDocumentsRequest, context: Context
     ) -> pb.ListDocumentsResponse:
         limit = check.page_size(request.page_size)
-        start = _page_start(request)
+        start = _page_start(request, self._tokens)
         query = DocumentQuery(
             collection=fields.name(request.collection, "collection"),
             filters=_filters(request.filters),
@@ -219,7 +213,7 @@ class DocumentServicer(documents_pb2_grpc.DocumentServiceServicer):
         token = ""
         if len(documents) > limit:
             documents = documents[:limit]
-            token = check.encode_page_token(f"{start + limit}:{_query_fingerprint(request)}")
+            token = self._tokens.issue(request, calls.namespace(), start + limit)
         return pb.ListDocumentsResponse(
             documents=[_document(document) for document in documents], next_page_token=token
         )

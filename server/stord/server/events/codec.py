@@ -7,8 +7,10 @@ from typing import Any, TypeVar, cast
 
 import orjson
 from google.protobuf.field_mask_pb2 import FieldMask
+from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct, Value
 
+from stord.server import calls
 from stord.server.events.chain import JsonValue, canonical_json, is_hash, orjson_writes_like_javascript
 from stord.server.events.model import new_ulid, payload_facts
 from stord.server.ports import (
@@ -27,6 +29,7 @@ from stord.server.ports import (
     SessionStatus,
     Severity,
 )
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.services import _validate as check
 from stord.v1 import events_pb2 as pb
 
@@ -94,39 +97,43 @@ def update_mask(mask: FieldMask, allowed: Iterable[str], field: str = "update_ma
 # Page tokens -----------------------------------------------------------------------------------------------
 
 
-def event_position_token(kind: str, event: Event) -> str:
-    """Return a token that resumes after `event` in an event listing of `kind`."""
-    return check.encode_listing_token(kind, event.timestamp, event.id)
+# The codec binds each token to its listing, namespace and query; these say what a position is.
 
 
-def event_position(token: str, kind: str) -> EventPosition | None:
-    """Return where an event listing resumes, None for an empty token."""
-    if not token:
-        return None
-    parts = check.decode_listing_token(token, kind)
-    if len(parts) != 2 or not isinstance(parts[0], int) or not isinstance(parts[1], str):
-        raise InvalidArgument("page_token", "is not a token this server issued for this listing")
-    return EventPosition(parts[0], parts[1])
+def event_position_token(tokens: PageTokens, request: Message, event: Event) -> str:
+    """Return a token that resumes `request`'s event listing after `event`."""
+    return tokens.issue(request, calls.namespace(), event.timestamp, event.id)
 
 
-def offset_token(token: str, kind: str) -> int:
-    """Return the offset an offset-paged listing resumes at, 0 for an empty token."""
-    if not token:
-        return 0
-    parts = check.decode_listing_token(token, kind)
-    if len(parts) != 1 or not isinstance(parts[0], int) or parts[0] < 0:
-        raise InvalidArgument("page_token", "is not a token this server issued for this listing")
-    return int(parts[0])
+def event_position(tokens: PageTokens, request: Message) -> EventPosition | None:
+    """Return where `request`'s event listing resumes, None for the first page."""
+    position = tokens.resume(request, calls.namespace(), int, str)
+    return None if position is None else EventPosition(int(position[0]), str(position[1]))
 
 
-def id_token(token: str, kind: str) -> str | None:
-    """Return the id an id-ordered listing resumes after, None for an empty token."""
-    if not token:
-        return None
-    parts = check.decode_listing_token(token, kind)
-    if len(parts) != 1 or not isinstance(parts[0], str):
-        raise InvalidArgument("page_token", "is not a token this server issued for this listing")
-    return str(parts[0])
+def offset_page_token(tokens: PageTokens, request: Message, offset: int) -> str:
+    """Return a token that resumes `request`'s offset-paged listing at `offset`."""
+    return tokens.issue(request, calls.namespace(), offset)
+
+
+def offset_token(tokens: PageTokens, request: Message) -> int:
+    """Return the offset `request`'s offset-paged listing resumes at, 0 for the first page."""
+    position = tokens.resume(request, calls.namespace(), int)
+    offset = 0 if position is None else int(position[0])
+    if offset < 0:
+        raise InvalidArgument("page_token", "is not a token this server issued for this listing and query")
+    return offset
+
+
+def id_page_token(tokens: PageTokens, request: Message, last_id: str) -> str:
+    """Return a token that resumes `request`'s id-ordered listing after `last_id`."""
+    return tokens.issue(request, calls.namespace(), last_id)
+
+
+def id_token(tokens: PageTokens, request: Message) -> str | None:
+    """Return the id `request`'s id-ordered listing resumes after, None for the first page."""
+    position = tokens.resume(request, calls.namespace(), str)
+    return None if position is None else str(position[0])
 
 
 # JSON ------------------------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ from stord.server.ports import (
     SessionUpdate,
     StoreError,
 )
+from stord.server.rpc.page_tokens import PageTokens, new_key
 from stord.server.services import _validate as check
 from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
@@ -104,10 +105,12 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         store: EventStore,
         hub: EventHub | None = None,
         *,
+        tokens: PageTokens | None = None,
         count_stored: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
         self._hub = hub or EventHub(store)
+        self._tokens = tokens or PageTokens(new_key())
         self._count_stored = count_stored
         """Told how many events each committed batch stored (the metrics' ingest counter)."""
 
@@ -197,14 +200,13 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         ):
             raise InvalidArgument("order", "must be SORT_ORDER_ASCENDING or SORT_ORDER_DESCENDING")
         descending = request.order != pb.SORT_ORDER_ASCENDING
-        kind = "events-desc" if descending else "events-asc"
         limit = check.page_size(request.page_size, limits=QUERY_PAGE)
         query = EventQuery(
             filter=codec.event_filter(request.filter),
             descending=descending,
             limit=limit + 1,  # one more tells whether another page follows
             offset=_offset(request.offset, request.page_token),
-            after=codec.event_position(request.page_token, kind),
+            after=codec.event_position(self._tokens, request),
         )
         page = await self._store.query_events(calls.namespace(), query)
         events = page.events[:limit]
@@ -213,7 +215,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
             events=[codec.event_message(event) for event in events],
             total=page.total,
             has_more=has_more,
-            next_page_token=codec.event_position_token(kind, events[-1]) if has_more else "",
+            next_page_token=codec.event_position_token(self._tokens, request, events[-1]) if has_more else "",
         )
 
     async def CountEvents(self, request: pb.CountEventsRequest, context: Context) -> pb.CountEventsResponse:
@@ -228,13 +230,15 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         events = await self._store.session_timeline(
             calls.namespace(),
             session_id,
-            after=codec.event_position(request.page_token, "timeline"),
+            after=codec.event_position(self._tokens, request),
             limit=limit + 1,
         )
         page = events[:limit]
         return pb.GetSessionTimelineResponse(
             events=[codec.event_message(event) for event in page],
-            next_page_token=codec.event_position_token("timeline", page[-1]) if len(events) > limit else "",
+            next_page_token=codec.event_position_token(self._tokens, request, page[-1])
+            if len(events) > limit
+            else "",
         )
 
     async def VerifySessionChain(
@@ -306,9 +310,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         self, request: pb.QuerySessionsRequest, context: Context
     ) -> pb.QuerySessionsResponse:
         limit = check.page_size(request.page_size, limits=QUERY_PAGE)
-        offset = _offset(request.offset, request.page_token) or codec.offset_token(
-            request.page_token, "sessions"
-        )
+        offset = _offset(request.offset, request.page_token) or codec.offset_token(self._tokens, request)
         query = SessionQuery(
             agent_id=codec.optional_identifier(request.agent_id, "agent_id"),
             statuses=frozenset(
@@ -327,7 +329,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
             sessions=[codec.session_message(session) for session in page.sessions],
             total=page.total,
             has_more=has_more,
-            next_page_token=check.encode_listing_token("sessions", offset + len(page.sessions))
+            next_page_token=codec.offset_page_token(self._tokens, request, offset + len(page.sessions))
             if has_more
             else "",
         )
@@ -359,12 +361,14 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
     async def ListAgents(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:
         limit = check.page_size(request.page_size, limits=LIST_PAGE)
         agents = await self._store.list_agents(
-            calls.namespace(), after=codec.id_token(request.page_token, "agents"), limit=limit + 1
+            calls.namespace(), after=codec.id_token(self._tokens, request), limit=limit + 1
         )
         page = agents[:limit]
         return pb.ListAgentsResponse(
             agents=[codec.agent_message(agent) for agent in page],
-            next_page_token=check.encode_listing_token("agents", page[-1].id) if len(agents) > limit else "",
+            next_page_token=codec.id_page_token(self._tokens, request, page[-1].id)
+            if len(agents) > limit
+            else "",
         )
 
     # Analytics, retention, stats -------------------------------------------------------------------
@@ -498,12 +502,12 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
     ) -> pb.ListAlertRulesResponse:
         limit = check.page_size(request.page_size, limits=LIST_PAGE)
         rules = await self._store.list_alert_rules(
-            calls.namespace(), after=codec.id_token(request.page_token, "alert-rules"), limit=limit + 1
+            calls.namespace(), after=codec.id_token(self._tokens, request), limit=limit + 1
         )
         page = rules[:limit]
         return pb.ListAlertRulesResponse(
             rules=[codec.alert_rule_message(rule) for rule in page],
-            next_page_token=check.encode_listing_token("alert-rules", page[-1].id)
+            next_page_token=codec.id_page_token(self._tokens, request, page[-1].id)
             if len(rules) > limit
             else "",
         )
@@ -529,9 +533,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         self, request: pb.ListAlertHistoryRequest, context: Context
     ) -> pb.ListAlertHistoryResponse:
         limit = check.page_size(request.page_size, limits=QUERY_PAGE)
-        offset = _offset(request.offset, request.page_token) or codec.offset_token(
-            request.page_token, "alerts"
-        )
+        offset = _offset(request.offset, request.page_token) or codec.offset_token(self._tokens, request)
         page = await self._store.list_alert_history(
             calls.namespace(),
             rule_id=codec.optional_identifier(request.rule_id, "rule_id"),
@@ -543,7 +545,7 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
             entries=[codec.alert_entry_message(entry) for entry in page.entries],
             total=page.total,
             has_more=has_more,
-            next_page_token=check.encode_listing_token("alerts", offset + len(page.entries))
+            next_page_token=codec.offset_page_token(self._tokens, request, offset + len(page.entries))
             if has_more
             else "",
         )

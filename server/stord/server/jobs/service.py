@@ -25,6 +25,7 @@ from stord.server.jobs.port import (
     now_micros,
 )
 from stord.server.ports import InvalidArgument
+from stord.server.rpc.page_tokens import PageTokens, new_key
 from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
 from stord.v1 import jobs_pb2_grpc
@@ -148,15 +149,6 @@ def _statuses(messages: Sequence[pb.JobStatus.ValueType]) -> frozenset[JobStatus
     return frozenset(statuses)
 
 
-def _sequence_after(token: str) -> int | None:
-    position = check.decode_page_token(token)
-    if position is None:
-        return None
-    if not position.isdigit():
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return int(position)
-
-
 class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
     """Jobs: enqueue, lease, complete, fail and inspect."""
 
@@ -164,10 +156,12 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         self,
         store: JobQueueStore,
         *,
+        tokens: PageTokens | None = None,
         saw_queue: Callable[[str, str], None] | None = None,
         recheck_interval: float = 1.0,
     ) -> None:
         self._store = store
+        self._tokens = tokens or PageTokens(new_key())
         self._recheck_interval = recheck_interval
         """Seconds a waiting Dequeue sleeps at most between looks (jobs falling due with time wake nobody)."""
         self._saw_queue = saw_queue
@@ -277,13 +271,14 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
         queue = fields.name(request.queue, "queue")
         statuses = _statuses(request.statuses)
         limit = check.page_size(request.page_size)
-        after = _sequence_after(request.page_token)
+        position = self._tokens.resume(request, calls.namespace(), int)
+        after = None if position is None else int(position[0])
         # One extra job tells whether another page follows.
         jobs = await self._store.find(calls.namespace(), JobQuery(queue, statuses, after, limit + 1))
         token = ""
         if len(jobs) > limit:
             jobs = jobs[:limit]
-            token = check.encode_page_token(str(jobs[-1].sequence))
+            token = self._tokens.issue(request, calls.namespace(), jobs[-1].sequence)
         return pb.ListJobsResponse(jobs=[job_message(job) for job in jobs], next_page_token=token)
 
     async def GetQueueStats(

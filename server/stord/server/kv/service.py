@@ -9,6 +9,7 @@ import grpc
 from stord.server import calls
 from stord.server.kv.port import KeyValueStore, SetCondition, ValueEntry
 from stord.server.ports import InvalidArgument
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.services import _validate as check
 from stord.v1 import kv_pb2 as pb
 from stord.v1 import kv_pb2_grpc
@@ -45,22 +46,26 @@ async def _lookups(store: KeyValueStore, keys: list[str]) -> list[pb.KeyLookup]:
 
 
 async def _keys_page(
-    store: KeyValueStore, pattern: str, page_size: int, page_token: str
+    store: KeyValueStore,
+    tokens: PageTokens,
+    request: pb.CacheServiceKeysRequest | pb.DatabaseServiceKeysRequest,
 ) -> tuple[list[str], str]:
-    glob, limit = check.pattern(pattern), check.page_size(page_size)
-    after = check.decode_page_token(page_token)
+    glob, limit = check.pattern(request.pattern), check.page_size(request.page_size)
+    position = tokens.resume(request, calls.namespace(), str)
+    after = None if position is None else str(position[0])
     # One extra key tells whether another page follows, so the last page never returns an empty successor.
     keys = await store.keys(calls.namespace(), glob, after=after, limit=limit + 1)
     if len(keys) > limit:
-        return keys[:limit], check.encode_page_token(keys[limit - 1])
+        return keys[:limit], tokens.issue(request, calls.namespace(), keys[limit - 1])
     return keys, ""
 
 
 class CacheServicer(kv_pb2_grpc.CacheServiceServicer):
     """The cache role: values with optional expiry."""
 
-    def __init__(self, store: KeyValueStore) -> None:
+    def __init__(self, store: KeyValueStore, tokens: PageTokens) -> None:
         self._store = store
+        self._tokens = tokens
 
     async def Get(self, request: pb.CacheServiceGetRequest, context: Context) -> pb.CacheServiceGetResponse:
         data = await self._store.get(calls.namespace(), check.key(request.key))
@@ -114,15 +119,16 @@ class CacheServicer(kv_pb2_grpc.CacheServiceServicer):
     async def Keys(
         self, request: pb.CacheServiceKeysRequest, context: Context
     ) -> pb.CacheServiceKeysResponse:
-        keys, token = await _keys_page(self._store, request.pattern, request.page_size, request.page_token)
+        keys, token = await _keys_page(self._store, self._tokens, request)
         return pb.CacheServiceKeysResponse(keys=keys, next_page_token=token)
 
 
 class DatabaseServicer(kv_pb2_grpc.DatabaseServiceServicer):
     """The database role: durable values and append-only lists."""
 
-    def __init__(self, store: KeyValueStore) -> None:
+    def __init__(self, store: KeyValueStore, tokens: PageTokens) -> None:
         self._store = store
+        self._tokens = tokens
 
     async def Get(
         self, request: pb.DatabaseServiceGetRequest, context: Context
@@ -178,7 +184,7 @@ class DatabaseServicer(kv_pb2_grpc.DatabaseServiceServicer):
     async def Keys(
         self, request: pb.DatabaseServiceKeysRequest, context: Context
     ) -> pb.DatabaseServiceKeysResponse:
-        keys, token = await _keys_page(self._store, request.pattern, request.page_size, request.page_token)
+        keys, token = await _keys_page(self._store, self._tokens, request)
         return pb.DatabaseServiceKeysResponse(keys=keys, next_page_token=token)
 
     async def Append(

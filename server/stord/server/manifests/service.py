@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import grpc
@@ -18,6 +17,7 @@ from stord.server.manifests.port import (
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, InvalidArgument, NotFound
 from stord.server.read_cache import CachedManifestStore, read_cache_for
+from stord.server.rpc.page_tokens import PageTokens
 from stord.server.services import _message_json as message_json
 from stord.server.services import _validate as check
 from stord.v1 import manifests_pb2 as pb
@@ -34,13 +34,15 @@ _TIMESCAPE = ManifestDocumentKind.TIMESCAPE_METADATA
 
 
 def manifest_store_servicer(
-    database: Backend, cache: Backend, metrics: Metrics | None = None
+    database: Backend, cache: Backend, metrics: Metrics | None, tokens: PageTokens
 ) -> ManifestStoreServicer:
     """Serve the database's manifests, through the cache role's store when it is shared (`read_cache_for`)."""
     store = database.manifests()
     meter = None if metrics is None else lambda: metrics.read_cache("manifests")
     read_cache = read_cache_for(database, cache, meter)
-    return ManifestStoreServicer(store if read_cache is None else CachedManifestStore(store, read_cache))
+    return ManifestStoreServicer(
+        store if read_cache is None else CachedManifestStore(store, read_cache), tokens
+    )
 
 
 def _manifest(record: HandlerManifestRecord) -> pb.HandlerManifest:
@@ -53,29 +55,12 @@ def _transformer(record: TransformerRecord) -> pb.Transformer:
     return message_json.from_document(record.document, pb.Transformer())
 
 
-def _versions_after(page_token: str) -> tuple[int, str] | None:
-    """Return the (created_at, version) a versions page token resumes after, None for the first page."""
-    position = check.decode_page_token(page_token)
-    if position is None:
-        return None
-    try:
-        created_at, version = json.loads(position)
-    except (ValueError, TypeError):
-        created_at = version = None
-    if not isinstance(created_at, int) or not isinstance(version, str):
-        raise InvalidArgument("page_token", "is not a token this server issued")
-    return created_at, version
-
-
-def _versions_token(record: HandlerManifestRecord) -> str:
-    return check.encode_page_token(json.dumps([record.created_at, record.version]))
-
-
 class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
     """Handler manifests by (handler_id, version) and their companions by key."""
 
-    def __init__(self, store: ManifestStore) -> None:
+    def __init__(self, store: ManifestStore, tokens: PageTokens) -> None:
         self._store = store
+        self._tokens = tokens
 
     async def StoreManifest(
         self, request: pb.ManifestStoreServiceStoreManifestRequest, context: Context
@@ -117,7 +102,13 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
         self, request: pb.ManifestStoreServiceListManifestVersionsRequest, context: Context
     ) -> pb.ManifestStoreServiceListManifestVersionsResponse:
         handler_id = check.key(request.handler_id, "handler_id")
-        limit, after = check.page_size(request.page_size), _versions_after(request.page_token)
+        limit = check.page_size(request.page_size)
+        # The creation time goes as seconds and nanoseconds: nanoseconds since the epoch need 68 bits.
+        position = self._tokens.resume(request, calls.namespace(), int, int, str)
+        after = None
+        if position is not None:
+            seconds, nanos, version = position
+            after = (int(seconds) * 1_000_000_000 + int(nanos), str(version))
         # One extra record tells whether another page follows.
         records = await self._store.list_manifests(
             calls.namespace(), handler_id, after=after, limit=limit + 1
@@ -125,7 +116,8 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
         token = ""
         if len(records) > limit:
             records = records[:limit]
-            token = _versions_token(records[-1])
+            seconds, nanos = divmod(records[-1].created_at, 1_000_000_000)
+            token = self._tokens.issue(request, calls.namespace(), seconds, nanos, records[-1].version)
         return pb.ManifestStoreServiceListManifestVersionsResponse(
             manifests=[_manifest(record) for record in records], next_page_token=token
         )
@@ -155,14 +147,17 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
         self, request: pb.ManifestStoreServiceListHookManifestsRequest, context: Context
     ) -> pb.ManifestStoreServiceListHookManifestsResponse:
         limit = check.page_size(request.page_size)
-        after = check.decode_page_token(request.page_token)
+        position = self._tokens.resume(request, calls.namespace(), str)
         found = await self._store.list_documents(
-            calls.namespace(), _HOOKS, after=None if after is None else (after, ""), limit=limit + 1
+            calls.namespace(),
+            _HOOKS,
+            after=None if position is None else (str(position[0]), ""),
+            limit=limit + 1,
         )
         token = ""
         if len(found) > limit:
             found = found[:limit]
-            token = check.encode_page_token(found[-1][0][0])
+            token = self._tokens.issue(request, calls.namespace(), found[-1][0][0])
         manifests = [message_json.from_document(document, pb.HookManifest()) for _, document in found]
         return pb.ManifestStoreServiceListHookManifestsResponse(
             hook_manifests=manifests, next_page_token=token

@@ -151,6 +151,13 @@ class Backend(Protocol):
         """Raise Unavailable when the engine does not answer now."""
         ...
 
+    async def page_token_key(self) -> bytes:
+        """Return the key that seals page tokens, the same for every daemon over this engine's data.
+
+        Created on first use, race-free across daemons; the memory engine's lives as long as the process.
+        """
+        ...
+
     async def sweep(self) -> int:
         """Delete what expired by now and return how many records went; the daemon calls it periodically.
 

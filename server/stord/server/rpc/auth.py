@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import re
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -210,6 +211,7 @@ class KeyRing:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._by_hash: dict[str, ApiKey] = {}
+        self._listeners: list[Callable[[], None]] = []
         self.reload()
 
     def __len__(self) -> int:
@@ -225,6 +227,16 @@ class KeyRing:
             raise KeysFileError(f"keys file {self.path} does not exist")
         keys = load_keys_file(self.path)
         self._by_hash = {key.sha256: key for key in keys}
+        for listener in self._listeners:
+            listener()
+
+    def on_reload(self, listener: Callable[[], None]) -> None:
+        """Call `listener` after each successful reload, on the thread that reloads."""
+        self._listeners.append(listener)
+
+    def current(self, key: ApiKey) -> ApiKey | None:
+        """Return what the keys in force say about `key` now, None once it is revoked."""
+        return self._by_hash.get(key.sha256)
 
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         """Return the key an `authorization: Bearer <key>` value presents, None when unknown or absent."""

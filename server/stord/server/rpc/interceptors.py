@@ -6,9 +6,11 @@ One wrapper does them all so an RPC pays for one extra coroutine frame, not five
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager
 from typing import Any, TypeVar
 
 import grpc
@@ -38,7 +40,8 @@ from stord.server.ports import (
     Unavailable,
     Unimplemented,
 )
-from stord.server.rpc.auth import KeyRing, permits
+from stord.server.rpc.auth import ApiKey, KeyRing, permits
+from stord.server.rpc.revocation import OpenCalls, Revoked, Watch
 
 __all__ = ["CallInterceptor", "status_for"]
 
@@ -48,6 +51,9 @@ _INTERCEPTED = ("/stord.", "/opentelemetry.proto.collector.")
 and reflection are left alone."""
 
 _log = structlog.get_logger("stord.rpc")
+
+_LONG_POLLS = frozenset({"/stord.v1.JobQueueService/Dequeue"})
+"""Unary methods that may wait long for their answer, so a key revoked meanwhile must end them."""
 
 _STATUS_BY_ERROR: dict[type[StoreError], StatusCode] = {
     NotFound: StatusCode.NOT_FOUND,
@@ -81,10 +87,12 @@ def status_for(error: StoreError) -> StatusCode:
 class _Outcome:
     """What the access log and the metrics report about one RPC."""
 
-    __slots__ = ("call", "meter", "started", "status")
+    __slots__ = ("call", "key", "meter", "started", "status")
 
-    def __init__(self, call: Call, started: float, meter: RpcMeter | None) -> None:
+    def __init__(self, call: Call, started: float, meter: RpcMeter | None, key: ApiKey | None = None) -> None:
         self.call = call
+        self.key = key
+        """The API key the call presented; None when authentication is off."""
         self.started = started
         self.meter = meter
         self.status = StatusCode.OK
@@ -104,6 +112,8 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         self._metrics = metrics
         self._unary_log, self._stream_log = access_log
         """Which finished calls are logged: unary (and client-streaming) calls, and response streams."""
+        self._open_calls = None if keys is None else OpenCalls(keys)
+        """The streams and long polls open now, ended when a key reload takes their key's right away."""
         # The wrapped handler of each method, built on its first call rather than on every call.
         self._wrapped: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
@@ -141,13 +151,23 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
         )
         return wrapped
 
+    def _watching(self, outcome: _Outcome | None) -> AbstractContextManager[Watch | None]:
+        """Watch a stream or long poll for its key's revocation; nothing for calls without a key."""
+        if outcome is None or outcome.key is None or self._open_calls is None:
+            return contextlib.nullcontext()
+        return self._open_calls.watching(outcome.call, outcome.key)
+
     def _unary(
         self, method: str, behaviour: _AsyncUnary, request_streaming: bool, meter: RpcMeter | None
     ) -> _AsyncUnary:
+        watched = request_streaming or method in _LONG_POLLS
+
         async def serve(request: Any, context: Context) -> Any:
             outcome = await _begin(method, context, self._keys, meter)
             try:
-                return await behaviour(_checked(request, request_streaming, meter), context)
+                answer = behaviour(_checked(request, request_streaming, meter), context)
+                with self._watching(outcome if watched else None) as watch:
+                    return await (answer if watch is None else watch.race(answer))
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
@@ -163,10 +183,12 @@ class CallInterceptor(grpc.aio.ServerInterceptor):
             outcome = await _begin(method, context, self._keys, meter)
             try:
                 sent = None if meter is None else meter.sent
-                async for response in behaviour(_checked(request, request_streaming, meter), context):
-                    if sent is not None:
-                        sent()  # counted as handed to gRPC: a client leaving at the yield still got it sent
-                    yield response
+                responses = behaviour(_checked(request, request_streaming, meter), context)
+                with self._watching(outcome) as watch:
+                    async for response in responses if watch is None else watch.guard(responses):
+                        if sent is not None:
+                            sent()  # counted as handed to gRPC: a client leaving at the yield got it sent
+                        yield response
             except BaseException as error:
                 await _fail(outcome, error, context)
                 raise
@@ -227,10 +249,16 @@ async def _begin(method: str, context: Context, keys: KeyRing | None, meter: Rpc
         meter.start()
     request_id = f"{_request_ids.getrandbits(64):016x}"
     requested: dict[str, str] = {}
+    authorizations = 0
     for key, value in context.invocation_metadata() or ():
+        authorizations += key == AUTHORIZATION_METADATA
         if key in (NAMESPACE_METADATA, PRINCIPAL_METADATA, AUTHORIZATION_METADATA) and isinstance(value, str):
             requested.setdefault(key, value)
     try:
+        if keys is not None and authorizations > 1:
+            # Whichever copy stord read, a proxy in front may have checked another: refuse the ambiguity.
+            raise _Refused(StatusCode.UNAUTHENTICATED, "send exactly one authorization value")
+        api_key = None
         if keys is None:
             call = Call(
                 request_id=request_id,
@@ -239,7 +267,7 @@ async def _begin(method: str, context: Context, keys: KeyRing | None, meter: Rpc
                 principal=resolve_principal(requested.get(PRINCIPAL_METADATA)),
             )
         else:
-            call = _authenticated_call(request_id, method, requested, keys)
+            call, api_key = _authenticated_call(request_id, method, requested, keys)
     except _Refused as refusal:
         _log.info(
             "rpc", method=method, status=refusal.status.name, request_id=request_id, error=refusal.reason
@@ -253,7 +281,7 @@ async def _begin(method: str, context: Context, keys: KeyRing | None, meter: Rpc
             meter.observe(StatusCode.INVALID_ARGUMENT, time.perf_counter() - started)
         await context.abort(StatusCode.INVALID_ARGUMENT, str(error))
     current_call.set(call)
-    return _Outcome(call, started, meter)
+    return _Outcome(call, started, meter, api_key)
 
 
 class _Refused(Exception):
@@ -265,8 +293,10 @@ class _Refused(Exception):
         self.reason = reason
 
 
-def _authenticated_call(request_id: str, method: str, requested: dict[str, str], keys: KeyRing) -> Call:
-    """Return the Call of a request that presents a key allowed to make it, or raise _Refused.
+def _authenticated_call(
+    request_id: str, method: str, requested: dict[str, str], keys: KeyRing
+) -> tuple[Call, ApiKey]:
+    """Return the Call of a request that presents a key allowed to make it, and the key; or raise _Refused.
 
     The namespace and principal are the key's; metadata naming another one is refused rather than ignored,
     so a misconfigured client fails loudly instead of reading a namespace it did not mean.
@@ -280,7 +310,7 @@ def _authenticated_call(request_id: str, method: str, requested: dict[str, str],
         claimed = requested.get(name)
         if claimed is not None and claimed != own:
             raise _Refused(StatusCode.PERMISSION_DENIED, f"{name} differs from the API key's; omit it")
-    return Call(request_id=request_id, method=method, namespace=key.namespace, principal=key.principal)
+    return Call(request_id=request_id, method=method, namespace=key.namespace, principal=key.principal), key
 
 
 async def _fail(outcome: _Outcome, error: BaseException, context: Context) -> None:
@@ -290,10 +320,16 @@ async def _fail(outcome: _Outcome, error: BaseException, context: Context) -> No
         if outcome.status is StatusCode.UNAVAILABLE:
             _log.warning("backend_unavailable", method=outcome.call.method, error=str(error))
         await context.abort(outcome.status, str(error))
+    elif isinstance(error, Revoked):
+        outcome.status = error.status
+        _log.info("rpc_revoked", method=outcome.call.method, request_id=outcome.call.request_id)
+        await context.abort(error.status, error.reason)
     elif isinstance(error, (grpc.aio.AbortError, GeneratorExit)):
         pass  # a servicer aborted with its own status, or a client went away from a stream
     elif isinstance(error, Exception):
         outcome.status = StatusCode.INTERNAL
+        if outcome.meter is not None:
+            outcome.meter.internal_error()
         _log.error(
             "rpc_failed", method=outcome.call.method, request_id=outcome.call.request_id, exc_info=error
         )

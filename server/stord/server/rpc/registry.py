@@ -28,6 +28,7 @@ from stord.server.manifests.service import manifest_store_servicer
 from stord.server.metrics import Metrics
 from stord.server.otlp.service import LOGS_SERVICE, TRACE_SERVICE, OtlpLogsServicer, OtlpTraceServicer
 from stord.server.ports import Backend
+from stord.server.rpc.page_tokens import PageTokens
 from stord.v1 import (
     agents_pb2,
     agents_pb2_grpc,
@@ -57,10 +58,10 @@ class Contract:
     service: str
     """The full service name, e.g. `stord.v1.CacheService`."""
     role: Role
-    servicer: Callable[[Backend, Backend, Metrics | None, Settings], object]
+    servicer: Callable[[Backend, Backend, Metrics | None, Settings, PageTokens], object]
     """Build the servicer over the role's backend, the cache role's backend (for read-through caches), the
-    daemon's metrics (None when off) and its settings; raise Unimplemented when the role's backend does not
-    serve it."""
+    daemon's metrics (None when off), its settings and the role's page-token codec; raise Unimplemented when
+    the role's backend does not serve it."""
     add_to_server: Callable[[Any, grpc.aio.Server], None]
 
 
@@ -73,28 +74,33 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         _service_name(kv_pb2.DESCRIPTOR, "CacheService"),
         "cache",
-        lambda backend, cache, metrics, settings: CacheServicer(backend.key_value(Keyspace.CACHE)),
+        lambda backend, cache, metrics, settings, tokens: CacheServicer(
+            backend.key_value(Keyspace.CACHE), tokens
+        ),
         kv_pb2_grpc.add_CacheServiceServicer_to_server,
     ),
     Contract(
         _service_name(kv_pb2.DESCRIPTOR, "DatabaseService"),
         "database",
-        lambda backend, cache, metrics, settings: DatabaseServicer(backend.key_value(Keyspace.DATABASE)),
+        lambda backend, cache, metrics, settings, tokens: DatabaseServicer(
+            backend.key_value(Keyspace.DATABASE), tokens
+        ),
         kv_pb2_grpc.add_DatabaseServiceServicer_to_server,
     ),
     Contract(
         _service_name(documents_pb2.DESCRIPTOR, "DocumentService"),
         "database",
-        lambda backend, cache, metrics, settings: DocumentServicer(
-            backend.documents(), job_clock=backend.jobs().clock
+        lambda backend, cache, metrics, settings, tokens: DocumentServicer(
+            backend.documents(), tokens, job_clock=backend.jobs().clock
         ),
         documents_pb2_grpc.add_DocumentServiceServicer_to_server,
     ),
     Contract(
         _service_name(jobs_pb2.DESCRIPTOR, "JobQueueService"),
         "database",
-        lambda backend, cache, metrics, settings: JobQueueServicer(
+        lambda backend, cache, metrics, settings, tokens: JobQueueServicer(
             backend.jobs(),
+            tokens=tokens,
             saw_queue=None if metrics is None else metrics.saw_queue,
             recheck_interval=settings.long_poll_recheck_interval,
         ),
@@ -103,33 +109,39 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         _service_name(events_pb2.DESCRIPTOR, "EventStoreService"),
         "database",
-        lambda backend, cache, metrics, settings: EventStoreServicer(
-            backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
+        lambda backend, cache, metrics, settings, tokens: EventStoreServicer(
+            backend.events(),
+            tokens=tokens,
+            count_stored=None if metrics is None else metrics.events_ingested(backend.kind),
         ),
         events_pb2_grpc.add_EventStoreServiceServicer_to_server,
     ),
     Contract(
         _service_name(agents_pb2.DESCRIPTOR, "AgentStoreService"),
         "database",
-        lambda backend, cache, metrics, settings: agent_store_servicer(backend, cache, metrics),
+        lambda backend, cache, metrics, settings, tokens: agent_store_servicer(
+            backend, cache, metrics, tokens
+        ),
         agents_pb2_grpc.add_AgentStoreServiceServicer_to_server,
     ),
     Contract(
         _service_name(manifests_pb2.DESCRIPTOR, "ManifestStoreService"),
         "database",
-        lambda backend, cache, metrics, settings: manifest_store_servicer(backend, cache, metrics),
+        lambda backend, cache, metrics, settings, tokens: manifest_store_servicer(
+            backend, cache, metrics, tokens
+        ),
         manifests_pb2_grpc.add_ManifestStoreServiceServicer_to_server,
     ),
     Contract(
         _service_name(alerts_pb2.DESCRIPTOR, "AlertService"),
         "database",
-        lambda backend, cache, metrics, settings: AlertServicer(alert_state_store(backend)),
+        lambda backend, cache, metrics, settings, tokens: AlertServicer(alert_state_store(backend)),
         alerts_pb2_grpc.add_AlertServiceServicer_to_server,
     ),
     Contract(
         LOGS_SERVICE,  # OTLP ingest, on the same port and behind the same interceptors
         "database",
-        lambda backend, cache, metrics, settings: OtlpLogsServicer(
+        lambda backend, cache, metrics, settings, tokens: OtlpLogsServicer(
             backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
         ),
         logs_service_pb2_grpc.add_LogsServiceServicer_to_server,
@@ -137,7 +149,7 @@ CONTRACTS: tuple[Contract, ...] = (
     Contract(
         TRACE_SERVICE,  # OTLP ingest of spans, one event each
         "database",
-        lambda backend, cache, metrics, settings: OtlpTraceServicer(
+        lambda backend, cache, metrics, settings, tokens: OtlpTraceServicer(
             backend.events(), count_stored=None if metrics is None else metrics.events_ingested(backend.kind)
         ),
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server,

@@ -34,6 +34,7 @@ def to_document(message: Message, field: str) -> JsonObject:
     except (ValueError, json_format.SerializeToJsonError) as error:
         raise InvalidArgument(field, str(error)) from None
     _reject_nul(document, field)
+    _drop_negative_zeros(document)
     return document
 
 
@@ -80,3 +81,16 @@ def _reject_nul(value: Any, path: str) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _reject_nul(item, f"{path}[{index}]")
+
+
+def _drop_negative_zeros(value: Any) -> None:
+    """Write -0.0 as 0.0 in place, so every backend reads a document back alike.
+
+    PostgreSQL's jsonb drops the sign of zero; documents and events drop it on every backend too.
+    """
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        if isinstance(item, float) and item == 0.0:
+            value[key] = 0.0
+        else:
+            _drop_negative_zeros(item)

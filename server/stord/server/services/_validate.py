@@ -6,13 +6,10 @@ common ones named here.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import math
 from collections.abc import Sequence
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import orjson
 from google.protobuf.descriptor import EnumDescriptor
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -29,6 +26,7 @@ MAX_PAGE_SIZE = 1000
 _NANOS = 1_000_000_000
 _MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the least instant a Timestamp may hold
 _MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, the greatest
+_MAX_DURATION_SECONDS = 315_576_000_000  # 10,000 years: the longest Duration protobuf defines
 
 _T = TypeVar("_T")
 
@@ -74,10 +72,10 @@ def value(data: bytes, field: str = "value") -> bytes:
 
 
 def finite(number: float, field: str) -> float:
-    """Return a finite number."""
+    """Return a finite number, with -0.0 as 0.0 (SQLite and JSON stores drop the sign, so all backends do)."""
     if not math.isfinite(number):
         raise InvalidArgument(field, "must be a finite number")
-    return number
+    return number + 0.0
 
 
 def enum_value(number: int, enum: EnumDescriptor, field: str) -> int:
@@ -108,6 +106,8 @@ def ttl(duration: Duration, present: bool, field: str = "ttl") -> float | None:
         raise InvalidArgument(field, "must not be negative")
     if duration.nanos >= _NANOS:
         raise InvalidArgument(field, "nanos must be below 1e9")
+    if duration.seconds > _MAX_DURATION_SECONDS:
+        raise InvalidArgument(field, "must be at most 315,576,000,000 seconds, the largest Duration")
     seconds_ = duration.seconds + duration.nanos / 1e9
     return seconds_ or None
 
@@ -190,41 +190,3 @@ def page_size(
         raise InvalidArgument(field, "must not be negative")
     default, maximum = limits
     return min(size or default, maximum)
-
-
-def _token_bytes(token: str) -> bytes:
-    return base64.b64decode(token.encode(), altchars=b"-_", validate=True)
-
-
-def encode_page_token(position: str) -> str:
-    """Return an opaque token that resumes after `position`."""
-    return base64.urlsafe_b64encode(position.encode()).decode()
-
-
-def decode_page_token(token: str, field: str = "page_token") -> str | None:
-    """Return the position a page token resumes after, None for the first page."""
-    if not token:
-        return None
-    try:
-        position = _token_bytes(token).decode()
-    except (binascii.Error, UnicodeError, ValueError):
-        position = ""
-    if not position or "\x00" in position:
-        raise InvalidArgument(field, "is not a token this server issued")
-    return position
-
-
-def encode_listing_token(kind: str, *parts: object) -> str:
-    """Return an opaque page token of a listing of `kind`, holding `parts`."""
-    return base64.urlsafe_b64encode(orjson.dumps((kind, *parts))).decode()
-
-
-def decode_listing_token(token: str, kind: str, field: str = "page_token") -> list[Any]:
-    """Return the parts of a page token made by `encode_listing_token(kind, ...)`."""
-    try:
-        parts = orjson.loads(_token_bytes(token))
-    except (binascii.Error, ValueError, orjson.JSONDecodeError):
-        parts = None
-    if not isinstance(parts, list) or not parts or parts[0] != kind:
-        raise InvalidArgument(field, "is not a token this server issued for this listing")
-    return parts[1:]

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from typing import ClassVar
 
@@ -35,6 +36,7 @@ class MemoryBackend(DeclaredContracts):
         wakeups = QueueWakeups()
         self._jobs = MemoryJobQueueStore(clock, wakeups)
         self._documents = MemoryDocumentStore(clock, self._jobs, wakeups)
+        self._page_token_key = secrets.token_bytes(32)  # nothing outlives the process, tokens included
 
     CAPABILITIES: ClassVar[frozenset[Capability]] = (CONTRACT_CAPABILITIES - {Capability.TRANSFER}) | {
         Capability.INJECTABLE_CLOCK
@@ -53,6 +55,9 @@ class MemoryBackend(DeclaredContracts):
 
     async def close(self) -> None:
         pass
+
+    async def page_token_key(self) -> bytes:
+        return self._page_token_key
 
     async def check(self) -> None:
         pass

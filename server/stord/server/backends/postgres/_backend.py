@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 from datetime import UTC, datetime
 from typing import ClassVar
 
@@ -36,6 +37,11 @@ WHERE value.keyspace = expired.keyspace AND value.namespace = expired.namespace 
 """
 
 _CHECK = "SELECT 1"
+
+_INSERT_PAGE_TOKEN_KEY = (
+    "INSERT INTO page_token_key (id, key) VALUES (1, %(key)s) ON CONFLICT (id) DO NOTHING"
+)
+_PAGE_TOKEN_KEY = "SELECT key FROM page_token_key WHERE id = 1"
 
 
 class PostgresBackend(DeclaredContracts):
@@ -93,6 +99,15 @@ class PostgresBackend(DeclaredContracts):
     async def check(self) -> None:
         async with self._pool.connection() as connection:
             await connection.execute(_CHECK)
+
+    async def page_token_key(self) -> bytes:
+        async with self._pool.connection() as connection:
+            row = await (await connection.execute(_PAGE_TOKEN_KEY)).fetchone()
+            if row is None:
+                await connection.execute(_INSERT_PAGE_TOKEN_KEY, {"key": secrets.token_bytes(32)})
+                row = await (await connection.execute(_PAGE_TOKEN_KEY)).fetchone()
+        assert row is not None  # inserted above, by this daemon or a concurrent one, and never deleted
+        return bytes(row[0])
 
     async def sweep(self) -> int:
         """Delete the values expired by now, in bounded batches, each its own transaction; return how many."""

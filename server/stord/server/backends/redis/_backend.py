@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import secrets
 import socket
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
@@ -9,6 +10,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from stord.server.backends._contracts import DeclaredContracts
+from stord.server.backends.redis import _layout
 from stord.server.backends.redis._errors import unavailable_on_connection_errors
 from stord.server.backends.redis._key_value import RedisKeyValueStore
 from stord.server.backends.redis._pool import WaitingConnectionPool
@@ -93,6 +95,16 @@ class RedisBackend(DeclaredContracts):
     async def check(self) -> None:
         with unavailable_on_connection_errors():
             await self._client().ping()
+
+    async def page_token_key(self) -> bytes:
+        client = self._client()
+        with unavailable_on_connection_errors():
+            # SET NX: the first daemon's key wins, and every daemon on this Redis reads that one.
+            await client.set(_layout.PAGE_TOKEN_KEY, secrets.token_bytes(32), nx=True)
+            key = await client.get(_layout.PAGE_TOKEN_KEY)
+        if not isinstance(key, bytes) or len(key) < 16:
+            raise Unavailable(f"Redis at {redact_url(self._url)} holds no usable {_layout.PAGE_TOKEN_KEY}")
+        return key
 
     async def sweep(self) -> int:
         """Nothing to do: Redis expires keys itself."""

@@ -12,6 +12,8 @@ from stord.server.kv.port import Keyspace
 ROOT = "stord"
 VALUE_KIND = "v"
 LIST_KIND = "l"
+PAGE_TOKEN_KEY = f"{ROOT}:page-token-key"
+"""The key that seals page tokens; outside every namespace's prefix, so no export or Clear touches it."""
 
 _GLOB_SPECIAL = frozenset("*?[]\\")
 

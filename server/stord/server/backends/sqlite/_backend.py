@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import secrets
+import sqlite3
 from pathlib import Path
 from typing import ClassVar
 
@@ -18,6 +20,9 @@ from stord.server.config import SqliteOptions
 from stord.server.jobs.rules import QueueWakeups
 from stord.server.kv.port import Keyspace
 from stord.server.ports import CONTRACT_CAPABILITIES, Capability, Clock, system_clock
+
+_INSERT_PAGE_TOKEN_KEY = "INSERT OR IGNORE INTO page_token_key (id, key) VALUES (1, ?)"
+_PAGE_TOKEN_KEY = "SELECT key FROM page_token_key WHERE id = 1"
 
 
 class SqliteBackend(DeclaredContracts):
@@ -61,6 +66,21 @@ class SqliteBackend(DeclaredContracts):
 
     async def check(self) -> None:
         await self._engine.check()
+
+    async def page_token_key(self) -> bytes:
+        def stored(connection: sqlite3.Connection) -> bytes | None:
+            row = connection.execute(_PAGE_TOKEN_KEY).fetchone()
+            return None if row is None else bytes(row[0])
+
+        def insert_if_absent(connection: sqlite3.Connection) -> bytes:
+            connection.execute(_INSERT_PAGE_TOKEN_KEY, (secrets.token_bytes(32),))
+            key = stored(connection)
+            assert key is not None  # inserted above, by this daemon or a concurrent one, and never deleted
+            return key
+
+        # A read first: a database that has its key needs no write (a full disk must not stop a start).
+        key: bytes | None = await self._engine.read(stored)
+        return key if key is not None else await self._engine.write(insert_if_absent)
 
     async def sweep(self) -> int:
         """Delete the values expired by now, in bounded batches; return how many."""
