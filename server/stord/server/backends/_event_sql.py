@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stord.server.event_model import search_pattern
+from stord.server.backends._event_search import search_conditions
 from stord.server.ports import Analytics, AnalyticsFigures, EventFilter, EventPosition
 
 __all__ = [
@@ -80,10 +80,10 @@ class Conditions:
             self.add("timestamp >= {}", f.from_time)
         if f.to_time is not None:
             self.add("timestamp <= {}", f.to_time)
-        if f.search is not None:
-            self.add(
-                f"payload {self.dialect.case_insensitive_like} {{}} ESCAPE '\\'", search_pattern(f.search)
-            )
+        if f.search is not None:  # events-read: the exact LIKE, narrowed by the trigram index
+            like, fts = self.dialect.case_insensitive_like, self.dialect is SQLITE
+            for clause, value in search_conditions(f.search, case_insensitive_like=like, fts_table=fts):
+                self.add(clause, value)
         return self
 
     def after(self, position: EventPosition | None, *, descending: bool) -> Conditions:

@@ -18,13 +18,8 @@ from typing import Any
 import psycopg
 import structlog
 
-from stord.server.backends._event_sql import (
-    POSTGRES,
-    Conditions,
-    analytics_query,
-    bucket_expression,
-    read_analytics,
-)
+from stord.server.backends._event_sql import POSTGRES, Conditions
+from stord.server.backends.postgres import _event_rollups
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions, redact_url
@@ -55,7 +50,6 @@ from stord.server.ports import (
     FailedPrecondition,
     FeedBatch,
     FeedPage,
-    Granularity,
     InsertOutcome,
     NotFound,
     RetentionOutcome,
@@ -169,8 +163,6 @@ ON CONFLICT (namespace, id) DO UPDATE SET
 
 _TYPES = {member.value: member for member in EventType}
 _SEVERITIES = {member.value: member for member in Severity}
-_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
-_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}  # weeks start on Monday
 _STORE_TABLES = ("events", "event_sessions", "event_agents", "event_alert_rules", "event_alert_history")
 
 
@@ -282,6 +274,7 @@ class PostgresEventStore:
             heads = {row[0]: ChainHead(row[1], row[2]) for row in rows}
             fresh, linked, new_heads = await _insert_new(connection, namespace, events, heads)
             await _apply_changes(connection, namespace, fresh, new_heads)
+            await _event_rollups.add_batch(connection, namespace, linked)  # events-read: rollups
             if not linked:
                 return InsertOutcome(linked, len(events))
             parameters = {
@@ -525,16 +518,8 @@ class PostgresEventStore:
     # Analytics -------------------------------------------------------------------------------------------
 
     async def analytics(self, namespace: str, query: AnalyticsQuery) -> Analytics:
-        matching = Conditions(POSTGRES)
-        matching.add("namespace = {}", namespace)
-        matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
-        if query.agent_id is not None:
-            matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(POSTGRES, _WIDTHS[query.granularity], _ORIGINS[query.granularity])
-        sql = analytics_query(POSTGRES, bucket, matching.where())
-        async with self._pool.connection() as connection:
-            rows = await _fetchall(connection, sql, matching.params)
-        return read_analytics(rows)
+        async with self._pool.connection() as connection:  # events-read: from the hourly rollups
+            return await _event_rollups.analytics(connection, namespace, query)
 
     # Alert rules and history -----------------------------------------------------------------------------
 
@@ -624,7 +609,8 @@ class PostgresEventStore:
     async def apply_retention(self, namespace: str | None, cutoff: int) -> RetentionOutcome:
         delete_events = """
             DELETE FROM events WHERE (namespace, id) IN (
-                SELECT namespace, id FROM events WHERE namespace = %s AND timestamp <= %s LIMIT %s
+                SELECT namespace, id FROM events WHERE namespace = %s AND timestamp <= %s
+                ORDER BY timestamp LIMIT %s
             )
         """
         delete_sessions = """
@@ -641,7 +627,9 @@ class PostgresEventStore:
                 namespaces = [namespace]
             for name in namespaces:
                 while True:
-                    cursor = await connection.execute(delete_events, (name, cutoff, RETENTION_BATCH))
+                    async with connection.transaction():  # events-read: rollups corrected with the delete
+                        cursor = await connection.execute(delete_events, (name, cutoff, RETENTION_BATCH))
+                        await _event_rollups.correct_after_retention(connection, name)  # oldest first
                     deleted_events += cursor.rowcount
                     if cursor.rowcount < RETENTION_BATCH:
                         break

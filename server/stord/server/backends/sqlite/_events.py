@@ -16,13 +16,8 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from typing import Any
 
-from stord.server.backends._event_sql import (
-    SQLITE,
-    Conditions,
-    analytics_query,
-    bucket_expression,
-    read_analytics,
-)
+from stord.server.backends._event_sql import SQLITE, Conditions
+from stord.server.backends.sqlite import _event_rollups
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.event_chain import ChainHead, link_events, verify_chain
 from stord.server.event_model import agent_changes, session_changes
@@ -51,7 +46,6 @@ from stord.server.ports import (
     FailedPrecondition,
     FeedBatch,
     FeedPage,
-    Granularity,
     InsertOutcome,
     NotFound,
     RetentionOutcome,
@@ -143,8 +137,6 @@ ON CONFLICT (namespace, id) DO UPDATE SET
 
 _TYPES = {member.value: member for member in EventType}
 _SEVERITIES = {member.value: member for member in Severity}
-_WIDTHS = {Granularity.HOUR: 3_600_000, Granularity.DAY: 86_400_000, Granularity.WEEK: 604_800_000}
-_ORIGINS = {Granularity.HOUR: 0, Granularity.DAY: 0, Granularity.WEEK: -259_200_000}  # weeks start on Monday
 
 
 def _event(row: Sequence[Any]) -> Event:
@@ -401,15 +393,9 @@ class SqliteEventStore:
     # Analytics -------------------------------------------------------------------------------------------
 
     async def analytics(self, namespace: str, query: AnalyticsQuery) -> Analytics:
-        matching = Conditions(SQLITE)
-        matching.add("namespace = {}", namespace)
-        matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
-        if query.agent_id is not None:
-            matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(SQLITE, _WIDTHS[query.granularity], _ORIGINS[query.granularity])
-        sql = analytics_query(SQLITE, bucket, matching.where())
-        rows = await self._engine.read(lambda connection: connection.execute(sql, matching.params).fetchall())
-        return read_analytics(rows)
+        return await self._engine.read(  # events-read: from the hourly rollups
+            lambda connection: _event_rollups.analytics(connection, namespace, query)
+        )
 
     # Alert rules and history -----------------------------------------------------------------------------
 
@@ -638,6 +624,7 @@ def _insert_batch(
         linked, new_heads = _insert_linked(connection, namespace, events, heads)
     finally:
         connection.execute("RELEASE stord_events")
+    _event_rollups.add_batch(connection, namespace, linked)  # events-read: rollups and search index
     connection.executemany(
         _APPLY_SESSION,
         [
@@ -684,11 +671,13 @@ def _expired_events(namespace: str, cutoff: int) -> Callable[[sqlite3.Connection
     """Return a write deleting up to RETENTION_BATCH events at or before the cutoff; it returns how many."""
 
     def delete(connection: sqlite3.Connection) -> int:
-        return connection.execute(
+        deleted = connection.execute(
             "DELETE FROM events WHERE rowid IN"
-            " (SELECT rowid FROM events WHERE namespace = ? AND timestamp <= ? LIMIT ?)",
+            " (SELECT rowid FROM events WHERE namespace = ? AND timestamp <= ? ORDER BY timestamp LIMIT ?)",
             (namespace, cutoff, RETENTION_BATCH),
         ).rowcount
+        _event_rollups.correct_after_retention(connection, namespace)  # events-read: oldest first, above
+        return deleted
 
     return delete
 

@@ -39,7 +39,7 @@ from stord.server.backends._transfer import (
     occupied,
     repeated_record,
 )
-from stord.server.backends.sqlite import _agents, _documents, _events, _jobs, _manifests
+from stord.server.backends.sqlite import _agents, _documents, _event_rollups, _events, _jobs, _manifests
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.ports import (
     AgentRecord,
@@ -194,6 +194,8 @@ class _Restore:
         self._connection = connection
         self._replace = replace
         self._gate = NamespaceGate()
+        self.namespaces: list[str] = []
+        """The namespaces restored, each checked (or emptied) before its first record."""
         self._job_offset: int | None = None
         self._agent_offset: int | None = None
 
@@ -223,6 +225,7 @@ class _Restore:
 
     def _prepare(self, namespace: str) -> None:
         """Empty the namespace (replace) or check that it holds nothing."""
+        self.namespaces.append(namespace)
         parameters = {"namespace": namespace}
         if self._replace:
             for sql in deletion_statements(_DIALECT):
@@ -309,6 +312,8 @@ def _restore(
     restore = _Restore(connection, replace=replace)
     while (batch := handoff.take()) is not None:
         restore.write(batch)
+    for namespace in restore.namespaces:  # events-read: rollups and search index of the restored events
+        _event_rollups.rebuild_namespace(connection, namespace)
 
 
 class _Sink:

@@ -1,0 +1,28 @@
+"""The payload-search predicate of the SQL event stores: the exact LIKE, narrowed by a trigram index.
+
+SQLite asks its FTS5 trigram table (0006_event_rollups_search.sql) for the events holding every chosen
+trigram of the text; PostgreSQL's planner uses the pg_trgm GIN index for the ILIKE by itself. Either way
+the LIKE decides (literal `%`, `_` and backslash, ASCII letters folded), so answers never depend on the
+index: a text under three characters, which no trigram index can serve, is answered by the LIKE alone.
+"""
+
+from __future__ import annotations
+
+from stord.server.event_model import search_pattern
+from stord.server.event_search import search_trigrams
+
+__all__ = ["search_conditions"]
+
+
+def search_conditions(search: str, *, case_insensitive_like: str, fts_table: bool) -> list[tuple[str, str]]:
+    """Return the clauses (each with a `{}` mark for its value) selecting events whose payload holds `search`.
+
+    `fts_table`: narrow by SQLite's `events_search` first (PostgreSQL's planner needs no clause for its
+    index).
+    """
+    exact = (f"payload {case_insensitive_like} {{}} ESCAPE '\\'", search_pattern(search))
+    trigrams = search_trigrams(search)
+    if not fts_table or not trigrams:
+        return [exact]
+    match = " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in trigrams)
+    return [("rowid IN (SELECT rowid FROM events_search WHERE events_search MATCH {})", match), exact]
