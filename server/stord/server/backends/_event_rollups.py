@@ -45,28 +45,23 @@ def rollup_analytics(
     sql = f"""
         WITH edges AS MATERIALIZED ({edge}
             UNION ALL{edge}
-        ), parts AS (
-            SELECT {hour_bucket} AS bucket, agent_id, event_count AS events, tool_call_count AS tool_calls,
-                   error_count AS errors, latency_sum AS latency, latency_count AS latencies, cost_sum AS cost
+        ), parts AS MATERIALIZED (
+            SELECT {hour_bucket} AS bucket, agent_id, NULL AS session_id, event_count AS events,
+                   tool_call_count AS tool_calls, error_count AS errors, latency_sum AS latency,
+                   latency_count AS latencies, cost_sum AS cost
             FROM event_rollups WHERE {whole_hours}
             UNION ALL
-            SELECT bucket, agent_id, 1, CASE WHEN event_type = 'tool_call' THEN 1 ELSE 0 END,
+            SELECT {hour_bucket}, NULL, session_id, 0, 0, 0, 0, 0, 0
+            FROM event_rollup_sessions WHERE {whole_hours}
+            UNION ALL
+            SELECT bucket, agent_id, session_id, 1, CASE WHEN event_type = 'tool_call' THEN 1 ELSE 0 END,
                    CASE WHEN {_IS_ERROR} THEN 1 ELSE 0 END, coalesce(latency_ms, 0),
                    CASE WHEN latency_ms IS NULL THEN 0 ELSE 1 END, coalesce(cost_usd, 0)
             FROM edges
-        ), sessions AS MATERIALIZED (
-            SELECT {hour_bucket} AS bucket, session_id FROM event_rollup_sessions WHERE {whole_hours}
-            UNION
-            SELECT bucket, session_id FROM edges
-        ), bucket_sessions AS (
-            SELECT bucket, count(*) AS sessions FROM sessions GROUP BY bucket
         )
-        SELECT parts.bucket, {_FIGURES}, max(bucket_sessions.sessions), NULL
-        FROM parts JOIN bucket_sessions ON bucket_sessions.bucket = parts.bucket
-        GROUP BY parts.bucket
+        SELECT bucket, {_FIGURES}, count(DISTINCT session_id), NULL FROM parts GROUP BY bucket
         UNION ALL
-        SELECT NULL, {_FIGURES}, (SELECT count(DISTINCT session_id) FROM sessions), count(DISTINCT agent_id)
-        FROM parts
+        SELECT NULL, {_FIGURES}, count(DISTINCT session_id), count(DISTINCT agent_id) FROM parts
         ORDER BY 1 NULLS LAST
     """
     params: list[object] = [

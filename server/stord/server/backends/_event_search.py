@@ -11,7 +11,7 @@ from __future__ import annotations
 from stord.server.event_model import search_pattern
 from stord.server.event_search import search_trigrams
 
-__all__ = ["search_conditions"]
+__all__ = ["search_conditions", "search_index_leads"]
 
 
 def search_conditions(search: str, *, case_insensitive_like: str, fts_table: bool) -> list[tuple[str, str]]:
@@ -26,3 +26,12 @@ def search_conditions(search: str, *, case_insensitive_like: str, fts_table: boo
         return [exact]
     match = " AND ".join('"' + trigram.replace('"', '""') + '"' for trigram in trigrams)
     return [("rowid IN (SELECT rowid FROM events_search WHERE events_search MATCH {})", match), exact]
+
+
+def search_index_leads(search: str) -> bool:
+    """Return whether SQLite's search index can select the candidates for `search` (three characters or more).
+
+    The planner must then start from the index: without statistics it takes an equality on `namespace` for
+    selective, and would scan the namespace checking each event against the index's answer.
+    """
+    return bool(search_trigrams(search))

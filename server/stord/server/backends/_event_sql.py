@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stord.server.backends._event_search import search_conditions
+from stord.server.backends._event_search import search_conditions, search_index_leads
 from stord.server.ports import Analytics, AnalyticsFigures, EventFilter, EventPosition
 
 __all__ = [
@@ -67,7 +67,9 @@ class Conditions:
     def events(self, namespace: str, event_filter: EventFilter) -> Conditions:
         """Add the conditions that select a namespace's events passing the filter."""
         f = event_filter
-        self.add("namespace = {}", namespace)
+        # events-read: `+` keeps every index (all lead with namespace) out when the search index leads
+        searching = f.search is not None and self.dialect is SQLITE and search_index_leads(f.search)
+        self.add("+namespace = {}" if searching else "namespace = {}", namespace)
         if f.session_id is not None:
             self.add("session_id = {}", f.session_id)
         if f.agent_id is not None:

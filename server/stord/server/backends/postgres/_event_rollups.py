@@ -15,7 +15,7 @@ from stord.server.backends._event_rollups import rollup_analytics
 from stord.server.backends._event_sql import POSTGRES, read_analytics
 from stord.server.backends.postgres._pool import Connection
 from stord.server.event_rollups import HOUR_MS, bucket_grid, hour_of, split_range
-from stord.server.ports import Analytics, AnalyticsQuery, Event
+from stord.server.ports import Analytics, AnalyticsQuery
 
 __all__ = ["add_batch", "analytics", "correct_after_retention", "rebuild_namespace"]
 
@@ -59,10 +59,10 @@ _LAST_HOUR = 1 << 62
 """Later than any stored hour."""
 
 
-async def add_batch(connection: Connection, namespace: str, stored: Sequence[Event]) -> None:
-    """Add a batch just inserted into `events` to the rollups."""
-    if stored:
-        parameters = {"namespace": namespace, "ids": [event.id for event in stored]}
+async def add_batch(connection: Connection, namespace: str, event_ids: Sequence[str]) -> None:
+    """Add a batch just inserted into `events` (its new events' ids) to the rollups."""
+    if event_ids:
+        parameters = {"namespace": namespace, "ids": list(event_ids)}
         await connection.execute(_ADD.format(rows=_BATCH), parameters)
 
 

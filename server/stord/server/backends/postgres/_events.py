@@ -274,7 +274,7 @@ class PostgresEventStore:
             heads = {row[0]: ChainHead(row[1], row[2]) for row in rows}
             fresh, linked, new_heads = await _insert_new(connection, namespace, events, heads)
             await _apply_changes(connection, namespace, fresh, new_heads)
-            await _event_rollups.add_batch(connection, namespace, linked)  # events-read: rollups
+            await _event_rollups.add_batch(connection, namespace, [e.id for e in linked])  # events-read
             if not linked:
                 return InsertOutcome(linked, len(events))
             parameters = {

@@ -14,7 +14,7 @@ from typing import Any
 from stord.server.backends._event_rollups import rollup_analytics
 from stord.server.backends._event_sql import SQLITE, read_analytics
 from stord.server.event_rollups import HOUR_MS, bucket_grid, hour_of, split_range
-from stord.server.ports import Analytics, AnalyticsQuery, Event
+from stord.server.ports import Analytics, AnalyticsQuery
 
 __all__ = ["add_batch", "analytics", "correct_after_retention", "rebuild_namespace"]
 
@@ -59,11 +59,11 @@ _LAST_HOUR = 1 << 62
 """Later than any stored hour."""
 
 
-def add_batch(connection: sqlite3.Connection, namespace: str, stored: Sequence[Event]) -> None:
-    """Add a batch just inserted into `events` to the rollups and the search index."""
-    if not stored:
+def add_batch(connection: sqlite3.Connection, namespace: str, event_ids: Sequence[str]) -> None:
+    """Add a batch just inserted into `events` (its new events' ids) to the rollups and the search index."""
+    if not event_ids:
         return
-    ids = json.dumps([event.id for event in stored])
+    ids = json.dumps(event_ids)
     low, high, count = connection.execute(_BATCH_ROWIDS, {"namespace": namespace, "ids": ids}).fetchone()
     # One executemany gives a batch consecutive rowids, so a range selects it without another id lookup;
     # the range is used only when it holds exactly the batch's rows.

@@ -624,7 +624,7 @@ def _insert_batch(
         linked, new_heads = _insert_linked(connection, namespace, events, heads)
     finally:
         connection.execute("RELEASE stord_events")
-    _event_rollups.add_batch(connection, namespace, linked)  # events-read: rollups and search index
+    _event_rollups.add_batch(connection, namespace, [event.id for event in linked])  # events-read
     connection.executemany(
         _APPLY_SESSION,
         [
