@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from stord.server.event_model import search_pattern
 from stord.server.event_search import search_trigrams
+from stord.server.ports import EventFilter
 
 __all__ = ["search_conditions", "search_index_leads"]
 
@@ -17,8 +18,8 @@ __all__ = ["search_conditions", "search_index_leads"]
 def search_conditions(search: str, *, case_insensitive_like: str, fts_table: bool) -> list[tuple[str, str]]:
     """Return the clauses (each with a `{}` mark for its value) selecting events whose payload holds `search`.
 
-    `fts_table`: narrow by SQLite's `events_search` first (PostgreSQL's planner needs no clause for its
-    index).
+    `fts_table`: narrow by SQLite's `events_search` (see `search_index_leads`); PostgreSQL's planner uses
+    its index for the LIKE by itself.
     """
     exact = (f"payload {case_insensitive_like} {{}} ESCAPE '\\'", search_pattern(search))
     trigrams = search_trigrams(search)
@@ -28,10 +29,16 @@ def search_conditions(search: str, *, case_insensitive_like: str, fts_table: boo
     return [("rowid IN (SELECT rowid FROM events_search WHERE events_search MATCH {})", match), exact]
 
 
-def search_index_leads(search: str) -> bool:
-    """Return whether SQLite's search index can select the candidates for `search` (three characters or more).
+def search_index_leads(event_filter: EventFilter) -> bool:
+    """Return whether SQLite should find the filter's events through its search index first.
 
-    The planner must then start from the index: without statistics it takes an equality on `namespace` for
-    selective, and would scan the namespace checking each event against the index's answer.
+    Only for a search of three characters or more (the index has nothing for shorter ones), and not within
+    a session, whose few events its own index reads faster than the index could list every event holding a
+    common text. When the index leads, the planner must not start from an index on `namespace`: without
+    statistics it takes that equality for selective, and would scan the namespace instead.
     """
-    return bool(search_trigrams(search))
+    return (
+        event_filter.search is not None
+        and event_filter.session_id is None
+        and bool(search_trigrams(event_filter.search))
+    )

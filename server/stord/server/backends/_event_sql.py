@@ -67,9 +67,9 @@ class Conditions:
     def events(self, namespace: str, event_filter: EventFilter) -> Conditions:
         """Add the conditions that select a namespace's events passing the filter."""
         f = event_filter
-        # events-read: `+` keeps every index (all lead with namespace) out when the search index leads
-        searching = f.search is not None and self.dialect is SQLITE and search_index_leads(f.search)
-        self.add("+namespace = {}" if searching else "namespace = {}", namespace)
+        # events-read: when SQLite's search index leads, `+` keeps the indexes (all start with namespace) out
+        indexed = self.dialect is SQLITE and search_index_leads(f)
+        self.add("+namespace = {}" if indexed else "namespace = {}", namespace)
         if f.session_id is not None:
             self.add("session_id = {}", f.session_id)
         if f.agent_id is not None:
@@ -82,9 +82,9 @@ class Conditions:
             self.add("timestamp >= {}", f.from_time)
         if f.to_time is not None:
             self.add("timestamp <= {}", f.to_time)
-        if f.search is not None:  # events-read: the exact LIKE, narrowed by the trigram index
-            like, fts = self.dialect.case_insensitive_like, self.dialect is SQLITE
-            for clause, value in search_conditions(f.search, case_insensitive_like=like, fts_table=fts):
+        if f.search is not None:  # events-read: the exact LIKE, narrowed by the search index
+            like = self.dialect.case_insensitive_like
+            for clause, value in search_conditions(f.search, case_insensitive_like=like, fts_table=indexed):
                 self.add(clause, value)
         return self
 
