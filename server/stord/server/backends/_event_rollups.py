@@ -45,28 +45,44 @@ def rollup_analytics(
     sql = f"""
         WITH edges AS MATERIALIZED ({edge}
             UNION ALL{edge}
-        ), parts AS MATERIALIZED (
-            SELECT {hour_bucket} AS bucket, agent_id, NULL AS session_id, event_count AS events,
-                   tool_call_count AS tool_calls, error_count AS errors, latency_sum AS latency,
-                   latency_count AS latencies, cost_sum AS cost
-            FROM event_rollups WHERE {whole_hours}
+        ), sums AS MATERIALIZED (
+            SELECT bucket, sum(events) AS events, sum(tool_calls) AS tool_calls, sum(errors) AS errors,
+                   sum(latency) AS latency, sum(latencies) AS latencies, sum(cost) AS cost
+            FROM (
+                SELECT {hour_bucket} AS bucket, event_count AS events, tool_call_count AS tool_calls,
+                       error_count AS errors, latency_sum AS latency, latency_count AS latencies,
+                       cost_sum AS cost
+                FROM event_rollups WHERE {whole_hours}
+                UNION ALL
+                SELECT bucket, 1, CASE WHEN event_type = 'tool_call' THEN 1 ELSE 0 END,
+                       CASE WHEN {_IS_ERROR} THEN 1 ELSE 0 END, coalesce(latency_ms, 0),
+                       CASE WHEN latency_ms IS NULL THEN 0 ELSE 1 END, coalesce(cost_usd, 0)
+                FROM edges
+            ) AS parts
+            GROUP BY bucket
+        ), sessions AS MATERIALIZED (
+            SELECT {hour_bucket} AS bucket, session_id FROM event_rollup_sessions WHERE {whole_hours}
             UNION ALL
-            SELECT {hour_bucket}, NULL, session_id, 0, 0, 0, 0, 0, 0
-            FROM event_rollup_sessions WHERE {whole_hours}
-            UNION ALL
-            SELECT bucket, agent_id, session_id, 1, CASE WHEN event_type = 'tool_call' THEN 1 ELSE 0 END,
-                   CASE WHEN {_IS_ERROR} THEN 1 ELSE 0 END, coalesce(latency_ms, 0),
-                   CASE WHEN latency_ms IS NULL THEN 0 ELSE 1 END, coalesce(cost_usd, 0)
-            FROM edges
+            SELECT bucket, session_id FROM edges
+        ), bucket_sessions AS (
+            SELECT bucket, count(DISTINCT session_id) AS sessions FROM sessions GROUP BY bucket
         )
-        SELECT bucket, {_FIGURES}, count(DISTINCT session_id), NULL FROM parts GROUP BY bucket
+        SELECT sums.bucket, {_FIGURES}, max(bucket_sessions.sessions), NULL
+        FROM sums JOIN bucket_sessions ON bucket_sessions.bucket = sums.bucket
+        GROUP BY sums.bucket
         UNION ALL
-        SELECT NULL, {_FIGURES}, count(DISTINCT session_id), count(DISTINCT agent_id) FROM parts
+        SELECT NULL, {_FIGURES}, (SELECT count(DISTINCT session_id) FROM sessions), (
+            SELECT count(*) FROM (
+                SELECT agent_id FROM event_rollups WHERE {whole_hours} UNION SELECT agent_id FROM edges
+            ) AS agents
+        )
+        FROM sums
         ORDER BY 1 NULLS LAST
     """
     params: list[object] = [
         namespace, *split.head, *agent_params,
         namespace, *split.tail, *agent_params,
+        *whole_params,
         *whole_params,
         *whole_params,
     ]  # fmt: skip
