@@ -83,6 +83,7 @@ class PostgresBackend:
 
     async def close(self) -> None:
         await self._job_notifications.close()
+        await self._events.statistics.close()  # events-read
         await self._pool.close()
 
     async def check(self) -> None:

@@ -20,6 +20,7 @@ import structlog
 
 from stord.server.backends._event_sql import POSTGRES, Conditions
 from stord.server.backends.postgres import _event_rollups
+from stord.server.backends.postgres._event_statistics import EventStatistics
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions, redact_url
@@ -258,6 +259,7 @@ class PostgresEventStore:
         """For the feed's listening connection, which is not the pool's."""
         self._options = options
         self._feed_keep_seconds = feed_keep_seconds
+        self.statistics = EventStatistics(pool)  # events-read: analyzes after large ingests
 
     @property
     def clock(self) -> Clock:
@@ -284,6 +286,7 @@ class PostgresEventStore:
             }
             row = await (await connection.execute(_APPEND_TO_FEED, parameters)).fetchone()
             assert row is not None
+        self.statistics.stored(len(linked))  # events-read
         return InsertOutcome(linked, len(events) - len(fresh), int(row[0]))
 
     # Following the feed ----------------------------------------------------------------------------------
