@@ -323,11 +323,12 @@ def _sqlite_insert_rate(
         connection.executemany(insert, rows)
         if rollups:  # the daemon's own call, the search index included
             sqlite_rollups.add_batch(connection, NAMESPACE, [row[1] for row in rows])
-        elif search:
+        elif search:  # the search index alone: the batch's rows are the newest rowids
+            (high,) = connection.execute("SELECT max(rowid) FROM events").fetchone()
             connection.execute(
                 "INSERT INTO events_search (rowid, payload) SELECT rowid, payload FROM events"
-                " ORDER BY rowid DESC LIMIT ?",
-                (len(rows),),
+                " WHERE rowid > ?",
+                (high - len(rows),),
             )
         if rollups:  # the daemon's own call, the search index included
             sqlite_rollups.add_batch(connection, NAMESPACE, [row[1] for row in rows])
