@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = ["bench.kv", "bench.agents", "bench.jobs", "bench.documents", "bench.events", "bench.workers"]
 """Each module has `main(argv) -> int`; a new contract's benchmark adds its module here."""
+BENCHMARKS.append("bench.events_queries")  # analytics, search and filtered queries over 1M events
 
 
 def main() -> int:

@@ -40,7 +40,11 @@ EXPECTED_TABLES = {
     "alert_evaluations",
     "alert_deliveries",
     "page_token_key",
+    "event_rollups",
+    "event_rollup_sessions",
 }
+SQLITE_SEARCH_TABLES = {"events_search", "events_search_data", "events_search_config", "events_search_idx"}
+"""The FTS5 table of payload search and the shadow tables SQLite keeps for it."""
 
 
 def test_both_dialects_have_the_same_numbered_steps() -> None:
@@ -71,7 +75,7 @@ def test_sqlite_daemons_starting_together_migrate_once(tmp_path: Path, round_: i
         versions = [row[0] for row in connection.execute("SELECT version FROM schema_migrations")]
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert versions == [step.version for step in load_migrations("sqlite")]
-    assert tables == EXPECTED_TABLES
+    assert tables == EXPECTED_TABLES | SQLITE_SEARCH_TABLES
 
 
 def test_postgres_daemons_starting_together_migrate_once(postgres_server: PostgresServer) -> None:
@@ -221,3 +225,63 @@ def test_postgres_job_instants_become_microseconds(postgres_server: PostgresServ
         with connection.cursor() as cursor:
             cursor.executemany(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({values})", rows)
     assert asyncio.run(_stored_jobs(PostgresBackend(url, options=PostgresOptions()))) == _EXPECTED
+
+
+_EVENT_ROWS = [  # namespace, id, timestamp, session, agent, type, severity, payload, cost_usd, latency_ms
+    ("n1", "e1", 3_600_000 * 10 + 5, "s1", "a1", "tool_call", "info", '{"q":"Needle"}', None, None),
+    ("n1", "e2", 3_600_000 * 10 + 9, "s2", "a1", "tool_response", "error", '{"durationMs":40}', None, 40.0),
+    ("n1", "e3", 3_600_000 * 11, "s1", "a2", "cost_tracked", "info", '{"costUsd":0.5}', 0.5, None),
+    ("n2", "e1", -1, "s9", "a1", "tool_error", "warn", '{"x":"needle"}', None, None),
+]
+_ROLLUPS = [  # what 0006 must derive from _EVENT_ROWS
+    ("n1", 3_600_000 * 10, "a1", 2, 1, 1, 40.0, 1, 0.0),
+    ("n1", 3_600_000 * 11, "a2", 1, 0, 0, 0.0, 0, 0.5),
+    ("n2", -3_600_000, "a1", 1, 0, 1, 0.0, 0, 0.0),
+]
+_ROLLUP_SESSIONS = [
+    ("n1", 3_600_000 * 10, "a1", "s1"),
+    ("n1", 3_600_000 * 10, "a1", "s2"),
+    ("n1", 3_600_000 * 11, "a2", "s1"),
+    ("n2", -3_600_000, "a1", "s9"),
+]
+_ROLLUP_QUERIES = (
+    "SELECT namespace, hour, agent_id, event_count, tool_call_count, error_count, latency_sum, latency_count,"
+    " cost_sum FROM event_rollups ORDER BY 1, 2, 3",
+    "SELECT namespace, hour, agent_id, session_id FROM event_rollup_sessions ORDER BY 1, 2, 3, 4",
+)
+_INSERT_EVENT = (
+    "INSERT INTO events (namespace, id, timestamp, session_id, agent_id, event_type, severity, payload,"
+    " metadata, prev_hash, hash, chain_index, cost_usd, latency_ms)"
+    " VALUES ({0}, {0}, {0}, {0}, {0}, {0}, {0}, {0}, '{{}}', NULL, 'h', 0, {0}, {0})"
+)
+
+
+def test_sqlite_0006_derives_rollups_and_search_from_stored_events(tmp_path: Path) -> None:
+    steps = load_migrations("sqlite")
+    with sqlite3.connect(tmp_path / "old.db") as connection:
+        for step in steps[:5]:
+            connection.executescript(step.sql)
+        connection.executemany(_INSERT_EVENT.format("?"), _EVENT_ROWS)
+        connection.executescript(steps[5].sql)
+        assert connection.execute(_ROLLUP_QUERIES[0]).fetchall() == _ROLLUPS
+        assert connection.execute(_ROLLUP_QUERIES[1]).fetchall() == _ROLLUP_SESSIONS
+        found = connection.execute(
+            "SELECT events.id FROM events_search JOIN events ON events.rowid = events_search.rowid"
+            ' WHERE events_search MATCH \'"eed" AND "dle"\' ORDER BY 1'
+        )
+        assert [row[0] for row in found] == ["e1", "e1"]  # both needles, any case, in n1 and n2
+
+
+def test_postgres_0006_derives_rollups_from_stored_events(postgres_server: PostgresServer) -> None:
+    steps = load_migrations("postgres")
+    with psycopg.connect(postgres_server.create_database("backfill"), autocommit=True) as connection:
+        for step in steps[:5]:
+            connection.execute(step.sql.encode())
+        with connection.cursor() as cursor:
+            cursor.executemany(_INSERT_EVENT.format("%s").encode(), _EVENT_ROWS)
+        connection.execute(steps[5].sql.encode())
+        assert connection.execute(_ROLLUP_QUERIES[0].encode()).fetchall() == _ROLLUPS
+        assert connection.execute(_ROLLUP_QUERIES[1].encode()).fetchall() == _ROLLUP_SESSIONS
+        connection.execute(b"SET enable_seqscan = off")  # a table this small is otherwise scanned
+        plan = connection.execute(b"EXPLAIN SELECT id FROM events WHERE payload ILIKE '%needle%'").fetchall()
+        assert "events_payload_trgm" in " ".join(row[0] for row in plan)  # the index serves ILIKE

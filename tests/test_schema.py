@@ -33,7 +33,11 @@ NAME_ONLY_TABLES = {
     "alert_evaluations",
     "alert_deliveries",
     "page_token_key",
+    "event_rollups",
+    "event_rollup_sessions",
 }
+SQLITE_SEARCH_TABLES = {"events_search", "events_search_config", "events_search_data", "events_search_idx"}
+"""SQLite's FTS5 payload search index and its shadow tables (PostgreSQL indexes payloads with pg_trgm)."""
 
 
 @dataclass(frozen=True)
@@ -147,7 +151,8 @@ def test_sqlite_database_built_from_migrations_matches_the_declared_schema(tmp_p
                 "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
             )
         }
-        assert tables == {table.name for table in TABLES} | NAME_ONLY_TABLES | {"schema_migrations"}
+        expected = {table.name for table in TABLES} | NAME_ONLY_TABLES | SQLITE_SEARCH_TABLES
+        assert tables == expected | {"schema_migrations"}
         for table in TABLES:
             assert sqlite_table(connection, table) == declared(table, "sqlite"), table.name
 

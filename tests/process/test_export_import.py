@@ -397,6 +397,7 @@ def reads(filled: Filled) -> list[Read]:
         ev.EventFilter(agent_id="agent-2", event_types=[ev.EVENT_TYPE_TOOL_ERROR, ev.EVENT_TYPE_CUSTOM]),
         ev.EventFilter(severities=[ev.SEVERITY_ERROR], from_time=timestamp(0), to_time=timestamp(65)),
         ev.EventFilter(search="A%B_"),
+        ev.EventFilter(search="SEARCH"),  # through SQLite's search index, which the import fills
     ]
     for event_filter in filters:
         result += [
@@ -417,6 +418,12 @@ def reads(filled: Filled) -> list[Read]:
             ("ev", "VerifySessionChain", ev.VerifySessionChainRequest(session_id=session), ""),
             ("ev", "GetSession", ev.GetSessionRequest(id=session), ""),
         ]
+    week = {"from_time": timestamp(-60), "to_time": timestamp(60 * 24 * 8)}
+    result += [  # from the rollups an import rebuilds
+        ("ev", "GetAnalytics", ev.GetAnalyticsRequest(**week, granularity=granularity, agent_id=agent), "")
+        for granularity in (ev.GRANULARITY_HOUR, ev.GRANULARITY_DAY, ev.GRANULARITY_WEEK)
+        for agent in ("", "agent-2")
+    ]
     result += [
         ("ev", "QuerySessions", ev.QuerySessionsRequest(page_size=2), ""),
         (

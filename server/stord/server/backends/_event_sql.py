@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stord.server.events.model import search_pattern
+from stord.server.backends._event_search import search_conditions, search_index_leads
 from stord.server.ports import (
     AlertCondition,
     AlertHistoryEntry,
@@ -172,7 +172,9 @@ class Conditions:
     def events(self, namespace: str, event_filter: EventFilter) -> Conditions:
         """Add the conditions that select a namespace's events passing the filter."""
         f = event_filter
-        self.add("namespace = {}", namespace)
+        # When SQLite's search index leads, `+` keeps the indexes (all start with namespace) out
+        indexed = self.dialect is SQLITE and search_index_leads(f)
+        self.add("+namespace = {}" if indexed else "namespace = {}", namespace)
         if f.session_id is not None:
             self.add("session_id = {}", f.session_id)
         if f.agent_id is not None:
@@ -185,10 +187,10 @@ class Conditions:
             self.add("timestamp >= {}", f.from_time)
         if f.to_time is not None:
             self.add("timestamp <= {}", f.to_time)
-        if f.search is not None:
-            self.add(
-                f"payload {self.dialect.case_insensitive_like} {{}} ESCAPE '\\'", search_pattern(f.search)
-            )
+        if f.search is not None:  # the exact LIKE decides; the search index narrows
+            like = self.dialect.case_insensitive_like
+            for clause, value in search_conditions(f.search, case_insensitive_like=like, fts_table=indexed):
+                self.add(clause, value)
         return self
 
     def after(self, position: EventPosition | None, *, descending: bool) -> Conditions:

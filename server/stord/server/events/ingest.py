@@ -239,6 +239,10 @@ class IngestTransaction(Protocol):
         """Apply each change to its agent (model.apply_agent_change), creating the new ones."""
         ...
 
+    def update_rollups(self, event_ids: Sequence[str]) -> None:
+        """Add the batch's newly stored events to the hourly analytics rollups (set-based, in SQL)."""
+        ...
+
     def append_to_feed(self, events: list[Event]) -> int:
         """Append the batch's new events to the namespace's feed; return its position there."""
         ...
@@ -256,6 +260,8 @@ class AsyncIngestTransaction(Protocol):
     async def upsert_sessions(self, changes: Sequence[SessionChange]) -> None: ...
 
     async def upsert_agents(self, changes: Sequence[AgentChange]) -> None: ...
+
+    async def update_rollups(self, event_ids: Sequence[str]) -> None: ...
 
     async def append_to_feed(self, events: list[Event]) -> int: ...
 
@@ -296,6 +302,8 @@ def _steps(
     if batch.sessions:
         yield _Step("upsert_sessions", batch.sessions)
         yield _Step("upsert_agents", batch.agents)
+        # After the agents: every batch takes rollup row locks in that order (no deadlock on PostgreSQL).
+        yield _Step("update_rollups", [event.id for event in batch.events])
     duplicates = len(events) - len(fresh)
     if not batch.events:
         return InsertOutcome([], duplicates)

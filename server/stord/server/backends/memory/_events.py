@@ -163,6 +163,9 @@ class _IngestTransaction:
         for change in changes:
             agents[change.agent_id] = apply_agent_change(agents.get(change.agent_id), change)
 
+    def update_rollups(self, event_ids: Sequence[str]) -> None:
+        pass  # memory answers analytics by scanning its events: there are no rollups to keep
+
     def append_to_feed(self, events: list[Event]) -> int:
         space, now = self._space, self._now
         space.feed_head += 1

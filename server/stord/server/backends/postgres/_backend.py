@@ -59,7 +59,9 @@ class PostgresBackend(DeclaredContracts):
         # waiting on a dead connection for as long as the kernel retransmits (minutes).
         listen_url = with_keepalives(url, options)
         self._agents = PostgresAgentStore(self._pool, clock)
-        self._events = PostgresEventStore(self._pool, clock, url=listen_url, options=options)
+        events = PostgresEventStore(self._pool, clock, url=listen_url, options=options)
+        self._events = events
+        self._event_statistics = events.statistics
         self._alerts = PostgresAlertStateStore(self._pool)
         self._manifests = SqlManifestStore(PostgresRunner(self._pool), POSTGRES, clock)
         wakeups = QueueWakeups()
@@ -94,6 +96,7 @@ class PostgresBackend(DeclaredContracts):
 
     async def close(self) -> None:
         await self._job_notifications.close()
+        await self._event_statistics.close()
         await self._pool.close()
 
     async def check(self) -> None:

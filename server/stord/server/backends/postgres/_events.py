@@ -28,15 +28,14 @@ from stord.server.backends._event_sql import (
     RULE_COLUMNS,
     SESSION_COLUMNS,
     Conditions,
-    analytics_query,
-    bucket_expression,
     read_agent,
-    read_analytics,
     read_entry,
     read_event,
     read_rule,
     read_session,
 )
+from stord.server.backends.postgres import _event_rollups
+from stord.server.backends.postgres._event_statistics import EventStatistics
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.config import PostgresOptions, redact_url
@@ -232,6 +231,8 @@ class PostgresEventStore:
         """For the feed's listening connection, which is not the pool's."""
         self._options = options
         self._feed_keep_seconds = feed_keep_seconds
+        self.statistics = EventStatistics(pool)
+        """Runs ANALYZE (and merges the trigram index's pending list) after large ingests."""
 
     @property
     def clock(self) -> Clock:
@@ -242,7 +243,9 @@ class PostgresEventStore:
     async def insert_events(self, namespace: str, events: Sequence[EventInput]) -> InsertOutcome:
         async with self._pool.connection() as connection, connection.transaction():
             transaction = _IngestTransaction(connection, namespace, self._feed_keep_seconds)
-            return await store_batch_async(transaction, namespace, events)
+            outcome = await store_batch_async(transaction, namespace, events)
+        self.statistics.stored(len(outcome.stored))  # ANALYZE after large ingests, in the background
+        return outcome
 
     # Following the feed ----------------------------------------------------------------------------------
 
@@ -478,16 +481,8 @@ class PostgresEventStore:
     # Analytics -------------------------------------------------------------------------------------------
 
     async def analytics(self, namespace: str, query: AnalyticsQuery) -> Analytics:
-        matching = Conditions(POSTGRES)
-        matching.add("namespace = {}", namespace)
-        matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
-        if query.agent_id is not None:
-            matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(POSTGRES, query.granularity)
-        sql = analytics_query(POSTGRES, bucket, matching.where())
-        async with self._pool.connection() as connection:
-            rows = await _fetchall(connection, sql, matching.params)
-        return read_analytics(rows)
+        async with self._pool.connection() as connection:  # from the hourly rollups
+            return await _event_rollups.analytics(connection, namespace, query)
 
     # Alert rules and history -----------------------------------------------------------------------------
 
@@ -577,7 +572,8 @@ class PostgresEventStore:
     async def apply_retention(self, namespace: str | None, cutoff: int) -> RetentionOutcome:
         delete_events = """
             DELETE FROM events WHERE (namespace, id) IN (
-                SELECT namespace, id FROM events WHERE namespace = %s AND timestamp <= %s LIMIT %s
+                SELECT namespace, id FROM events WHERE namespace = %s AND timestamp <= %s
+                ORDER BY timestamp LIMIT %s
             )
         """
         delete_sessions = """
@@ -594,7 +590,9 @@ class PostgresEventStore:
                 namespaces = [namespace]
             for name in namespaces:
                 while True:
-                    cursor = await connection.execute(delete_events, (name, cutoff, RETENTION_BATCH))
+                    async with connection.transaction():  # the rollups are corrected with the delete
+                        cursor = await connection.execute(delete_events, (name, cutoff, RETENTION_BATCH))
+                        await _event_rollups.correct_after_retention(connection, name)  # oldest first
                     deleted_events += cursor.rowcount
                     if cursor.rowcount < RETENTION_BATCH:
                         break
@@ -679,6 +677,9 @@ class _IngestTransaction:
         ]  # fmt: skip
         parameters = {"namespace": self._namespace, "changes": orjson.dumps(rows).decode()}
         await self._connection.execute(_APPLY_AGENTS, parameters)
+
+    async def update_rollups(self, event_ids: Sequence[str]) -> None:
+        await _event_rollups.add_batch(self._connection, self._namespace, event_ids)
 
     async def append_to_feed(self, events: list[Event]) -> int:
         parameters = {

@@ -51,7 +51,7 @@ from stord.server.backends._transfer import (
     occupied,
     repeated_record,
 )
-from stord.server.backends.postgres import _agents, _documents, _events, _jobs
+from stord.server.backends.postgres import _agents, _documents, _event_rollups, _events, _jobs
 from stord.server.backends.postgres._jobs import at
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.backends.postgres._runner import POSTGRES
@@ -222,6 +222,8 @@ class _Sink:
         self._connection = connection
         self._replace = replace
         self._gate = NamespaceGate()
+        self.namespaces: list[str] = []
+        """The namespaces restored, each checked (or emptied) before its first record."""
         self._shifts: dict[str, int] = {}
         """By table (jobs, agents): what the copied numbers get added, decided at the table's first record."""
 
@@ -273,6 +275,7 @@ class _Sink:
 
     async def _prepare(self, namespace: str) -> None:
         """Empty the namespace (replace) or check that it holds nothing."""
+        self.namespaces.append(namespace)
         parameters = {"namespace": namespace}
         if self._replace:
             for sql in deletion_statements(_DIALECT):
@@ -319,3 +322,5 @@ class PostgresTransferStore:
             sink = _Sink(connection, replace=replace)
             yield sink
             await sink.advance_identities()
+            for namespace in sink.namespaces:  # rollups of the restored events
+                await _event_rollups.rebuild_namespace(connection, namespace)

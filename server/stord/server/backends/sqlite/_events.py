@@ -25,15 +25,13 @@ from stord.server.backends._event_sql import (
     SESSION_COLUMNS,
     SQLITE,
     Conditions,
-    analytics_query,
-    bucket_expression,
     read_agent,
-    read_analytics,
     read_entry,
     read_event,
     read_rule,
     read_session,
 )
+from stord.server.backends.sqlite import _event_rollups
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.events.chain import ChainHead, verify_chain
 from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, HeadGuesses, store_batch
@@ -337,15 +335,9 @@ class SqliteEventStore:
     # Analytics -------------------------------------------------------------------------------------------
 
     async def analytics(self, namespace: str, query: AnalyticsQuery) -> Analytics:
-        matching = Conditions(SQLITE)
-        matching.add("namespace = {}", namespace)
-        matching.add("timestamp BETWEEN {} AND {}", query.from_time, query.to_time)
-        if query.agent_id is not None:
-            matching.add("agent_id = {}", query.agent_id)
-        bucket = bucket_expression(SQLITE, query.granularity)
-        sql = analytics_query(SQLITE, bucket, matching.where())
-        rows = await self._engine.read(lambda connection: connection.execute(sql, matching.params).fetchall())
-        return read_analytics(rows)
+        return await self._engine.read(  # from the hourly rollups
+            lambda connection: _event_rollups.analytics(connection, namespace, query)
+        )
 
     # Alert rules and history -----------------------------------------------------------------------------
 
@@ -575,6 +567,9 @@ class _IngestTransaction:
             ],
         )  # fmt: skip
 
+    def update_rollups(self, event_ids: Sequence[str]) -> None:
+        _event_rollups.add_batch(self._connection, self._namespace, event_ids)
+
     def append_to_feed(self, events: list[Event]) -> int:
         # Expired batches go in the same write: the feed stays a few minutes long.
         connection, namespace = self._connection, self._namespace
@@ -589,11 +584,13 @@ def _expired_events(namespace: str, cutoff: int) -> Callable[[sqlite3.Connection
     """Return a write deleting up to RETENTION_BATCH events at or before the cutoff; it returns how many."""
 
     def delete(connection: sqlite3.Connection) -> int:
-        return connection.execute(
+        deleted = connection.execute(
             "DELETE FROM events WHERE rowid IN"
-            " (SELECT rowid FROM events WHERE namespace = ? AND timestamp <= ? LIMIT ?)",
+            " (SELECT rowid FROM events WHERE namespace = ? AND timestamp <= ? ORDER BY timestamp LIMIT ?)",
             (namespace, cutoff, RETENTION_BATCH),
         ).rowcount
+        _event_rollups.correct_after_retention(connection, namespace)  # same transaction as the deletes
+        return deleted
 
     return delete
 

@@ -55,7 +55,7 @@ from stord.server.backends._transfer import (
     occupied,
     repeated_record,
 )
-from stord.server.backends.sqlite import _agents, _documents, _events, _jobs
+from stord.server.backends.sqlite import _agents, _documents, _event_rollups, _events, _jobs
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.sqlite._runner import SQLITE
 from stord.server.backends.tables import (
@@ -224,6 +224,8 @@ class _Restore:
         self._connection = connection
         self._replace = replace
         self._gate = NamespaceGate()
+        self.namespaces: list[str] = []
+        """The namespaces restored, each checked (or emptied) before its first record."""
         self._job_offset: int | None = None
         self._agent_offset: int | None = None
 
@@ -253,6 +255,7 @@ class _Restore:
 
     def _prepare(self, namespace: str) -> None:
         """Empty the namespace (replace) or check that it holds nothing."""
+        self.namespaces.append(namespace)
         parameters = {"namespace": namespace}
         if self._replace:
             for sql in deletion_statements(_DIALECT):
@@ -339,6 +342,8 @@ def _restore(
     restore = _Restore(connection, replace=replace)
     while (batch := handoff.take()) is not None:
         restore.write(batch)
+    for namespace in restore.namespaces:  # rollups and search index of the restored events
+        _event_rollups.rebuild_namespace(connection, namespace)
 
 
 class _Sink:
