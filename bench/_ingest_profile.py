@@ -41,7 +41,7 @@ INGEST_CATEGORIES = (
     Category("canonical JSON, hashing", _frames(
         r"^(event_hash|canonical_json|_javascript_\w+|format_timestamp|_iso_second|_orjson_writes\w+) ")),
     Category("decode (messages, payload JSON)", _frames(r"^(struct_json|_json_value) ", r"events/codec\.py")),
-    Category("validation", _frames(r"_validate\.py", r"^(_prepare|_event_id|payload_facts) ")),
+    Category("validation", _frames(r"rpc/validate\.py", r"^(_prepare|_event_id|payload_facts) ")),
     Category("ingest algorithm (link, rows)", _frames(r"events/ingest\.py")),
     Category("SQL: insert events", _frames(r"^_IngestTransaction\.insert_events \(.*backends/")),
     Category("SQL: upsert sessions, agents", _frames(r"^_IngestTransaction\.upsert_\w+ \(.*backends/")),

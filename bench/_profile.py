@@ -36,9 +36,9 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
         (
             "google/protobuf/",
             "parse_or_mark",  # the request's deserializer, called by grpc
-            "server/services/_validate.py:",
+            "server/rpc/validate.py:",
             "server/documents/fields.py:",
-            "server/services/_message_json.py:",
+            "server/rpc/message_json.py:",
         ),
     ),
     ("access log", ("structlog/",)),
@@ -48,7 +48,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
             "server/rpc/interceptors.py:",
             "server/rpc/auth.py:",
             "server/metrics.py:",
-            "server/calls.py:",
+            "server/rpc/calls.py:",
             "prometheus_client/",
         ),
     ),

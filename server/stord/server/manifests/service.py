@@ -6,7 +6,6 @@ from typing import Any
 
 import grpc
 
-from stord.server import calls
 from stord.server.manifests import checks
 from stord.server.manifests.port import (
     HandlerManifestRecord,
@@ -17,9 +16,9 @@ from stord.server.manifests.port import (
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, InvalidArgument, NotFound
 from stord.server.read_cache import CachedManifestStore, read_cache_for
+from stord.server.rpc import calls, message_json
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens
-from stord.server.services import _message_json as message_json
-from stord.server.services import _validate as check
 from stord.v1 import manifests_pb2 as pb
 from stord.v1 import manifests_pb2_grpc
 

@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from stord.server.agents.port import AgentStatus, AgentVisibility, StoredAgent
-from stord.server.calls import resolve_namespace
 from stord.server.documents.port import Document
 from stord.server.jobs.port import MAX_INSTANT, MICROS, MIN_INSTANT, Job, JobStatus
 from stord.server.kv.port import Keyspace
@@ -47,6 +46,7 @@ from stord.server.ports import (
     SessionStatus,
     Severity,
 )
+from stord.server.rpc.calls import resolve_namespace
 from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
