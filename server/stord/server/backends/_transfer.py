@@ -9,6 +9,7 @@ carries only what is stored.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,9 @@ from typing import Any
 import orjson
 
 from stord.server.agents.port import StoredAgent
+from stord.server.backends import _event_sql
+from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
+from stord.server.backends._sql import SqlDialect
 from stord.server.backends.tables import Rows
 from stord.server.documents.port import Document
 from stord.server.events.model import payload_facts
@@ -129,6 +133,30 @@ class DumpSources:
     agent: Rows[StoredAgent]
     manifest: Rows[HandlerManifestRecord]
     transformer: Rows[TransformerRecord]
+
+
+def dump_sources(
+    events: _event_sql.Dialect,
+    dialect: SqlDialect,
+    *,
+    document: Rows[Document],
+    job: Rows[Job],
+    agent: Rows[StoredAgent],
+) -> DumpSources:
+    """Return a SQL backend's sources: its own readers of documents, jobs and agents; the event store's and
+    the manifest store's tables are read alike but for the dialects."""
+    return DumpSources(
+        document=document,
+        job=job,
+        event=Rows(_event_sql.EVENT_COLUMNS, _event_sql.read_event),
+        session=Rows(_event_sql.SESSION_COLUMNS, functools.partial(_event_sql.read_session, events)),
+        event_agent=Rows(_event_sql.AGENT_COLUMNS, _event_sql.read_agent),
+        alert_rule=Rows(_event_sql.RULE_COLUMNS, functools.partial(_event_sql.read_rule, events)),
+        alert_entry=Rows(_event_sql.HISTORY_COLUMNS, _event_sql.read_entry),
+        agent=agent,
+        manifest=manifest_rows(dialect),
+        transformer=transformer_rows(dialect),
+    )
 
 
 def dump_statements(dialect: TransferDialect, namespace: str | None, sources: DumpSources) -> list[Dump]:

@@ -13,7 +13,6 @@ shifted past the greatest, in order; at commit the identity generators move past
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
@@ -24,25 +23,18 @@ from psycopg.types.json import Jsonb
 from stord.server.agents.search import configuration_text, fold
 from stord.server.backends._event_sql import (
     AGENT_COLUMNS,
-    EVENT_COLUMNS,
     HISTORY_COLUMNS,
     RULE_COLUMNS,
     SESSION_COLUMNS,
-    read_agent,
-    read_entry,
-    read_event,
-    read_rule,
-    read_session,
 )
 from stord.server.backends._event_sql import POSTGRES as EVENT_POSTGRES
-from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
-    DumpSources,
     NamespaceGate,
     TransferDialect,
     count_statements,
     deletion_statements,
+    dump_sources,
     dump_statements,
     event_facts,
     list_lengths,
@@ -64,7 +56,6 @@ from stord.server.backends.tables import (
     KV_VALUES,
     MANIFEST_DOCUMENTS,
     MANIFEST_TRANSFORMERS,
-    Rows,
 )
 from stord.server.transfer.port import (
     AgentRecord,
@@ -126,17 +117,8 @@ _INSERT_MANIFEST = HANDLER_MANIFESTS.insert("%s")
 _INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("%s")
 _INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("%s")
 
-_SOURCES = DumpSources(
-    document=_documents.DOCUMENT_ROWS,
-    job=_jobs.JOB_ROWS,
-    event=Rows(EVENT_COLUMNS, read_event),
-    session=Rows(SESSION_COLUMNS, functools.partial(read_session, EVENT_POSTGRES)),
-    event_agent=Rows(AGENT_COLUMNS, read_agent),
-    alert_rule=Rows(RULE_COLUMNS, functools.partial(read_rule, EVENT_POSTGRES)),
-    alert_entry=Rows(HISTORY_COLUMNS, read_entry),
-    agent=_agents.AGENT_ROWS,
-    manifest=manifest_rows(POSTGRES),
-    transformer=transformer_rows(POSTGRES),
+_SOURCES = dump_sources(
+    EVENT_POSTGRES, POSTGRES, document=_documents.DOCUMENT_ROWS, job=_jobs.JOB_ROWS, agent=_agents.AGENT_ROWS
 )
 
 # Move an identity generator past the greatest number in its column (never back).

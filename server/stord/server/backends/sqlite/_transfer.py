@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import json
 import sqlite3
 import threading
@@ -28,25 +27,18 @@ import orjson
 from stord.server.agents.search import configuration_text, fold
 from stord.server.backends._event_sql import (
     AGENT_COLUMNS,
-    EVENT_COLUMNS,
     HISTORY_COLUMNS,
     RULE_COLUMNS,
     SESSION_COLUMNS,
-    read_agent,
-    read_entry,
-    read_event,
-    read_rule,
-    read_session,
 )
 from stord.server.backends._event_sql import SQLITE as EVENT_SQLITE
-from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
-    DumpSources,
     NamespaceGate,
     TransferDialect,
     count_statements,
     deletion_statements,
+    dump_sources,
     dump_statements,
     event_facts,
     list_lengths,
@@ -68,7 +60,6 @@ from stord.server.backends.tables import (
     KV_VALUES,
     MANIFEST_DOCUMENTS,
     MANIFEST_TRANSFORMERS,
-    Rows,
 )
 from stord.server.transfer.port import (
     AgentRecord,
@@ -125,17 +116,8 @@ _INSERT_MANIFEST = HANDLER_MANIFESTS.insert("?")
 _INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("?")
 _INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("?")
 
-_SOURCES = DumpSources(
-    document=_documents.DOCUMENT_ROWS,
-    job=_jobs.JOB_ROWS,
-    event=Rows(EVENT_COLUMNS, read_event),
-    session=Rows(SESSION_COLUMNS, functools.partial(read_session, EVENT_SQLITE)),
-    event_agent=Rows(AGENT_COLUMNS, read_agent),
-    alert_rule=Rows(RULE_COLUMNS, functools.partial(read_rule, EVENT_SQLITE)),
-    alert_entry=Rows(HISTORY_COLUMNS, read_entry),
-    agent=_agents.AGENT_ROWS,
-    manifest=manifest_rows(SQLITE),
-    transformer=transformer_rows(SQLITE),
+_SOURCES = dump_sources(
+    EVENT_SQLITE, SQLITE, document=_documents.DOCUMENT_ROWS, job=_jobs.JOB_ROWS, agent=_agents.AGENT_ROWS
 )
 
 
