@@ -38,8 +38,8 @@ import grpc
 import psycopg
 
 from bench._deploy import BACKENDS, Deployment, StordDaemon, create_schema
-from bench._ingest_profile import INGEST_CATEGORIES, Profile
 from bench._load import run
+from bench._profile import INGEST_CATEGORIES, Profile
 from stord.client import AsyncClient, make_event, new_event_id
 from stord.server.backends.sqlite._connect import connect as sqlite_connect
 from stord.server.config import SqliteOptions

@@ -31,7 +31,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from bench._deploy import BACKENDS, StordDaemon, create_schema
 from bench._load import run
-from bench._profile import ProfileRun, describe
+from bench._profile import UNARY_CATEGORIES, Profile, describe
 from bench._scenarios import client_processes
 from stord.client import AsyncClient, EnqueueJob
 
@@ -296,10 +296,12 @@ def _bench_backend(name: str, workdir: Path, pool: ProcessPoolExecutor, settings
             profile = ""
             for processes in PROCESS_COUNTS:
                 _progress(f"{name}: stord, clients in {processes} process(es)")
-                run_profile = ProfileRun(daemon.pid, 2.0) if processes == 1 else None
-                rates.append((_stord_rate(pool, daemon.address, processes, settings), processes))
-                if run_profile is not None:
-                    profile = describe(run_profile.result()) or (run_profile.error or "")
+                if processes == 1:
+                    with Profile.attach(daemon.pid) as run_profile:
+                        rates.append((_stord_rate(pool, daemon.address, processes, settings), processes))
+                    profile = describe(run_profile.shares(UNARY_CATEGORIES)) or (run_profile.problem or "")
+                else:
+                    rates.append((_stord_rate(pool, daemon.address, processes, settings), processes))
             daemon.stop()
             _progress(f"{name}: stord --workers 2")
             workers = stack.enter_context(
@@ -359,7 +361,7 @@ def render(rows: Sequence[Row], settings: Settings) -> str:
             "--workers 2: the same through `stord serve --workers 2` on the same database, right after.",
             f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end.",
             "",
-            "Where the daemon's CPU went (py-spy, 2 s of the one-client-process run):",
+            "Where the daemon's CPU went (py-spy, over the one-client-process run):",
             *(f"  {row.backend}: {row.profile}" for row in rows if row.profile),
         ]
     )

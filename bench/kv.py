@@ -23,7 +23,7 @@ from bench import _h2load
 from bench._deploy import BACKENDS, Backend, Deployment, StordDaemon, create_schema
 from bench._echo import EchoServer
 from bench._load import Percentiles, run
-from bench._profile import ProfileRun
+from bench._profile import UNARY_CATEGORIES, Profile
 from bench._report import Row, render, save_json
 from bench._scenarios import (
     GET_KEY,
@@ -84,10 +84,10 @@ async def _bench_raw(url: str, op: Op, settings: Settings) -> tuple[float, Perce
     return await throughput(), await latency()
 
 
-def _profile(daemon: StordDaemon, pool: ProcessPoolExecutor, op: Op, settings: Settings) -> ProfileRun:
+def _profile(daemon: StordDaemon, pool: ProcessPoolExecutor, op: Op, settings: Settings) -> Profile:
     """Profile the daemon under a closed loop of `op` from one client process, like the throughput run."""
-    profile = ProfileRun(daemon.pid, settings.duration)
-    throughput_from(pool, 1, daemon.address, op, settings)
+    with Profile.attach(daemon.pid) as profile:
+        throughput_from(pool, 1, daemon.address, op, settings)
     return profile
 
 
@@ -118,7 +118,7 @@ def _bench_op(
         raw_ops, raw_latency = run(_bench_raw(raw_url, op, settings)) if raw_url else (None, None)
     except Exception as error:
         return Row(backend.name, op, error=f"{error!r}\n{daemon.log_excerpt()}")
-    shares = None if profile is None else profile.result()
+    shares = None if profile is None else profile.shares(UNARY_CATEGORIES)
     return Row(
         backend.name,
         op,
@@ -129,7 +129,7 @@ def _bench_op(
         raw_latency,
         echo_ops=echo_ops,
         profile=shares or None,
-        profile_error=None if profile is None else profile.error,
+        profile_error=None if profile is None else profile.problem,
         h2load=h2load,
     )
 

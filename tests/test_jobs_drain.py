@@ -8,9 +8,9 @@ from typing import Any, cast
 
 from google.protobuf.duration_pb2 import Duration
 
-from stord.server import calls
 from stord.server.backends.memory import MemoryBackend
 from stord.server.jobs.service import JobQueueServicer
+from stord.server.rpc import calls
 from stord.v1 import jobs_pb2 as pb
 
 NO_CONTEXT = cast(Any, None)

@@ -24,7 +24,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from stord.server.calls import NAMESPACE_METADATA
+from stord.server.rpc.calls import NAMESPACE_METADATA
 
 __all__ = [
     "FUZZ_SETTINGS",

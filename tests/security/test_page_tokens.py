@@ -18,9 +18,9 @@ import pytest
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct
 
-from stord.server.calls import NAMESPACE_METADATA
 from stord.server.config import Settings
 from stord.server.ports import InvalidArgument
+from stord.server.rpc.calls import NAMESPACE_METADATA
 from stord.server.rpc.page_tokens import PageTokens, new_key
 from stord.v1 import (
     agents_pb2,

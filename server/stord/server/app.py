@@ -8,7 +8,6 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from importlib.metadata import version as distribution_version
-from types import FrameType
 from typing import Protocol, runtime_checkable
 
 import grpc
@@ -19,9 +18,9 @@ from grpc_reflection.v1alpha import reflection
 
 from stord.server.admin.service import AdminServicer, BackendStatus
 from stord.server.alerts.scheduler import AlertScheduler, PassOutcome, alert_scheduler
-from stord.server.backends import create_backend
+from stord.server.backends import create_backend, open_with_retry
 from stord.server.backends.memory import MemoryBackend
-from stord.server.config import ConnectOptions, Settings, redact_url
+from stord.server.config import Settings, redact_url
 from stord.server.events.retention import retain_events_daily
 from stord.server.jobs.port import JobQueueStore, LeaseSweep
 from stord.server.jobs.sweeper import JobPurge, purge_finished_jobs, settle_lapsed_leases
@@ -33,9 +32,10 @@ from stord.server.rpc.interceptors import CallInterceptor
 from stord.server.rpc.listen import ListenError, check_port_free
 from stord.server.rpc.page_tokens import PageTokens
 from stord.server.rpc.registry import CONTRACTS, UnservedService
+from stord.server.signals import ignore_signals_until_exit, on_stop_signals
 from stord.v1 import admin_pb2, admin_pb2_grpc
 
-__all__ = ["Daemon", "StartupError", "open_with_retry", "stord_version"]
+__all__ = ["Daemon", "StartupError", "stord_version"]
 
 _log = structlog.get_logger("stord")
 
@@ -49,34 +49,6 @@ _MIN_CHECK_TIMEOUT = 1.0
 """Seconds a health check may take, however short the interval: a busy machine is not a sick backend."""
 _BACKGROUND_STOP_TIMEOUT = 5.0
 """Seconds the periodic tasks get to end once cancelled at shutdown."""
-
-_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-
-def _on_stop_signals(loop: asyncio.AbstractEventLoop, request_stop: Callable[[], None]) -> None:
-    """Have each SIGTERM and SIGINT call `request_stop` on the loop.
-
-    Not through `loop.add_signal_handler`: taking those handlers away restores the default actions (SIGINT's
-    raises KeyboardInterrupt for a signal still pending), and a signal arriving then kills the process. The
-    loop's SIGHUP handler sets the wakeup fd that wakes the loop for these signals too.
-    """
-
-    def handle(signum: int, frame: FrameType | None) -> None:
-        loop.call_soon_threadsafe(request_stop)  # Python runs this on the loop's thread, between two steps
-
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, handle)
-
-
-def _ignore_signals_until_exit(loop: asyncio.AbstractEventLoop) -> None:
-    """Ignore SIGTERM, SIGINT and SIGHUP from now on: the daemon has stopped and the process is about to exit.
-
-    SIG_IGN rather than a Python handler, which the interpreter resets to the default action as it finalizes.
-    """
-    for signum in _STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)  # one step from handled to ignored, never the default between
-    loop.remove_signal_handler(signal.SIGHUP)  # this one does restore the default action, for an instant
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def stord_version() -> str:
@@ -93,28 +65,6 @@ class _Draining(Protocol):
     """A servicer with streams that would never end by themselves (TailEvents): ended when draining starts."""
 
     async def drain(self) -> None: ...
-
-
-async def open_with_retry(backend: Backend, url: str, role: str, options: ConnectOptions) -> None:
-    """Open a backend, retrying an unreachable one with bounded exponential backoff."""
-    delay = options.initial_backoff
-    for attempt in range(1, options.attempts + 1):
-        try:
-            await backend.open()
-            return
-        except Unavailable as error:
-            if attempt == options.attempts:
-                raise
-            _log.warning(
-                "backend_unreachable",
-                role=role,
-                url=redact_url(url),
-                attempt=attempt,
-                retry_in_s=delay,
-                error=str(error),
-            )
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, options.max_backoff)
 
 
 class Daemon:
@@ -376,7 +326,7 @@ class Daemon:
             stop_requested.set()
 
         loop = asyncio.get_running_loop()
-        _on_stop_signals(loop, request_stop)
+        on_stop_signals(loop, request_stop)
         loop.add_signal_handler(signal.SIGHUP, self.reload_keys)
         try:
             try:
@@ -390,7 +340,7 @@ class Daemon:
             _log.info("stop_requested")
             await self._stop_unless_hurried(stop_now)
         finally:
-            _ignore_signals_until_exit(loop)
+            ignore_signals_until_exit(loop)
 
     async def _stop_unless_hurried(self, stop_now: asyncio.Event) -> None:
         """Stop gracefully; once `stop_now` is set, end the calls still in flight at once."""

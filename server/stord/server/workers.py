@@ -74,8 +74,7 @@ def serve_workers(settings: Settings) -> int:
 
 def _migrate(settings: Settings) -> None:
     """Bring the database schema up to date once, before any worker opens it."""
-    from stord.server.app import open_with_retry
-    from stord.server.backends import create_backend
+    from stord.server.backends import create_backend, open_with_retry
     from stord.server.ports import Unavailable
 
     url = settings.database_url

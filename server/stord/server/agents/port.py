@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from stord.server.ports._base import JsonObject
+from stord.server.ports._base import JsonObject, PermissionDenied
 
 
 class AgentStatus(enum.Enum):
@@ -92,3 +92,8 @@ class AgentStore(Protocol):
     ) -> list[AgentMatch]:
         """Return up to `limit` matches `principal` may read, positioned after `after`, in insertion order."""
         ...
+
+
+def not_owner(uri: str) -> PermissionDenied:
+    """The error of a write or delete of an agent that belongs to another principal."""
+    return PermissionDenied(f"agent {uri!r} belongs to another principal")

@@ -7,14 +7,13 @@ from typing import Any
 import grpc
 from google.protobuf.struct_pb2 import Struct
 
-from stord.server import calls
 from stord.server.agents.port import AgentStatus, AgentStore, AgentVisibility, StoredAgent
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, InvalidArgument, NotFound
 from stord.server.read_cache import CachedAgentStore, read_cache_for
+from stord.server.rpc import calls, message_json
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens
-from stord.server.services import _message_json as message_json
-from stord.server.services import _validate as check
 from stord.v1 import agents_pb2 as pb
 from stord.v1 import agents_pb2_grpc
 

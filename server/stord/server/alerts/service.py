@@ -6,9 +6,9 @@ from typing import Any
 
 import grpc
 
-from stord.server import calls
 from stord.server.alerts.port import AlertStateStore, Delivery, DeliveryKind, DeliveryStatus
-from stord.server.services import _validate as check
+from stord.server.rpc import calls
+from stord.server.rpc import validate as check
 from stord.v1 import alerts_pb2 as pb
 from stord.v1 import alerts_pb2_grpc
 

@@ -1,14 +1,20 @@
-"""Backends by URL scheme, and what each declares it serves (DESIGN 3); one subpackage per engine."""
+"""Backends by URL scheme, what each declares it serves (DESIGN 3), and opening one (retrying an unreachable
+one); one subpackage per engine."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from stord.server.config import Settings, redact_url
-from stord.server.ports import Backend, Capability, Clock, InvalidArgument, system_clock
+import structlog
 
-__all__ = ["KINDS", "create_backend", "declared_capabilities", "sqlite_path"]
+from stord.server.config import ConnectOptions, Settings, redact_url
+from stord.server.ports import Backend, Capability, Clock, InvalidArgument, Unavailable, system_clock
+
+__all__ = ["KINDS", "create_backend", "declared_capabilities", "open_with_retry", "sqlite_path"]
+
+_log = structlog.get_logger("stord")
 
 KINDS = ("memory", "sqlite", "postgres", "redis")
 """Every backend, by the name it reports as `kind`."""
@@ -62,3 +68,25 @@ def declared_capabilities(kind: str) -> frozenset[Capability]:
 
         return RedisBackend.CAPABILITIES
     raise ValueError(f"no backend is called {kind!r}; there are {', '.join(KINDS)}")
+
+
+async def open_with_retry(backend: Backend, url: str, role: str, options: ConnectOptions) -> None:
+    """Open a backend, retrying an unreachable one with bounded exponential backoff."""
+    delay = options.initial_backoff
+    for attempt in range(1, options.attempts + 1):
+        try:
+            await backend.open()
+            return
+        except Unavailable as error:
+            if attempt == options.attempts:
+                raise
+            _log.warning(
+                "backend_unreachable",
+                role=role,
+                url=redact_url(url),
+                attempt=attempt,
+                retry_in_s=delay,
+                error=str(error),
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, options.max_backoff)

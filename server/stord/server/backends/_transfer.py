@@ -9,6 +9,7 @@ carries only what is stored.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +17,18 @@ from typing import Any
 import orjson
 
 from stord.server.agents.port import StoredAgent
-from stord.server.backends.tables import Rows
+from stord.server.agents.search import configuration_text, fold
+from stord.server.backends import _event_sql
+from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
+from stord.server.backends._sql import SqlDialect
+from stord.server.backends.tables import (
+    HANDLER_MANIFESTS,
+    KV_LIST_ITEMS,
+    KV_VALUES,
+    MANIFEST_DOCUMENTS,
+    MANIFEST_TRANSFORMERS,
+    Rows,
+)
 from stord.server.documents.port import Document
 from stord.server.events.model import payload_facts
 from stord.server.jobs.port import Job
@@ -131,6 +143,30 @@ class DumpSources:
     transformer: Rows[TransformerRecord]
 
 
+def dump_sources(
+    events: _event_sql.Dialect,
+    dialect: SqlDialect,
+    *,
+    document: Rows[Document],
+    job: Rows[Job],
+    agent: Rows[StoredAgent],
+) -> DumpSources:
+    """Return a SQL backend's sources: its own readers of documents, jobs and agents; the event store's and
+    the manifest store's tables are read alike but for the dialects."""
+    return DumpSources(
+        document=document,
+        job=job,
+        event=Rows(_event_sql.EVENT_COLUMNS, _event_sql.read_event),
+        session=Rows(_event_sql.SESSION_COLUMNS, functools.partial(_event_sql.read_session, events)),
+        event_agent=Rows(_event_sql.AGENT_COLUMNS, _event_sql.read_agent),
+        alert_rule=Rows(_event_sql.RULE_COLUMNS, functools.partial(_event_sql.read_rule, events)),
+        alert_entry=Rows(_event_sql.HISTORY_COLUMNS, _event_sql.read_entry),
+        agent=agent,
+        manifest=manifest_rows(dialect),
+        transformer=transformer_rows(dialect),
+    )
+
+
 def dump_statements(dialect: TransferDialect, namespace: str | None, sources: DumpSources) -> list[Dump]:
     """Return what a dump selects, table by table, in key order, and how each row becomes a record.
 
@@ -242,6 +278,141 @@ def event_facts(event: Event) -> tuple[float | None, float | None]:
     """Return the (cost_usd, latency_ms) columns of an event, read from its payload as ingest reads them."""
     facts = payload_facts(event.event_type, orjson.loads(event.payload))
     return facts.get("cost_usd"), facts.get("latency_ms")
+
+
+_NANOS = 1_000_000_000
+
+
+Values = Sequence[object] | dict[str, object]
+"""The parameters of one INSERT: positional, or named."""
+
+
+@dataclass(frozen=True)
+class RowWriter:
+    """How one SQL dialect takes the values of a restored record where the dialects differ."""
+
+    instant: Callable[[float], object]
+    """A moment in float seconds (key-value expiry, document times)."""
+    json: Callable[[JsonObject], object]
+    """A JSON object (manifests and their documents)."""
+    configuration: Callable[[JsonObject], object]
+    """An agent's configuration, which the agents table keeps in its own form."""
+    texts: Callable[[Sequence[str]], object]
+    """A list of strings (a session's tags)."""
+    rule: Callable[[str, AlertRule], Values]
+    """An alert rule's values after its namespace."""
+
+
+def insert_statements(
+    placeholder: str, *, document: str, job: str, session: str, rule: str, agent: str, event: str | None
+) -> dict[type[TransferRecord], str]:
+    """Return the INSERT of each kind of record a restore writes: the ones the dialect shapes (casts, identity
+    clauses, arrays, named parameters) as given, the others built here with `placeholder`; without `event`,
+    events go in another way (PostgreSQL's COPY)."""
+
+    def values(count: int) -> str:
+        return ", ".join([placeholder] * count)
+
+    inserts: dict[type[TransferRecord], str] = {
+        ValueRecord: KV_VALUES.insert(placeholder),
+        ListItemRecord: KV_LIST_ITEMS.insert(placeholder),
+        DocumentRecord: document,
+        JobRecord: job,
+        SessionRecord: session,
+        EventAgentRecord: (
+            f"INSERT INTO event_agents (namespace, {_event_sql.AGENT_COLUMNS}) VALUES ({values(7)})"
+        ),
+        AlertRuleRecord: rule,
+        AlertHistoryRecord: (
+            f"INSERT INTO event_alert_history (namespace, {_event_sql.HISTORY_COLUMNS}) VALUES ({values(8)})"
+        ),
+        AgentRecord: agent,
+        ManifestRecord: HANDLER_MANIFESTS.insert(placeholder),
+        ManifestTransformerRecord: MANIFEST_TRANSFORMERS.insert(placeholder),
+        ManifestDocumentRecord: MANIFEST_DOCUMENTS.insert(placeholder),
+    }
+    if event is not None:
+        inserts[EventRecord] = event
+    return inserts
+
+
+def event_values(record: EventRecord) -> tuple[object, ...]:
+    """The columns of a restored event, its namespace first (an INSERT or a COPY row alike)."""
+    e = record.event
+    cost_usd, latency_ms = event_facts(e)
+    return (
+        record.namespace, e.id, e.timestamp, e.session_id, e.agent_id, e.event_type.value, e.severity.value,
+        e.payload, e.metadata, e.prev_hash, e.hash, e.chain_index, cost_usd, latency_ms,
+    )  # fmt: skip
+
+
+def record_values(record: TransferRecord, writer: RowWriter, *, job_shift: int, agent_shift: int) -> Values:
+    """Return the values a restore inserts for `record` into its table, copied job sequences and agent
+    positions shifted by `job_shift` and `agent_shift`."""
+    namespace = record.namespace
+    if isinstance(record, EventRecord):
+        return event_values(record)
+    if isinstance(record, ValueRecord):
+        expires_at = None if record.expires_at is None else writer.instant(record.expires_at)
+        return (record.keyspace.value, namespace, record.key, record.value, expires_at)
+    if isinstance(record, ListItemRecord):
+        return (record.keyspace.value, namespace, record.key, record.position, record.value)
+    if isinstance(record, DocumentRecord):
+        d = record.document
+        return (
+            namespace, d.collection, d.id, d.revision, writer.instant(d.create_time),
+            writer.instant(d.update_time), orjson.dumps(d.data).decode(),
+        )  # fmt: skip
+    if isinstance(record, JobRecord):
+        j = record.job
+        return (
+            namespace, j.sequence + job_shift, j.id, j.queue, j.status.value, j.priority, j.run_at,
+            j.attempts, j.max_attempts, j.dedupe_key, orjson.dumps(j.payload).decode(), j.last_error,
+            j.lease_token, j.lease_expires_at, j.create_time, j.update_time,
+        )  # fmt: skip
+    if isinstance(record, SessionRecord):
+        s = record.session
+        return (
+            namespace, s.id, s.agent_id, s.agent_name, s.started_at, s.ended_at, s.status.value,
+            s.event_count, s.tool_call_count, s.error_count, s.total_cost_usd, writer.texts(s.tags),
+            record.chain_length, record.last_hash,
+        )  # fmt: skip
+    if isinstance(record, EventAgentRecord):
+        a = record.agent
+        return (namespace, a.id, a.name, a.description, a.first_seen_at, a.last_seen_at, a.session_count)
+    if isinstance(record, AlertRuleRecord):
+        return writer.rule(namespace, record.rule)
+    if isinstance(record, AlertHistoryRecord):
+        e = record.entry
+        return (
+            namespace,
+            e.id,
+            e.rule_id,
+            e.triggered_at,
+            e.resolved_at,
+            e.current_value,
+            e.threshold,
+            e.message,
+        )
+    if isinstance(record, AgentRecord):
+        agent = record.agent
+        configuration = agent.configuration
+        return (
+            namespace, record.position + agent_shift, agent.uri, agent.name, agent.version,
+            agent.status.value, agent.visibility.value, agent.owner,
+            None if configuration is None else writer.configuration(configuration), agent.update_time,
+            fold(agent.name), fold(configuration_text(configuration)),
+        )  # fmt: skip
+    if isinstance(record, ManifestRecord):
+        m = record.manifest
+        seconds, nanos = divmod(m.created_at, _NANOS)
+        return (namespace, m.handler_id, m.version, seconds, nanos, writer.json(m.document))
+    if isinstance(record, ManifestTransformerRecord):
+        t = record.transformer
+        return (namespace, t.id, t.handler_id, t.from_version, t.to_version, writer.json(t.document))
+    assert isinstance(record, ManifestDocumentRecord), record
+    key_id, version = record.key
+    return (namespace, record.kind.value, key_id, version, writer.json(record.document))
 
 
 def number_shift(greatest: int | None) -> int:

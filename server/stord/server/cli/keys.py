@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from stord.server.calls import resolve_namespace, resolve_principal
 from stord.server.ports import InvalidArgument
 from stord.server.rpc.auth import (
     ApiKey,
@@ -20,6 +19,7 @@ from stord.server.rpc.auth import (
     new_key,
     write_keys_file,
 )
+from stord.server.rpc.calls import resolve_namespace, resolve_principal
 
 __all__ = ["add_keys_commands", "run_keys_command"]
 

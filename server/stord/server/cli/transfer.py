@@ -149,7 +149,7 @@ def run_transfer_command(arguments: argparse.Namespace) -> int:
 
 
 def _namespace(name: str | None) -> str | None:
-    from stord.server.calls import resolve_namespace
+    from stord.server.rpc.calls import resolve_namespace
 
     try:
         return None if name is None else resolve_namespace(name)

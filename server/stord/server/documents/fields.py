@@ -15,7 +15,7 @@ from google.protobuf.struct_pb2 import ListValue, NullValue, Struct, Value
 from stord.server.documents.port import FieldPath, JsonScalar
 from stord.server.documents.rules import FIELD_KEY
 from stord.server.ports import InvalidArgument, JsonObject
-from stord.server.services import _validate as check
+from stord.server.rpc import validate as check
 
 __all__ = [
     "MAX_JSON_BYTES",

@@ -7,7 +7,6 @@ from typing import Any
 
 import grpc
 
-from stord.server import calls
 from stord.server.documents import fields
 from stord.server.documents.port import (
     CreateDocument,
@@ -26,8 +25,9 @@ from stord.server.documents.port import (
 from stord.server.jobs.port import EnqueuedJob, now_micros
 from stord.server.jobs.service import new_job
 from stord.server.ports import Clock, InvalidArgument
+from stord.server.rpc import calls
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens
-from stord.server.services import _validate as check
 from stord.v1 import documents_pb2 as pb
 from stord.v1 import documents_pb2_grpc, jobs_pb2
 

@@ -10,7 +10,6 @@ from google.protobuf.field_mask_pb2 import FieldMask
 from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import Struct, Value
 
-from stord.server import calls
 from stord.server.events.chain import JsonValue, canonical_json, is_hash, orjson_writes_like_javascript
 from stord.server.events.model import new_ulid, payload_facts
 from stord.server.ports import (
@@ -29,8 +28,9 @@ from stord.server.ports import (
     SessionStatus,
     Severity,
 )
+from stord.server.rpc import calls
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens
-from stord.server.services import _validate as check
 from stord.v1 import events_pb2 as pb
 
 MAX_SEARCH_CHARACTERS = 500

@@ -8,7 +8,6 @@ from typing import Any
 
 import grpc
 
-from stord.server import calls
 from stord.server.events import codec
 from stord.server.events.model import new_ulid
 from stord.server.events.tail import EventHub, SubscriberDropped
@@ -32,8 +31,9 @@ from stord.server.ports import (
     SessionUpdate,
     StoreError,
 )
+from stord.server.rpc import calls
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens, new_key
-from stord.server.services import _validate as check
 from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
 

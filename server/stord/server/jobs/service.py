@@ -11,7 +11,6 @@ import grpc
 import orjson
 from google.protobuf.duration_pb2 import Duration
 
-from stord.server import calls
 from stord.server.documents import fields
 from stord.server.jobs.port import (
     MICROS,
@@ -25,8 +24,9 @@ from stord.server.jobs.port import (
     now_micros,
 )
 from stord.server.ports import InvalidArgument
+from stord.server.rpc import calls
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens, new_key
-from stord.server.services import _validate as check
 from stord.v1 import jobs_pb2 as pb
 from stord.v1 import jobs_pb2_grpc
 

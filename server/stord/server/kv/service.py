@@ -6,11 +6,11 @@ from typing import Any
 
 import grpc
 
-from stord.server import calls
 from stord.server.kv.port import KeyValueStore, SetCondition, ValueEntry
 from stord.server.ports import InvalidArgument
+from stord.server.rpc import calls
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens
-from stord.server.services import _validate as check
 from stord.v1 import kv_pb2 as pb
 from stord.v1 import kv_pb2_grpc
 

@@ -1,6 +1,6 @@
 """What ManifestStoreService checks before storing a record (DESIGN 4.6); each failure names its field.
 
-Beyond these, `_message_json.to_document` rejects what JSON cannot hold (NUL characters, non-finite numbers,
+Beyond these, `message_json.to_document` rejects what JSON cannot hold (NUL characters, non-finite numbers,
 out-of-range timestamps and durations) in every field at once.
 """
 
@@ -10,7 +10,7 @@ import math
 from collections.abc import Sequence
 
 from stord.server.ports import InvalidArgument
-from stord.server.services import _validate as check
+from stord.server.rpc import validate as check
 from stord.v1 import manifests_pb2 as pb
 
 __all__ = [

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
-from stord.server import calls
 from stord.server.manifests import checks
 from stord.server.manifests.port import (
     HandlerManifestRecord,
@@ -17,15 +18,16 @@ from stord.server.manifests.port import (
 from stord.server.metrics import Metrics
 from stord.server.ports import Backend, InvalidArgument, NotFound
 from stord.server.read_cache import CachedManifestStore, read_cache_for
+from stord.server.rpc import calls, message_json
+from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens
-from stord.server.services import _message_json as message_json
-from stord.server.services import _validate as check
 from stord.v1 import manifests_pb2 as pb
 from stord.v1 import manifests_pb2_grpc
 
 __all__ = ["ManifestStoreServicer", "manifest_store_servicer"]
 
 Context = grpc.aio.ServicerContext[Any, Any]
+_M = TypeVar("_M", bound=Message)
 
 _HOOKS = ManifestDocumentKind.HOOK_MANIFEST
 _GTYPES = ManifestDocumentKind.GTYPE
@@ -125,22 +127,17 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
     async def StoreHookManifest(
         self, request: pb.ManifestStoreServiceStoreHookManifestRequest, context: Context
     ) -> pb.ManifestStoreServiceStoreHookManifestResponse:
-        if not request.HasField("hook_manifest"):
-            raise InvalidArgument("hook_manifest", "is required")
-        manifest = request.hook_manifest
-        checks.check_hook_manifest(manifest, "hook_manifest")
-        document = message_json.to_document(manifest, "hook_manifest")
-        await self._store.put_document(calls.namespace(), _HOOKS, (manifest.handler_id, ""), document)
+        await self._put_document(
+            request, "hook_manifest", _HOOKS, checks.check_hook_manifest, lambda hook: (hook.handler_id, "")
+        )
         return pb.ManifestStoreServiceStoreHookManifestResponse()
 
     async def GetHookManifest(
         self, request: pb.ManifestStoreServiceGetHookManifestRequest, context: Context
     ) -> pb.ManifestStoreServiceGetHookManifestResponse:
         handler_id = check.key(request.handler_id, "handler_id")
-        document = await self._store.get_document(calls.namespace(), _HOOKS, (handler_id, ""))
-        if document is None:
-            raise NotFound(f"handler {handler_id!r} has no hook manifest")
-        manifest = message_json.from_document(document, pb.HookManifest())
+        missing = f"handler {handler_id!r} has no hook manifest"
+        manifest = await self._get_document(_HOOKS, (handler_id, ""), pb.HookManifest(), missing)
         return pb.ManifestStoreServiceGetHookManifestResponse(hook_manifest=manifest)
 
     async def ListHookManifests(
@@ -166,21 +163,15 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
     async def StoreGType(
         self, request: pb.ManifestStoreServiceStoreGTypeRequest, context: Context
     ) -> pb.ManifestStoreServiceStoreGTypeResponse:
-        if not request.HasField("gtype"):
-            raise InvalidArgument("gtype", "is required")
-        checks.check_gtype(request.gtype, "gtype")
-        document = message_json.to_document(request.gtype, "gtype")
-        await self._store.put_document(calls.namespace(), _GTYPES, (request.gtype.ref, ""), document)
+        await self._put_document(request, "gtype", _GTYPES, checks.check_gtype, lambda gtype: (gtype.ref, ""))
         return pb.ManifestStoreServiceStoreGTypeResponse()
 
     async def GetGType(
         self, request: pb.ManifestStoreServiceGetGTypeRequest, context: Context
     ) -> pb.ManifestStoreServiceGetGTypeResponse:
         ref = check.key(request.ref, "ref")
-        document = await self._store.get_document(calls.namespace(), _GTYPES, (ref, ""))
-        if document is None:
-            raise NotFound(f"no GType {ref!r}")
-        return pb.ManifestStoreServiceGetGTypeResponse(gtype=message_json.from_document(document, pb.GType()))
+        gtype = await self._get_document(_GTYPES, (ref, ""), pb.GType(), f"no GType {ref!r}")
+        return pb.ManifestStoreServiceGetGTypeResponse(gtype=gtype)
 
     async def StoreTransformer(
         self, request: pb.ManifestStoreServiceStoreTransformerRequest, context: Context
@@ -224,34 +215,33 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
     async def StoreVersionGraph(
         self, request: pb.ManifestStoreServiceStoreVersionGraphRequest, context: Context
     ) -> pb.ManifestStoreServiceStoreVersionGraphResponse:
-        if not request.HasField("version_graph"):
-            raise InvalidArgument("version_graph", "is required")
-        graph = request.version_graph
-        checks.check_version_graph(graph, "version_graph")
-        document = message_json.to_document(graph, "version_graph")
-        await self._store.put_document(calls.namespace(), _GRAPHS, (graph.handler_id, ""), document)
+        await self._put_document(
+            request,
+            "version_graph",
+            _GRAPHS,
+            checks.check_version_graph,
+            lambda graph: (graph.handler_id, ""),
+        )
         return pb.ManifestStoreServiceStoreVersionGraphResponse()
 
     async def GetVersionGraph(
         self, request: pb.ManifestStoreServiceGetVersionGraphRequest, context: Context
     ) -> pb.ManifestStoreServiceGetVersionGraphResponse:
         handler_id = check.key(request.handler_id, "handler_id")
-        document = await self._store.get_document(calls.namespace(), _GRAPHS, (handler_id, ""))
-        if document is None:
-            raise NotFound(f"handler {handler_id!r} has no version graph")
-        graph = message_json.from_document(document, pb.VersionGraph())
+        missing = f"handler {handler_id!r} has no version graph"
+        graph = await self._get_document(_GRAPHS, (handler_id, ""), pb.VersionGraph(), missing)
         return pb.ManifestStoreServiceGetVersionGraphResponse(version_graph=graph)
 
     async def StoreTimescapeMetadata(
         self, request: pb.ManifestStoreServiceStoreTimescapeMetadataRequest, context: Context
     ) -> pb.ManifestStoreServiceStoreTimescapeMetadataResponse:
-        if not request.HasField("timescape_metadata"):
-            raise InvalidArgument("timescape_metadata", "is required")
-        metadata = request.timescape_metadata
-        checks.check_timescape_metadata(metadata, "timescape_metadata")
-        document = message_json.to_document(metadata, "timescape_metadata")
-        key = (metadata.handler_id, metadata.version)
-        await self._store.put_document(calls.namespace(), _TIMESCAPE, key, document)
+        await self._put_document(
+            request,
+            "timescape_metadata",
+            _TIMESCAPE,
+            checks.check_timescape_metadata,
+            lambda metadata: (metadata.handler_id, metadata.version),
+        )
         return pb.ManifestStoreServiceStoreTimescapeMetadataResponse()
 
     async def GetTimescapeMetadata(
@@ -259,11 +249,36 @@ class ManifestStoreServicer(manifests_pb2_grpc.ManifestStoreServiceServicer):
     ) -> pb.ManifestStoreServiceGetTimescapeMetadataResponse:
         handler_id = check.key(request.handler_id, "handler_id")
         version = check.key(request.version, "version")
-        document = await self._store.get_document(calls.namespace(), _TIMESCAPE, (handler_id, version))
-        if document is None:
-            raise NotFound(f"handler {handler_id!r} has no Timescape metadata for version {version!r}")
-        metadata = message_json.from_document(document, pb.TimescapeMetadata())
+        missing = f"handler {handler_id!r} has no Timescape metadata for version {version!r}"
+        metadata = await self._get_document(
+            _TIMESCAPE, (handler_id, version), pb.TimescapeMetadata(), missing
+        )
         return pb.ManifestStoreServiceGetTimescapeMetadataResponse(timescape_metadata=metadata)
+
+    async def _put_document(
+        self,
+        request: Message,
+        field: str,
+        kind: ManifestDocumentKind,
+        check_message: Callable[[Any, str], None],
+        key: Callable[[Any], tuple[str, str]],
+    ) -> None:
+        """Check the request's `field` (required) and store it as a document of `kind` under its `key`."""
+        if not request.HasField(field):
+            raise InvalidArgument(field, "is required")
+        message = getattr(request, field)
+        check_message(message, field)
+        document = message_json.to_document(message, field)
+        await self._store.put_document(calls.namespace(), kind, key(message), document)
+
+    async def _get_document(
+        self, kind: ManifestDocumentKind, key: tuple[str, str], empty: _M, missing: str
+    ) -> _M:
+        """Return the document of `kind` under `key` read into `empty`; NOT_FOUND saying `missing` if none."""
+        document = await self._store.get_document(calls.namespace(), kind, key)
+        if document is None:
+            raise NotFound(missing)
+        return message_json.from_document(document, empty)
 
     async def Clear(
         self, request: pb.ManifestStoreServiceClearRequest, context: Context

@@ -19,10 +19,10 @@ import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
-from stord.server import calls
 from stord.server.otlp.mapping import MappedRecord, map_resource_logs, map_resource_spans
 from stord.server.ports import EventInput, EventStore
-from stord.server.services._validate import MAX_BATCH
+from stord.server.rpc import calls
+from stord.server.rpc.validate import MAX_BATCH
 
 __all__ = ["LOGS_SERVICE", "TRACE_SERVICE", "OtlpLogsServicer", "OtlpTraceServicer"]
 

@@ -149,8 +149,8 @@ def new_key() -> str:
 
 
 def _parse_entry(entry: Any, index: int, path: Path) -> ApiKey:
-    from stord.server.calls import resolve_namespace, resolve_principal
     from stord.server.ports import InvalidArgument
+    from stord.server.rpc.calls import resolve_namespace, resolve_principal
 
     where = f"{path}: keys[{index}]"
     if not isinstance(entry, dict):

@@ -18,14 +18,6 @@ import structlog
 from google.protobuf.message import DecodeError
 from grpc import StatusCode
 
-from stord.server.calls import (
-    NAMESPACE_METADATA,
-    PRINCIPAL_METADATA,
-    Call,
-    current_call,
-    resolve_namespace,
-    resolve_principal,
-)
 from stord.server.logs import ALL_CALLS, AccessLog
 from stord.server.metrics import Metrics, RpcMeter
 from stord.server.ports import (
@@ -41,6 +33,14 @@ from stord.server.ports import (
     Unimplemented,
 )
 from stord.server.rpc.auth import ApiKey, KeyRing, permits
+from stord.server.rpc.calls import (
+    NAMESPACE_METADATA,
+    PRINCIPAL_METADATA,
+    Call,
+    current_call,
+    resolve_namespace,
+    resolve_principal,
+)
 from stord.server.rpc.revocation import OpenCalls, Revoked, Watch
 
 __all__ = ["CallInterceptor", "status_for"]

@@ -17,8 +17,8 @@ from typing import TypeVar
 
 from grpc import StatusCode
 
-from stord.server.calls import Call
 from stord.server.rpc.auth import ApiKey, KeyRing, permits
+from stord.server.rpc.calls import Call
 
 __all__ = ["OpenCalls", "Revoked", "Watch"]
 

@@ -20,16 +20,12 @@ version: anything else in a line is an error, as is a line after the footer or a
 from __future__ import annotations
 
 import base64
-import binascii
 import enum
-import functools
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from stord.server.agents.port import AgentStatus, AgentVisibility, StoredAgent
-from stord.server.calls import resolve_namespace
 from stord.server.documents.port import Document
 from stord.server.jobs.port import MAX_INSTANT, MICROS, MIN_INSTANT, Job, JobStatus
 from stord.server.kv.port import Keyspace
@@ -41,12 +37,11 @@ from stord.server.ports import (
     Event,
     EventAgent,
     EventType,
-    InvalidArgument,
-    JsonObject,
     Session,
     SessionStatus,
     Severity,
 )
+from stord.server.transfer import _fields as field
 from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,
@@ -119,10 +114,6 @@ class FormatError(Exception):
         self.line = line
 
 
-class _Invalid(Exception):
-    """A field of the line being read is wrong; the caller adds the line number."""
-
-
 def record_kind(record: TransferRecord) -> str:
     """Return the `kind` a record's line carries."""
     if isinstance(record, ManifestDocumentRecord):
@@ -130,101 +121,11 @@ def record_kind(record: TransferRecord) -> str:
     return _KINDS[type(record)]
 
 
-_Check = Callable[[Any], Any]
-"""Return a field's value as the record holds it, or raise _Invalid saying what the value must be."""
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise _Invalid("must be a string")
-    return value
-
-
-def _integer(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _Invalid("must be an integer")
-    return value
-
-
-def _at_least(minimum: int) -> _Check:
-    def check(value: Any) -> int:
-        if _integer(value) < minimum:
-            raise _Invalid(f"must be at least {minimum}")
-        return int(value)
-
-    return check
-
-
-def _number(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise _Invalid("must be a finite number")
-    return float(value)
-
-
-def _boolean(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid("must be true or false")
-    return value
-
-
-def _blob(value: Any) -> bytes:
-    try:
-        return base64.b64decode(_text(value), validate=True)
-    except binascii.Error:
-        raise _Invalid("must be standard base64") from None
-
-
-def _json_object(value: Any) -> JsonObject:
-    if not isinstance(value, dict):
-        raise _Invalid("must be a JSON object")
-    return value
-
-
-def _texts(value: Any) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise _Invalid("must be a list of strings")
-    return tuple(value)
-
-
-def _optional(check: _Check) -> _Check:
-    def optional(value: Any) -> Any:
-        return None if value is None else check(value)
-
-    return optional
-
-
-def _member(choices: type[enum.Enum]) -> _Check:
-    members = {member.value: member for member in choices}
-    names = ", ".join(members)
-
-    def check(value: Any) -> enum.Enum:
-        member = members.get(value) if isinstance(value, str) else None
-        if member is None:
-            raise _Invalid(f"must be one of {names}, not {value!r}")
-        return member
-
-    return check
-
-
-@functools.lru_cache(maxsize=1024)
-def _namespace(value: str) -> str:
-    try:
-        return resolve_namespace(value)
-    except InvalidArgument:
-        raise _Invalid("is not a valid namespace") from None
-
-
-_COUNT = _at_least(0)
-_MAYBE_TEXT = _optional(_text)
-_MAYBE_INTEGER = _optional(_integer)
-_MAYBE_NUMBER = _optional(_number)
-
-
 @dataclass(frozen=True, slots=True)
 class _Shape:
     """The fields of one kind of line, each with its check, and how the checked values make the record."""
 
-    fields: dict[str, _Check]
+    fields: dict[str, field.Check]
     build: Callable[[str, dict[str, Any]], TransferRecord]
     keys: frozenset[str] = frozenset()
     """Every key of such a line, `kind` and `namespace` included."""
@@ -268,150 +169,160 @@ def _manifest_document(kind: ManifestDocumentKind) -> Callable[[str, dict[str, A
     return build
 
 
-_DOCUMENT_FIELDS: dict[str, _Check] = {"id": _text, "version": _text, "document": _json_object}
+_DOCUMENT_FIELDS: dict[str, field.Check] = {
+    "id": field.text,
+    "version": field.text,
+    "document": field.json_object,
+}
 
 _SHAPES: dict[str, _Shape] = {
     "kv_value": _Shape(
         {
-            "keyspace": _member(Keyspace),
-            "key": _text,
-            "value": _blob,
-            "expires_at": _MAYBE_NUMBER,
+            "keyspace": field.member(Keyspace),
+            "key": field.text,
+            "value": field.blob,
+            "expires_at": field.MAYBE_NUMBER,
         },
         _value,
     ),
     "kv_list_item": _Shape(
-        {"keyspace": _member(Keyspace), "key": _text, "position": _COUNT, "value": _blob}, _list_item
+        {"keyspace": field.member(Keyspace), "key": field.text, "position": field.COUNT, "value": field.blob},
+        _list_item,
     ),
     "document": _Shape(
         {
-            "collection": _text,
-            "id": _text,
-            "revision": _at_least(1),
-            "create_time": _number,
-            "update_time": _number,
-            "data": _json_object,
+            "collection": field.text,
+            "id": field.text,
+            "revision": field.at_least(1),
+            "create_time": field.number,
+            "update_time": field.number,
+            "data": field.json_object,
         },
         lambda namespace, v: DocumentRecord(namespace, Document(**v)),
     ),
     "job": _Shape(
         {
-            "id": _text,
-            "queue": _text,
-            "sequence": _at_least(1),
-            "status": _member(JobStatus),
-            "priority": _integer,
-            "run_at": _number,
-            "attempts": _COUNT,
-            "max_attempts": _at_least(1),
-            "dedupe_key": _MAYBE_TEXT,
-            "payload": _json_object,
-            "last_error": _MAYBE_TEXT,
-            "lease_token": _MAYBE_TEXT,
-            "lease_expires_at": _MAYBE_NUMBER,
-            "create_time": _number,
-            "update_time": _number,
+            "id": field.text,
+            "queue": field.text,
+            "sequence": field.at_least(1),
+            "status": field.member(JobStatus),
+            "priority": field.integer,
+            "run_at": field.number,
+            "attempts": field.COUNT,
+            "max_attempts": field.at_least(1),
+            "dedupe_key": field.MAYBE_TEXT,
+            "payload": field.json_object,
+            "last_error": field.MAYBE_TEXT,
+            "lease_token": field.MAYBE_TEXT,
+            "lease_expires_at": field.MAYBE_NUMBER,
+            "create_time": field.number,
+            "update_time": field.number,
         },
         _job,
     ),
     "event": _Shape(
         {
-            "id": _text,
-            "timestamp": _integer,
-            "session_id": _text,
-            "agent_id": _text,
-            "event_type": _member(EventType),
-            "severity": _member(Severity),
-            "payload": _text,
-            "metadata": _text,
-            "prev_hash": _MAYBE_TEXT,
-            "hash": _text,
-            "chain_index": _COUNT,
+            "id": field.text,
+            "timestamp": field.integer,
+            "session_id": field.text,
+            "agent_id": field.text,
+            "event_type": field.member(EventType),
+            "severity": field.member(Severity),
+            "payload": field.text,
+            "metadata": field.text,
+            "prev_hash": field.MAYBE_TEXT,
+            "hash": field.text,
+            "chain_index": field.COUNT,
         },
         lambda namespace, v: EventRecord(namespace, Event(**v)),
     ),
     "session": _Shape(
         {
-            "id": _text,
-            "agent_id": _text,
-            "agent_name": _MAYBE_TEXT,
-            "started_at": _integer,
-            "ended_at": _MAYBE_INTEGER,
-            "status": _member(SessionStatus),
-            "event_count": _COUNT,
-            "tool_call_count": _COUNT,
-            "error_count": _COUNT,
-            "total_cost_usd": _number,
-            "tags": _texts,
-            "chain_length": _COUNT,
-            "last_hash": _MAYBE_TEXT,
+            "id": field.text,
+            "agent_id": field.text,
+            "agent_name": field.MAYBE_TEXT,
+            "started_at": field.integer,
+            "ended_at": field.MAYBE_INTEGER,
+            "status": field.member(SessionStatus),
+            "event_count": field.COUNT,
+            "tool_call_count": field.COUNT,
+            "error_count": field.COUNT,
+            "total_cost_usd": field.number,
+            "tags": field.texts,
+            "chain_length": field.COUNT,
+            "last_hash": field.MAYBE_TEXT,
         },
         _session,
     ),
     "event_agent": _Shape(
         {
-            "id": _text,
-            "name": _text,
-            "description": _MAYBE_TEXT,
-            "first_seen_at": _integer,
-            "last_seen_at": _integer,
-            "session_count": _COUNT,
+            "id": field.text,
+            "name": field.text,
+            "description": field.MAYBE_TEXT,
+            "first_seen_at": field.integer,
+            "last_seen_at": field.integer,
+            "session_count": field.COUNT,
         },
         lambda namespace, v: EventAgentRecord(namespace, EventAgent(**v)),
     ),
     "alert_rule": _Shape(
         {
-            "id": _text,
-            "name": _text,
-            "enabled": _boolean,
-            "condition": _member(AlertCondition),
-            "threshold": _number,
-            "window_minutes": _integer,
-            "scope_agent_id": _MAYBE_TEXT,
-            "scope_tags": _texts,
-            "notify_channels": _texts,
-            "created_at": _integer,
-            "updated_at": _integer,
+            "id": field.text,
+            "name": field.text,
+            "enabled": field.boolean,
+            "condition": field.member(AlertCondition),
+            "threshold": field.number,
+            "window_minutes": field.integer,
+            "scope_agent_id": field.MAYBE_TEXT,
+            "scope_tags": field.texts,
+            "notify_channels": field.texts,
+            "created_at": field.integer,
+            "updated_at": field.integer,
         },
         lambda namespace, v: AlertRuleRecord(namespace, AlertRule(**v)),
     ),
     "alert_history": _Shape(
         {
-            "id": _text,
-            "rule_id": _text,
-            "triggered_at": _integer,
-            "resolved_at": _MAYBE_INTEGER,
-            "current_value": _number,
-            "threshold": _number,
-            "message": _text,
+            "id": field.text,
+            "rule_id": field.text,
+            "triggered_at": field.integer,
+            "resolved_at": field.MAYBE_INTEGER,
+            "current_value": field.number,
+            "threshold": field.number,
+            "message": field.text,
         },
         lambda namespace, v: AlertHistoryRecord(namespace, AlertHistoryEntry(**v)),
     ),
     "agent": _Shape(
         {
-            "uri": _text,
-            "position": _at_least(1),
-            "name": _text,
-            "version": _text,
-            "status": _member(AgentStatus),
-            "visibility": _member(AgentVisibility),
-            "owner": _text,
-            "configuration": _optional(_json_object),
-            "update_time": _number,
+            "uri": field.text,
+            "position": field.at_least(1),
+            "name": field.text,
+            "version": field.text,
+            "status": field.member(AgentStatus),
+            "visibility": field.member(AgentVisibility),
+            "owner": field.text,
+            "configuration": field.optional(field.json_object),
+            "update_time": field.number,
         },
         _agent,
     ),
     "manifest": _Shape(
-        {"handler_id": _text, "version": _text, "created_at": _integer, "document": _json_object},
+        {
+            "handler_id": field.text,
+            "version": field.text,
+            "created_at": field.integer,
+            "document": field.json_object,
+        },
         lambda namespace, v: ManifestRecord(namespace, HandlerManifestRecord(**v)),
     ),
     "transformer": _Shape(
         {
-            "id": _text,
-            "handler_id": _text,
-            "from_version": _text,
-            "to_version": _text,
-            "document": _json_object,
+            "id": field.text,
+            "handler_id": field.text,
+            "from_version": field.text,
+            "to_version": field.text,
+            "document": field.json_object,
         },
         lambda namespace, v: ManifestTransformerRecord(namespace, TransformerRecord(**v)),
     ),
@@ -435,11 +346,11 @@ def decode_record(line: object, number: int) -> TransferRecord:
         raise FormatError(number, f"{kind}: {'; '.join(problems)}")
     name = "namespace"
     try:
-        namespace = _namespace(_text(line[name]))
+        namespace = field.namespace_name(field.text(line[name]))
         values: dict[str, Any] = {}
         for name, check in fields.items():
             values[name] = check(line[name])
-    except _Invalid as error:
+    except field.Invalid as error:
         raise FormatError(number, f"{kind}: field {name!r} {error}") from None
     return shape.build(namespace, values)
 

@@ -4,9 +4,9 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
-from stord.server.agents.port import AgentMatch, AgentWrite, StoredAgent
+from stord.server.agents.port import AgentMatch, AgentWrite, StoredAgent, not_owner
 from stord.server.agents.search import matches
-from stord.server.ports import Clock, PermissionDenied
+from stord.server.ports import Clock
 
 # Every method runs to completion without awaiting, so each is atomic on the event loop and needs no lock.
 
@@ -37,7 +37,7 @@ class MemoryAgentStore:
             agents[stored.uri] = _Entry(next(self._positions), stored)
             return AgentWrite(stored, created=True)
         if existing.agent.owner not in ("", stored.owner):
-            raise PermissionDenied(f"agent {stored.uri!r} belongs to another principal")
+            raise not_owner(stored.uri)
         agents[stored.uri] = _Entry(existing.position, stored)
         return AgentWrite(stored, created=False)
 
@@ -47,7 +47,7 @@ class MemoryAgentStore:
         if existing is None:
             return False
         if existing.agent.owner not in ("", principal):
-            raise PermissionDenied(f"agent {uri!r} belongs to another principal")
+            raise not_owner(uri)
         del agents[uri]
         if not agents:
             del self._namespaces[namespace]

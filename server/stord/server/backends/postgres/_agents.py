@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
-from typing import Any
+import functools
 
 from psycopg.types.json import Jsonb
 
-from stord.server.agents.port import AgentMatch, AgentStatus, AgentVisibility, AgentWrite, StoredAgent
+from stord.server.agents.port import AgentMatch, AgentWrite, StoredAgent, not_owner
 from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._rows import read_stored_agent
 from stord.server.backends.postgres._pool import Pool
 from stord.server.backends.tables import AGENTS, Rows
-from stord.server.ports import Clock, PermissionDenied
+from stord.server.ports import Clock
 
 __all__ = ["PostgresAgentStore"]
 
@@ -59,22 +59,7 @@ LIMIT %(limit)s
 """
 
 
-def _agent(row: Sequence[Any]) -> StoredAgent:
-    _, uri, name, version, status, visibility, owner, configuration, update_time = row
-    return StoredAgent(
-        uri=uri,
-        name=name,
-        version=version,
-        status=AgentStatus(status),
-        visibility=AgentVisibility(visibility),
-        owner=owner,
-        configuration=configuration,
-        update_time=update_time,
-    )
-
-
-def _denied(uri: str) -> PermissionDenied:
-    return PermissionDenied(f"agent {uri!r} belongs to another principal")
+_agent_of = functools.partial(read_stored_agent, lambda configuration: configuration)  # jsonb: decoded
 
 
 class PostgresAgentStore:
@@ -88,7 +73,7 @@ class PostgresAgentStore:
         async with self._pool.connection() as connection:
             cursor = await connection.execute(_GET, {"namespace": namespace, "uri": uri})
             row = await cursor.fetchone()
-        return None if row is None else _agent(row)
+        return None if row is None else _agent_of(row)
 
     async def set(self, namespace: str, agent: StoredAgent) -> AgentWrite:
         stored = dataclasses.replace(agent, update_time=self._clock())
@@ -109,7 +94,7 @@ class PostgresAgentStore:
         async with self._pool.connection() as connection:
             row = await (await connection.execute(_UPSERT, params)).fetchone()
         if row is None:  # the WHERE refused: someone else owns the agent
-            raise _denied(stored.uri)
+            raise not_owner(stored.uri)
         return AgentWrite(stored, created=bool(row[0]))
 
     async def delete(self, namespace: str, uri: str, *, principal: str) -> bool:
@@ -120,7 +105,7 @@ class PostgresAgentStore:
             # Nothing deleted: tell a missing agent from someone else's.
             exists = await (await connection.execute(_EXISTS, params)).fetchone() is not None
         if exists:
-            raise _denied(uri)
+            raise not_owner(uri)
         return False
 
     async def search(
@@ -136,8 +121,8 @@ class PostgresAgentStore:
         }
         async with self._pool.connection() as connection:
             rows = await (await connection.execute(_SEARCH, params)).fetchall()
-        return [AgentMatch(row[0], _agent(row)) for row in rows]
+        return [AgentMatch(row[0], _agent_of(row)) for row in rows]
 
 
-AGENT_ROWS = Rows(_COLUMNS, _agent)
+AGENT_ROWS = Rows(_COLUMNS, _agent_of)
 """How export reads the agents table (after its namespace column)."""

@@ -21,6 +21,7 @@ import orjson
 import psycopg
 import structlog
 
+from stord.server.backends._rows import read_job
 from stord.server.backends.postgres._migrate import connect_alone
 from stord.server.backends.postgres._pool import Connection, Pool
 from stord.server.backends.tables import JOBS, Rows
@@ -236,26 +237,6 @@ def at(seconds: float) -> datetime:
         return _LATEST
 
 
-def _job(row: Sequence[Any], *, with_token: bool = False) -> Job:
-    return Job(
-        sequence=row[0],
-        id=row[1],
-        queue=row[2],
-        status=JobStatus(row[3]),
-        priority=row[4],
-        run_at=row[5],
-        attempts=row[6],
-        max_attempts=row[7],
-        dedupe_key=row[8],
-        payload=orjson.loads(row[9]),
-        last_error=row[10],
-        lease_token=row[11] if with_token else None,
-        lease_expires_at=row[12],
-        create_time=row[13],
-        update_time=row[14],
-    )
-
-
 async def _insert_many(connection: Connection, namespace: str, jobs: Sequence[NewJob], now: int) -> None:
     await connection.execute(
         _INSERT_MANY,
@@ -401,7 +382,7 @@ class PostgresJobQueueStore:
             rows = await (await connection.execute(_DEQUEUE, parameters)).fetchall()
         if len(rows) == limit:
             self._wakeups.notify(namespace, queue)  # more may be left: pass the wake-up on
-        jobs = [_job(row, with_token=True) for row in rows]
+        jobs = [read_job(row, with_token=True) for row in rows]
         return sorted(jobs, key=lambda job: (-job.priority, job.run_at, job.sequence))
 
     async def _update_held(self, statement: str, parameters: dict[str, Any]) -> None:
@@ -426,7 +407,7 @@ class PostgresJobQueueStore:
             row = await (await connection.execute(_HELD_JOB, parameters)).fetchone()
             if row is None:
                 raise lease_not_held([lease.job_id])
-            job = _job(row)
+            job = read_job(row)
             if retry and job.attempts < job.max_attempts:
                 status, run_at = JobStatus.RETRYING, later(now, retry_delay(job.attempts), "retry")
             else:
@@ -455,7 +436,7 @@ class PostgresJobQueueStore:
     async def get(self, namespace: str, job_id: str) -> Job | None:
         async with self._pool.connection() as connection:
             row = await (await connection.execute(_GET, {"namespace": namespace, "id": job_id})).fetchone()
-        return None if row is None else _job(row)
+        return None if row is None else read_job(row)
 
     async def find(self, namespace: str, query: JobQuery) -> list[Job]:
         queue, statuses, after, limit = query.queue, query.statuses, query.after, query.limit
@@ -469,7 +450,7 @@ class PostgresJobQueueStore:
         }
         async with self._pool.connection() as connection:
             rows = await (await connection.execute(_FIND, parameters)).fetchall()
-        return [_job(row) for row in rows]
+        return [read_job(row) for row in rows]
 
     async def stats(self, namespace: str, queue: str) -> QueueStats:
         async with self._pool.connection() as connection:
@@ -505,5 +486,5 @@ class PostgresJobQueueStore:
         return self._wakeups.watch(namespace, queue)
 
 
-JOB_ROWS = Rows(_COLUMNS, functools.partial(_job, with_token=True))
+JOB_ROWS = Rows(_COLUMNS, functools.partial(read_job, with_token=True))
 """How export reads the jobs table (after its namespace column), lease tokens included."""

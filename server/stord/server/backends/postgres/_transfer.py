@@ -13,42 +13,34 @@ shifted past the greatest, in order; at commit the identity generators move past
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.types.json import Jsonb
 
-from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._event_sql import POSTGRES as EVENT_POSTGRES
 from stord.server.backends._event_sql import (
-    AGENT_COLUMNS,
-    EVENT_COLUMNS,
-    HISTORY_COLUMNS,
     RULE_COLUMNS,
     SESSION_COLUMNS,
-    read_agent,
-    read_entry,
-    read_event,
-    read_rule,
-    read_session,
 )
-from stord.server.backends._event_sql import POSTGRES as EVENT_POSTGRES
-from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
-    DumpSources,
     NamespaceGate,
+    RowWriter,
     TransferDialect,
+    Values,
     count_statements,
     deletion_statements,
+    dump_sources,
     dump_statements,
-    event_facts,
+    event_values,
+    insert_statements,
     list_lengths,
     number_shift,
     occupancy_statements,
     occupied,
+    record_values,
     repeated_record,
 )
 from stord.server.backends.postgres import _agents, _documents, _event_rollups, _events, _jobs
@@ -58,34 +50,16 @@ from stord.server.backends.postgres._runner import POSTGRES
 from stord.server.backends.tables import (
     AGENTS,
     DOCUMENTS,
-    HANDLER_MANIFESTS,
     JOBS,
-    KV_LIST_ITEMS,
-    KV_VALUES,
-    MANIFEST_DOCUMENTS,
-    MANIFEST_TRANSFORMERS,
-    Rows,
 )
 from stord.server.transfer.port import (
     AgentRecord,
-    AlertHistoryRecord,
-    AlertRuleRecord,
-    DocumentRecord,
-    EventAgentRecord,
     EventRecord,
     JobRecord,
-    ListItemRecord,
-    ManifestDocumentRecord,
-    ManifestRecord,
-    ManifestTransformerRecord,
-    SessionRecord,
     TransferRecord,
-    ValueRecord,
 )
 
 __all__ = ["PostgresTransferStore"]
-
-_NANOS = 1_000_000_000
 
 
 _SNAPSHOT = "SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"
@@ -102,41 +76,22 @@ def _values(count: int) -> str:
     return ", ".join(["%s"] * count)
 
 
-_INSERT_VALUE = KV_VALUES.insert("%s")
-_INSERT_LIST_ITEM = KV_LIST_ITEMS.insert("%s")
 _UPSERT_LIST_LENGTH = f"""
 INSERT INTO kv_lists AS list (keyspace, namespace, key, length) VALUES ({_values(4)})
 ON CONFLICT (keyspace, namespace, key) DO UPDATE SET length = greatest(list.length, excluded.length)
 """
-_INSERT_DOCUMENT = DOCUMENTS.insert("%s", cast={"data": "::jsonb"})
-_INSERT_JOB = JOBS.insert("%s", cast={"payload": "::jsonb"}, clause="OVERRIDING SYSTEM VALUE")
 _INSERT_SESSION = f"""
 INSERT INTO event_sessions (namespace, {SESSION_COLUMNS}, chain_length, last_hash)
 VALUES ({_values(11)}, %s::text[], %s, %s)
 """
-_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES ({_values(7)})"
 _RULE_NAMES = RULE_COLUMNS.split(", ")
 _INSERT_RULE = f"""
 INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS})
 VALUES (%(namespace)s, {", ".join(f"%({name})s" for name in _RULE_NAMES)})
 """
-_INSERT_ENTRY = f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES ({_values(8)})"
-_INSERT_AGENT = AGENTS.insert("%s", clause="OVERRIDING SYSTEM VALUE")
-_INSERT_MANIFEST = HANDLER_MANIFESTS.insert("%s")
-_INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("%s")
-_INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("%s")
 
-_SOURCES = DumpSources(
-    document=_documents.DOCUMENT_ROWS,
-    job=_jobs.JOB_ROWS,
-    event=Rows(EVENT_COLUMNS, read_event),
-    session=Rows(SESSION_COLUMNS, functools.partial(read_session, EVENT_POSTGRES)),
-    event_agent=Rows(AGENT_COLUMNS, read_agent),
-    alert_rule=Rows(RULE_COLUMNS, functools.partial(read_rule, EVENT_POSTGRES)),
-    alert_entry=Rows(HISTORY_COLUMNS, read_entry),
-    agent=_agents.AGENT_ROWS,
-    manifest=manifest_rows(POSTGRES),
-    transformer=transformer_rows(POSTGRES),
+_SOURCES = dump_sources(
+    EVENT_POSTGRES, POSTGRES, document=_documents.DOCUMENT_ROWS, job=_jobs.JOB_ROWS, agent=_agents.AGENT_ROWS
 )
 
 # Move an identity generator past the greatest number in its column (never back).
@@ -146,73 +101,23 @@ FROM pg_get_serial_sequence('{table}', '{column}') AS sequence
 """
 
 
-def _row(record: TransferRecord, shifts: dict[str, int]) -> tuple[str, Sequence[object] | dict[str, object]]:
-    """Return the INSERT of a record other than an event, and its values; `shifts` by table (jobs, agents)."""
-    namespace = record.namespace
-    if isinstance(record, ValueRecord):
-        expires_at = None if record.expires_at is None else at(record.expires_at)
-        return _INSERT_VALUE, (record.keyspace.value, namespace, record.key, record.value, expires_at)
-    if isinstance(record, ListItemRecord):
-        return _INSERT_LIST_ITEM, (
-            record.keyspace.value,
-            namespace,
-            record.key,
-            record.position,
-            record.value,
-        )
-    if isinstance(record, DocumentRecord):
-        d = record.document
-        return _INSERT_DOCUMENT, (
-            namespace, d.collection, d.id, d.revision, at(d.create_time), at(d.update_time),
-            orjson.dumps(d.data).decode(),
-        )  # fmt: skip
-    if isinstance(record, JobRecord):
-        j = record.job
-        return _INSERT_JOB, (
-            namespace, j.sequence + shifts["jobs"], j.id, j.queue, j.status.value, j.priority, j.run_at,
-            j.attempts, j.max_attempts, j.dedupe_key, orjson.dumps(j.payload).decode(), j.last_error,
-            j.lease_token, j.lease_expires_at, j.create_time, j.update_time,
-        )  # fmt: skip
-    if isinstance(record, SessionRecord):
-        s = record.session
-        return _INSERT_SESSION, (
-            namespace, s.id, s.agent_id, s.agent_name, s.started_at, s.ended_at, s.status.value,
-            s.event_count, s.tool_call_count, s.error_count, s.total_cost_usd, list(s.tags),
-            record.chain_length, record.last_hash,
-        )  # fmt: skip
-    if isinstance(record, EventAgentRecord):
-        a = record.agent
-        return _INSERT_EVENT_AGENT, (
-            namespace, a.id, a.name, a.description, a.first_seen_at, a.last_seen_at, a.session_count
-        )  # fmt: skip
-    if isinstance(record, AlertRuleRecord):
-        return _INSERT_RULE, {"namespace": namespace, **_events._rule_values(record.rule)}
-    if isinstance(record, AlertHistoryRecord):
-        e = record.entry
-        return _INSERT_ENTRY, (
-            namespace, e.id, e.rule_id, e.triggered_at, e.resolved_at, e.current_value, e.threshold, e.message
-        )  # fmt: skip
-    if isinstance(record, AgentRecord):
-        agent = record.agent
-        configuration = agent.configuration
-        return _INSERT_AGENT, (
-            namespace, record.position + shifts["agents"], agent.uri, agent.name, agent.version,
-            agent.status.value, agent.visibility.value, agent.owner,
-            None if configuration is None else Jsonb(configuration), agent.update_time, fold(agent.name),
-            fold(configuration_text(configuration)),
-        )  # fmt: skip
-    if isinstance(record, ManifestRecord):
-        m = record.manifest
-        seconds, nanos = divmod(m.created_at, _NANOS)
-        return _INSERT_MANIFEST, (namespace, m.handler_id, m.version, seconds, nanos, Jsonb(m.document))
-    if isinstance(record, ManifestTransformerRecord):
-        t = record.transformer
-        return _INSERT_TRANSFORMER, (
-            namespace, t.id, t.handler_id, t.from_version, t.to_version, Jsonb(t.document)
-        )  # fmt: skip
-    assert isinstance(record, ManifestDocumentRecord), record
-    key_id, version = record.key
-    return _INSERT_MANIFEST_DOCUMENT, (namespace, record.kind.value, key_id, version, Jsonb(record.document))
+_INSERTS = insert_statements(
+    "%s",
+    document=DOCUMENTS.insert("%s", cast={"data": "::jsonb"}),
+    job=JOBS.insert("%s", cast={"payload": "::jsonb"}, clause="OVERRIDING SYSTEM VALUE"),
+    session=_INSERT_SESSION,
+    rule=_INSERT_RULE,
+    agent=AGENTS.insert("%s", clause="OVERRIDING SYSTEM VALUE"),
+    event=None,  # COPY
+)
+
+_WRITER = RowWriter(
+    instant=at,
+    json=Jsonb,
+    configuration=Jsonb,
+    texts=list,
+    rule=lambda namespace, rule: {"namespace": namespace, **_events._rule_values(rule)},
+)
 
 
 class _Sink:
@@ -236,13 +141,18 @@ class _Sink:
                 row = await cursor.fetchone()
                 self._shifts[table] = number_shift(None if row is None else row[0])
         events: list[EventRecord] = []
-        statements: dict[str, list[Sequence[object] | dict[str, object]]] = {}
+        statements: dict[str, list[Values]] = {}
         for record in records:
             if isinstance(record, EventRecord):
                 events.append(record)
                 continue
-            sql, values = _row(record, self._shifts)
-            statements.setdefault(sql, []).append(values)
+            values = record_values(
+                record,
+                _WRITER,
+                job_shift=self._shifts.get("jobs", 0),
+                agent_shift=self._shifts.get("agents", 0),
+            )
+            statements.setdefault(_INSERTS[type(record)], []).append(values)
         try:
             async with self._connection.cursor() as cursor:
                 if events:
@@ -265,13 +175,7 @@ class _Sink:
         async with cursor.copy(_events._COPY_EVENTS) as copy:
             copy.set_types(_events._COPY_TYPES)
             for record in records:
-                e = record.event
-                cost_usd, latency_ms = event_facts(e)
-                await copy.write_row(
-                    (record.namespace, e.id, e.timestamp, e.session_id, e.agent_id, e.event_type.value,
-                     e.severity.value, e.payload, e.metadata, e.prev_hash, e.hash, e.chain_index, cost_usd,
-                     latency_ms)
-                )  # fmt: skip
+                await copy.write_row(event_values(record))
 
     async def _prepare(self, namespace: str) -> None:
         """Empty the namespace (replace) or check that it holds nothing."""

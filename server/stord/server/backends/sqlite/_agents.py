@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sqlite3
-from collections.abc import Sequence
-from typing import Any
 
-from stord.server.agents.port import AgentMatch, AgentStatus, AgentVisibility, AgentWrite, StoredAgent
+from stord.server.agents.port import AgentMatch, AgentWrite, StoredAgent, not_owner
 from stord.server.agents.search import configuration_text, fold
+from stord.server.backends._rows import read_stored_agent
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.tables import AGENTS, Rows
-from stord.server.ports import Clock, PermissionDenied
+from stord.server.ports import Clock
 
 __all__ = ["SqliteAgentStore"]
 
@@ -54,22 +54,7 @@ LIMIT :limit
 """
 
 
-def _agent(row: Sequence[Any]) -> StoredAgent:
-    _, uri, name, version, status, visibility, owner, configuration, update_time = row
-    return StoredAgent(
-        uri=uri,
-        name=name,
-        version=version,
-        status=AgentStatus(status),
-        visibility=AgentVisibility(visibility),
-        owner=owner,
-        configuration=None if configuration is None else json.loads(configuration),
-        update_time=update_time,
-    )
-
-
-def _denied(uri: str) -> PermissionDenied:
-    return PermissionDenied(f"agent {uri!r} belongs to another principal")
+_agent_of = functools.partial(read_stored_agent, lambda text: None if text is None else json.loads(text))
 
 
 class SqliteAgentStore:
@@ -84,7 +69,7 @@ class SqliteAgentStore:
 
         def run(connection: sqlite3.Connection) -> StoredAgent | None:
             row = connection.execute(_GET, parameters).fetchone()
-            return None if row is None else _agent(row)
+            return None if row is None else _agent_of(row)
 
         return await self._engine.lookup(run)
 
@@ -108,7 +93,7 @@ class SqliteAgentStore:
         def run(connection: sqlite3.Connection) -> AgentWrite:
             row = connection.execute(_OWNER, parameters).fetchone()
             if row is not None and row[0] not in ("", stored.owner):
-                raise _denied(stored.uri)
+                raise not_owner(stored.uri)
             connection.execute(_UPSERT, parameters)
             return AgentWrite(stored, created=row is None)
 
@@ -122,7 +107,7 @@ class SqliteAgentStore:
             if row is None:
                 return False
             if row[0] not in ("", principal):
-                raise _denied(uri)
+                raise not_owner(uri)
             connection.execute(_DELETE, parameters)
             return True
 
@@ -142,10 +127,10 @@ class SqliteAgentStore:
 
         def run(connection: sqlite3.Connection) -> list[AgentMatch]:
             rows = connection.execute(_SEARCH, parameters).fetchall()
-            return [AgentMatch(row[0], _agent(row)) for row in rows]
+            return [AgentMatch(row[0], _agent_of(row)) for row in rows]
 
         return await self._engine.read(run)
 
 
-AGENT_ROWS = Rows(_COLUMNS, _agent)
+AGENT_ROWS = Rows(_COLUMNS, _agent_of)
 """How export reads the agents table (after its namespace column)."""

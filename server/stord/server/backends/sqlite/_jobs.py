@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from stord.server.backends._rows import read_job
 from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.backends.tables import JOBS, Rows
 from stord.server.jobs.port import (
@@ -139,26 +140,6 @@ DELETE FROM jobs WHERE sequence IN (
 """
 
 
-def _job(row: Sequence[Any], *, with_token: bool = False) -> Job:
-    return Job(
-        sequence=row[0],
-        id=row[1],
-        queue=row[2],
-        status=JobStatus(row[3]),
-        priority=row[4],
-        run_at=row[5],
-        attempts=row[6],
-        max_attempts=row[7],
-        dedupe_key=row[8],
-        payload=orjson.loads(row[9]),
-        last_error=row[10],
-        lease_token=row[11] if with_token else None,
-        lease_expires_at=row[12],
-        create_time=row[13],
-        update_time=row[14],
-    )
-
-
 def _order(job: Job) -> tuple[int, int, int]:
     return (-job.priority, job.run_at, job.sequence)
 
@@ -227,7 +208,7 @@ class SqliteJobQueueStore:
         def run(connection: sqlite3.Connection) -> list[Job]:
             connection.execute(_FAIL_EXHAUSTED, parameters)
             rows = connection.execute(_LEASE, parameters).fetchall()
-            return sorted((_job(row, with_token=True) for row in rows), key=_order)
+            return sorted((read_job(row, with_token=True) for row in rows), key=_order)
 
         jobs = await self._engine.write(run)
         if len(jobs) == limit:
@@ -269,7 +250,7 @@ class SqliteJobQueueStore:
             ).fetchone()
             if row is None:
                 raise lease_not_held([lease.job_id])
-            job = _job(row)
+            job = read_job(row)
             if retry and job.attempts < job.max_attempts:
                 status, run_at = JobStatus.RETRYING, later(now, retry_delay(job.attempts), "retry")
             else:
@@ -303,7 +284,7 @@ class SqliteJobQueueStore:
     async def get(self, namespace: str, job_id: str) -> Job | None:
         def run(connection: sqlite3.Connection) -> Job | None:
             row = connection.execute(_GET, {"namespace": namespace, "id": job_id}).fetchone()
-            return None if row is None else _job(row)
+            return None if row is None else read_job(row)
 
         return await self._engine.lookup(run)
 
@@ -327,7 +308,7 @@ class SqliteJobQueueStore:
         """
 
         def run(connection: sqlite3.Connection) -> list[Job]:
-            return [_job(row) for row in connection.execute(sql, parameters)]
+            return [read_job(row) for row in connection.execute(sql, parameters)]
 
         return await self._engine.read(run)
 
@@ -372,5 +353,5 @@ class SqliteJobQueueStore:
         return self._wakeups.watch(namespace, queue)
 
 
-JOB_ROWS = Rows(_COLUMNS, functools.partial(_job, with_token=True))
+JOB_ROWS = Rows(_COLUMNS, functools.partial(read_job, with_token=True))
 """How export reads the jobs table (after its namespace column), lease tokens included."""

@@ -16,43 +16,34 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import functools
 import json
 import sqlite3
 import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Any, Generic, TypeVar
 
-import orjson
-
-from stord.server.agents.search import configuration_text, fold
+from stord.server.agents.search import configuration_text
 from stord.server.backends._event_sql import (
-    AGENT_COLUMNS,
-    EVENT_COLUMNS,
-    HISTORY_COLUMNS,
     RULE_COLUMNS,
     SESSION_COLUMNS,
-    read_agent,
-    read_entry,
-    read_event,
-    read_rule,
-    read_session,
 )
 from stord.server.backends._event_sql import SQLITE as EVENT_SQLITE
-from stord.server.backends._manifest_sql import manifest_rows, transformer_rows
 from stord.server.backends._transfer import (
     DUMP_BATCH,
-    DumpSources,
     NamespaceGate,
+    RowWriter,
     TransferDialect,
+    Values,
     count_statements,
     deletion_statements,
+    dump_sources,
     dump_statements,
-    event_facts,
+    insert_statements,
     list_lengths,
     number_shift,
     occupancy_statements,
     occupied,
+    record_values,
     repeated_record,
 )
 from stord.server.backends.sqlite import _agents, _documents, _event_rollups, _events, _jobs
@@ -61,30 +52,14 @@ from stord.server.backends.sqlite._runner import SQLITE
 from stord.server.backends.tables import (
     AGENTS,
     DOCUMENTS,
-    HANDLER_MANIFESTS,
     JOBS,
-    KV_LIST_ITEMS,
     KV_LISTS,
-    KV_VALUES,
-    MANIFEST_DOCUMENTS,
-    MANIFEST_TRANSFORMERS,
-    Rows,
 )
 from stord.server.transfer.port import (
     AgentRecord,
-    AlertHistoryRecord,
-    AlertRuleRecord,
-    DocumentRecord,
-    EventAgentRecord,
-    EventRecord,
     JobRecord,
-    ListItemRecord,
-    ManifestRecord,
-    ManifestTransformerRecord,
     RecordSink,
-    SessionRecord,
     TransferRecord,
-    ValueRecord,
 )
 
 __all__ = ["SqliteTransferStore"]
@@ -95,8 +70,6 @@ _R = TypeVar("_R")
 _POLL_SECONDS = 0.1
 """How often a thread waiting for the event loop checks whether the other side gave up."""
 
-_NANOS = 1_000_000_000
-
 
 _DIALECT = TransferDialect(
     parameter=lambda name: f":{name}",
@@ -105,37 +78,36 @@ _DIALECT = TransferDialect(
     code_point_order="",  # BINARY, SQLite's default collation, is code point order
 )
 
-_INSERT_VALUE = KV_VALUES.insert("?")
-_INSERT_LIST_ITEM = KV_LIST_ITEMS.insert("?")
 _UPSERT_LIST_LENGTH = f"""
 {KV_LISTS.insert("?")}
 ON CONFLICT (keyspace, namespace, key) DO UPDATE SET length = max(length, excluded.length)
 """
-_INSERT_DOCUMENT = DOCUMENTS.insert("?")
-_INSERT_JOB = JOBS.insert("?")
 _INSERT_SESSION = f"""
 INSERT INTO event_sessions (namespace, {SESSION_COLUMNS}, chain_length, last_hash)
 VALUES (?{", ?" * 13})
 """
-_INSERT_EVENT_AGENT = f"INSERT INTO event_agents (namespace, {AGENT_COLUMNS}) VALUES (?{', ?' * 6})"
-_INSERT_RULE = f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})"
-_INSERT_ENTRY = f"INSERT INTO event_alert_history (namespace, {HISTORY_COLUMNS}) VALUES (?{', ?' * 7})"
-_INSERT_AGENT = AGENTS.insert("?")
-_INSERT_MANIFEST = HANDLER_MANIFESTS.insert("?")
-_INSERT_TRANSFORMER = MANIFEST_TRANSFORMERS.insert("?")
-_INSERT_MANIFEST_DOCUMENT = MANIFEST_DOCUMENTS.insert("?")
 
-_SOURCES = DumpSources(
-    document=_documents.DOCUMENT_ROWS,
-    job=_jobs.JOB_ROWS,
-    event=Rows(EVENT_COLUMNS, read_event),
-    session=Rows(SESSION_COLUMNS, functools.partial(read_session, EVENT_SQLITE)),
-    event_agent=Rows(AGENT_COLUMNS, read_agent),
-    alert_rule=Rows(RULE_COLUMNS, functools.partial(read_rule, EVENT_SQLITE)),
-    alert_entry=Rows(HISTORY_COLUMNS, read_entry),
-    agent=_agents.AGENT_ROWS,
-    manifest=manifest_rows(SQLITE),
-    transformer=transformer_rows(SQLITE),
+_SOURCES = dump_sources(
+    EVENT_SQLITE, SQLITE, document=_documents.DOCUMENT_ROWS, job=_jobs.JOB_ROWS, agent=_agents.AGENT_ROWS
+)
+
+
+_INSERTS = insert_statements(
+    "?",
+    document=DOCUMENTS.insert("?"),
+    job=JOBS.insert("?"),
+    session=_INSERT_SESSION,
+    rule=f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})",
+    agent=AGENTS.insert("?"),
+    event=_events._INSERT_EVENT,
+)
+
+_WRITER = RowWriter(
+    instant=lambda seconds: seconds,
+    json=SQLITE.dump_json,
+    configuration=configuration_text,
+    texts=json.dumps,
+    rule=lambda namespace, rule: (namespace, *_events._rule_values(rule)),
 )
 
 
@@ -236,10 +208,12 @@ class _Restore:
             self._job_offset = self._offset("SELECT max(sequence) FROM jobs")
         if self._agent_offset is None and any(isinstance(record, AgentRecord) for record in records):
             self._agent_offset = self._offset("SELECT max(position) FROM agents")
-        rows: dict[str, list[tuple[object, ...]]] = {}
+        rows: dict[str, list[Values]] = {}
         for record in records:
-            sql, row = self._row(record)
-            rows.setdefault(sql, []).append(row)
+            row = record_values(
+                record, _WRITER, job_shift=self._job_offset or 0, agent_shift=self._agent_offset or 0
+            )
+            rows.setdefault(_INSERTS[type(record)], []).append(row)
         try:
             for sql, values in rows.items():
                 self._connection.executemany(sql, values)
@@ -265,75 +239,6 @@ class _Restore:
         holding = [table for table, sql in checks if self._connection.execute(sql, parameters).fetchone()]
         if holding:
             raise occupied(namespace, holding)
-
-    def _row(self, record: TransferRecord) -> tuple[str, tuple[object, ...]]:
-        """Return the INSERT of a record and its values."""
-        namespace = record.namespace
-        if isinstance(record, EventRecord):
-            e = record.event
-            cost_usd, latency_ms = event_facts(e)
-            return _events._INSERT_EVENT, (
-                namespace, e.id, e.timestamp, e.session_id, e.agent_id, e.event_type.value, e.severity.value,
-                e.payload, e.metadata, e.prev_hash, e.hash, e.chain_index, cost_usd, latency_ms,
-            )  # fmt: skip
-        if isinstance(record, ValueRecord):
-            v = record
-            return _INSERT_VALUE, (v.keyspace.value, namespace, v.key, v.value, v.expires_at)
-        if isinstance(record, ListItemRecord):
-            i = record
-            return _INSERT_LIST_ITEM, (i.keyspace.value, namespace, i.key, i.position, i.value)
-        if isinstance(record, DocumentRecord):
-            d = record.document
-            return _INSERT_DOCUMENT, (
-                namespace, d.collection, d.id, d.revision, d.create_time, d.update_time,
-                _documents._dump(d.data),
-            )  # fmt: skip
-        if isinstance(record, JobRecord):
-            j = record.job
-            return _INSERT_JOB, (
-                namespace, j.sequence + (self._job_offset or 0), j.id, j.queue, j.status.value, j.priority,
-                j.run_at, j.attempts, j.max_attempts, j.dedupe_key, orjson.dumps(j.payload).decode(),
-                j.last_error, j.lease_token, j.lease_expires_at, j.create_time, j.update_time,
-            )  # fmt: skip
-        if isinstance(record, SessionRecord):
-            s = record.session
-            return _INSERT_SESSION, (
-                namespace, s.id, s.agent_id, s.agent_name, s.started_at, s.ended_at, s.status.value,
-                s.event_count, s.tool_call_count, s.error_count, s.total_cost_usd, json.dumps(s.tags),
-                record.chain_length, record.last_hash,
-            )  # fmt: skip
-        if isinstance(record, EventAgentRecord):
-            a = record.agent
-            return _INSERT_EVENT_AGENT, (
-                namespace, a.id, a.name, a.description, a.first_seen_at, a.last_seen_at, a.session_count
-            )  # fmt: skip
-        if isinstance(record, AlertRuleRecord):
-            return _INSERT_RULE, (namespace, *_events._rule_values(record.rule))
-        if isinstance(record, AlertHistoryRecord):
-            return _INSERT_ENTRY, (namespace, *_events._entry_values(record.entry))
-        if isinstance(record, AgentRecord):
-            agent = record.agent
-            configuration = configuration_text(agent.configuration)
-            return _INSERT_AGENT, (
-                namespace, record.position + (self._agent_offset or 0), agent.uri, agent.name, agent.version,
-                agent.status.value, agent.visibility.value, agent.owner,
-                None if agent.configuration is None else configuration, agent.update_time, fold(agent.name),
-                fold(configuration),
-            )  # fmt: skip
-        if isinstance(record, ManifestRecord):
-            m = record.manifest
-            seconds, nanos = divmod(m.created_at, _NANOS)
-            return _INSERT_MANIFEST, (
-                namespace, m.handler_id, m.version, seconds, nanos, SQLITE.dump_json(m.document)
-            )  # fmt: skip
-        if isinstance(record, ManifestTransformerRecord):
-            t = record.transformer
-            return _INSERT_TRANSFORMER, (
-                namespace, t.id, t.handler_id, t.from_version, t.to_version, SQLITE.dump_json(t.document)
-            )  # fmt: skip
-        key_id, version = record.key
-        document = SQLITE.dump_json(record.document)
-        return _INSERT_MANIFEST_DOCUMENT, (namespace, record.kind.value, key_id, version, document)
 
 
 def _restore(

@@ -15,7 +15,7 @@ from google.protobuf.message import Message
 from google.protobuf.struct_pb2 import ListValue, Struct, Value
 
 from stord.server.ports import InvalidArgument, JsonObject
-from stord.server.services import _validate as check
+from stord.server.rpc import validate as check
 
 __all__ = ["from_document", "to_document"]
 
