@@ -113,3 +113,9 @@ def test_the_async_ingestor_resends_after_a_broken_connection_but_not_after_a_re
     assert _broken(_FailedCall(grpc.StatusCode.INTERNAL, "Internal error from Core"))
     assert not _broken(_FailedCall(grpc.StatusCode.INTERNAL, "internal error (request id 7f3a)"))
     assert not _broken(_FailedCall(grpc.StatusCode.FAILED_PRECONDITION, "batch sequence 2: ..."))
+
+
+@pytest.mark.parametrize("target", ["http://127.0.0.1:50051", "grpc://localhost:50051", "HTTPS://db:443"])
+def test_a_target_with_a_url_scheme_is_refused_at_once(target: str) -> None:
+    with pytest.raises(ValueError, match="without a URL scheme"):
+        stord_client.Client(target)

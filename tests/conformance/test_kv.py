@@ -52,6 +52,13 @@ def test_an_empty_value_is_a_value(kv: KeyValue) -> None:
     assert kv.get_many(["empty", "none"]) == [b"", None]
 
 
+def test_a_value_of_the_largest_size_reads_back(kv: KeyValue) -> None:
+    largest = bytes(range(256)) * (8 * 1024 * 1024 // 256)  # 8 MiB: over gRPC's 4 MiB receive default
+    assert kv.set("largest", largest) is True
+    assert kv.get("largest") == largest
+    assert kv.get_many(["largest"]) == [largest]
+
+
 def test_delete_reports_whether_there_was_a_value(kv: KeyValue) -> None:
     kv.set("k", b"v")
     assert kv.delete("k") is True

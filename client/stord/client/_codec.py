@@ -48,6 +48,30 @@ class Tls:
         return grpc.ssl_channel_credentials(self.root_certificates, self.private_key, self.certificate_chain)
 
 
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+"""The largest message a channel sends or receives unless its options say otherwise: above the daemon's own
+limit (16 MiB by default, `max_message_bytes`), so the daemon's limit is the one that applies, and a value of
+the largest size (8 MiB) reads back instead of failing at gRPC's 4 MiB receive default."""
+
+_SCHEMES = ("http://", "https://", "grpc://", "grpcs://", "dns://", "tcp://")
+
+
+def _channel_arguments(
+    target: str, options: Iterable[tuple[str, Any]], retry: RetryPolicy | None
+) -> list[tuple[str, Any]]:
+    """Check the target and return the channel's options: the retry policy's, then the caller's."""
+    if target.lower().startswith(_SCHEMES):
+        raise ValueError(f"target {target!r}: give host:port (or unix:/path.sock), without a URL scheme")
+    given = list(options)
+    names = {name for name, _ in given}
+    limits = [
+        (name, MAX_MESSAGE_BYTES)
+        for name in ("grpc.max_receive_message_length", "grpc.max_send_message_length")
+        if name not in names
+    ]
+    return channel_options(retry, limits + given)
+
+
 def channel(
     target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]], retry: RetryPolicy | None
 ) -> grpc.Channel:
@@ -55,7 +79,7 @@ def channel(
 
     `retry` retries the idempotent RPCs after UNAVAILABLE and reconnects quickly (None: gRPC's defaults).
     """
-    arguments = channel_options(retry, list(options))
+    arguments = _channel_arguments(target, options, retry)
     if tls is False:
         return grpc.insecure_channel(target, options=arguments)
     settings = Tls() if tls is True else tls
@@ -66,7 +90,7 @@ def aio_channel(
     target: str, tls: Tls | bool, options: Iterable[tuple[str, Any]], retry: RetryPolicy | None
 ) -> grpc.aio.Channel:
     """Open an asyncio channel, as `channel` does a blocking one."""
-    arguments = channel_options(retry, list(options))
+    arguments = _channel_arguments(target, options, retry)
     if tls is False:
         return grpc.aio.insecure_channel(target, options=arguments)
     settings = Tls() if tls is True else tls
