@@ -218,6 +218,20 @@ def test_a_refused_address_or_a_missing_tls_file_stops_startup_quietly(data_dir:
     assert _failed_startup(data_dir, *tls) == f"cannot read TLS file {missing}: No such file or directory"
 
 
+def test_unread_stord_variables_are_logged_with_a_suggestion(data_dir: Path) -> None:
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("STORD_")}
+    environ |= {"STORD_DATABASE": "memory://", "STORD_LISTEN": f"0.0.0.0:{free_port()}"}
+    result = subprocess.run(
+        [STORD, "serve", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60, env=environ
+    )
+    assert result.returncode == 1  # the refused public listener stops startup after the warning
+    warning, failed = (json.loads(line) for line in result.stdout.splitlines())
+    assert warning["event"] == "unknown_environment_variable"
+    assert warning["level"] == "warning"
+    assert (warning["variable"], warning["did_you_mean"]) == ("STORD_DATABASE", "STORD_DATABASE_URL")
+    assert failed["event"] == "startup_failed"
+
+
 def test_bad_settings_exit_2_with_the_reason() -> None:
     result = subprocess.run(
         [STORD, "serve", "--listen", "nowhere"], capture_output=True, text=True, timeout=30

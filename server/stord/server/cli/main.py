@@ -29,6 +29,7 @@ from stord.server.config import (
     load_settings,
     load_settings_with_sources,
     redact_url,
+    unread_variables,
 )
 from stord.server.logs import configure_logging
 
@@ -178,8 +179,23 @@ def _settings(arguments: argparse.Namespace) -> Settings:
     return load_settings(config_file=arguments.config, flags=_flags(arguments))
 
 
+_READ_VARIABLES = frozenset({"STORD_CONFIG", *ENVIRONMENT.values(), *CLIENT_ENVIRONMENT.values()})
+"""Every environment variable a stord command reads."""
+
+
+def _unread_variable_warnings(config_file: Path | None) -> list[dict[str, str]]:
+    """Return one warning per `STORD_` variable nothing reads, with the likely intended name."""
+    return [
+        {"variable": name} | ({"did_you_mean": guess} if guess else {})
+        for name, guess in unread_variables(os.environ, _READ_VARIABLES, config_file=config_file)
+    ]
+
+
 def _config(arguments: argparse.Namespace) -> int:
     """Print every setting with its value and its source; secrets masked."""
+    for warning in _unread_variable_warnings(arguments.config):
+        guess = f" (did you mean {warning['did_you_mean']}?)" if "did_you_mean" in warning else ""
+        print(f"stord: {warning['variable']} is not a stord setting and is ignored{guess}", file=sys.stderr)
     try:
         settings, sources = load_settings_with_sources(config_file=arguments.config, flags=_flags(arguments))
     except ConfigError as error:
@@ -322,6 +338,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "health":
         return _health(settings, arguments)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    for warning in _unread_variable_warnings(arguments.config):
+        structlog.get_logger("stord").warning("unknown_environment_variable", **warning)
     if arguments.command == "migrate":
         return _migrate(settings)
     return _serve(settings)
