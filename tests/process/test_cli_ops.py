@@ -107,6 +107,23 @@ def test_events_tail_prints_new_matching_events_as_json_lines(served: Served) ->
     assert printed[1]["payload"] == {}
 
 
+def test_ctrl_c_exits_130_not_0(served: Served) -> None:
+    tail = subprocess.Popen(
+        [STORD, "events", "tail", "--address", served.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tail.stderr is not None
+        assert tail.stderr.readline().startswith("stord: tailing events of ")  # inside the command
+        tail.send_signal(signal.SIGINT)
+        tail.communicate(timeout=20)
+    finally:
+        tail.kill()
+    assert tail.returncode == 130  # as a shell reports Ctrl-C: a caller must not take it for success
+
+
 def test_jobs_stats_as_a_table_and_as_json(served: Served) -> None:
     with Client(served.address, namespace="jobs") as client:
         for index in range(3):

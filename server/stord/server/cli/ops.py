@@ -45,6 +45,8 @@ OPS_COMMANDS = frozenset({"kv", "events", "jobs"})
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as a shell reports a command Ctrl-C ended: `v=$(stord kv get k)` must not read as found."""
 
 _Run = Callable[[argparse.Namespace], int]
 
@@ -137,7 +139,7 @@ def run_ops_command(arguments: argparse.Namespace) -> int:
         print(f"stord: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
 
 
 def _client(arguments: argparse.Namespace) -> Client:
