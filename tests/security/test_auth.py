@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog.testing
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -149,6 +150,23 @@ def test_a_public_address_without_keys_needs_insecure() -> None:
     assert Settings(listen="[::1]:1").listens_on_loopback
     assert Settings(listen="localhost:1").listens_on_loopback
     assert not Settings(listen="10.0.0.1:1").listens_on_loopback
+
+
+def test_api_keys_over_plaintext_on_a_public_address_are_warned_about(tmp_path: Path) -> None:
+    keys_file = write_keys(tmp_path / "keys.yaml", [Tenant("t", "space", "user", Role.READ_WRITE)])
+    public = Settings(listen="0.0.0.0:50174", database="memory://", api_keys_file=keys_file)
+    with structlog.testing.capture_logs() as logs:
+        assert Daemon(public)._load_keys() is not None
+    [warning] = logs
+    assert (warning["event"], warning["log_level"], warning["listen"]) == ("insecure", "warning", public.listen)
+    assert "bearer keys travel in clear" in warning["reason"]
+    # Nothing to say on loopback, or with TLS.
+    loopback = public.model_copy(update={"listen": "127.0.0.1:50174"})
+    tls = public.model_copy(update={"tls_cert": tmp_path / "cert.pem", "tls_key": tmp_path / "key.pem"})
+    for quiet in (loopback, tls):
+        with structlog.testing.capture_logs() as logs:
+            assert Daemon(quiet)._load_keys() is not None
+        assert logs == []
 
 
 def test_keys_commands_add_list_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -278,9 +278,17 @@ class Daemon:
             self._check_unauthenticated_listener()
             return None
         try:
-            return KeyRing(settings.api_keys_file)
+            keys = KeyRing(settings.api_keys_file)
         except KeysFileError as error:
             raise StartupError(str(error)) from None
+        if settings.tls_cert is None and not settings.listens_on_loopback:
+            _log.warning(
+                "insecure",
+                listen=settings.listen,
+                reason="API keys over plaintext on a non-loopback address: bearer keys travel in clear;"
+                " set --tls-cert and --tls-key",
+            )
+        return keys
 
     def _check_unauthenticated_listener(self) -> None:
         settings = self._settings
