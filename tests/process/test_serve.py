@@ -56,7 +56,12 @@ def test_health_per_service_and_reflection(served: Served) -> None:
     assert health(served.address).stdout.strip().endswith("SERVING")
     assert health(served.address, "--service", "stord.v1.DatabaseService").returncode == 0
     assert health(served.address, "--service", "stord.v1.CacheService").returncode == 0
-    assert health(served.address, "--service", "no.such.Service").returncode != 0
+    unknown = health(served.address, "--service", "no.such.Service")
+    assert unknown.returncode == 1
+    assert f"{served.address}: NOT_FOUND: unknown service 'no.such.Service'; it serves " in unknown.stderr
+    assert "stord.v1.AdminService, " in unknown.stderr
+    assert "stord.v1.DatabaseService" in unknown.stderr
+    assert "grpc." not in unknown.stderr  # the health check answers for stord's services only
     with grpc.insecure_channel(served.address) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {"stord.v1.CacheService", "stord.v1.DatabaseService", "stord.v1.AdminService"} <= services

@@ -15,6 +15,7 @@ import structlog
 
 from stord.server.cli.connect import (
     CLIENT_ENVIRONMENT,
+    Connection,
     ConnectionOptionsError,
     add_connection_flags,
     connection_from,
@@ -300,6 +301,11 @@ def _health(settings: Settings, arguments: argparse.Namespace) -> int:
                 metadata=metadata,
             )
     except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            served = _served_services(connection, arguments.timeout)
+            listed = f"; it serves {', '.join(served)}" if served else ""
+            print(f"{address}: NOT_FOUND: unknown service {arguments.service!r}{listed}", file=sys.stderr)
+            return EXIT_FAILURE
         print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
         if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             diagnosis = connection.diagnose()
@@ -309,6 +315,22 @@ def _health(settings: Settings, arguments: argparse.Namespace) -> int:
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     print(f"{address}: {status}")
     return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILURE
+
+
+def _served_services(connection: Connection, timeout: float) -> list[str]:
+    """Return the service names the daemon's health check answers for, as its reflection lists them."""
+    import grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    try:
+        with connection.open_channel() as channel:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+            names = ProtoReflectionDescriptorDatabase(channel).get_services()
+    except (grpc.RpcError, grpc.FutureTimeoutError):
+        return []  # the hint is a courtesy: without reflection the unknown name is still reported
+    return sorted(name for name in names if not name.startswith("grpc."))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
