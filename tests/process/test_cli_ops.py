@@ -221,3 +221,13 @@ def test_jobs_purge_deletes_old_finished_jobs_in_the_database(tmp_path: Path) ->
     refused = purge("--failed-job-retention-days", "-1")
     assert refused.returncode == 2
     assert b"failed_job_retention_days" in refused.stderr
+
+
+def test_jobs_purge_of_a_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
+    nothing = tmp_path / "nothing"
+    purge = subprocess.run(
+        [STORD, "jobs", "purge", "--data-dir", str(nothing)], capture_output=True, text=True
+    )
+    assert purge.returncode == 1
+    assert purge.stderr == f"stord: there is no SQLite database at {nothing / 'stord.db'}\n"
+    assert not nothing.exists()

@@ -194,6 +194,16 @@ def test_keys_commands_add_list_and_revoke(tmp_path: Path, capsys: pytest.Captur
     assert main(["keys", "--file", str(keys_file), "revoke", "shop-1"]) == 1
 
 
+def test_keys_commands_other_than_add_need_the_file_to_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none.yaml"
+    for command in (["list"], ["revoke", "shop-1"]):
+        assert main(["keys", "--file", str(missing), *command]) == 1
+        assert capsys.readouterr().err == f"stord keys: keys file {missing} does not exist\n"
+    assert not missing.exists()
+
+
 @pytest.mark.parametrize(
     "authorization",
     # A long key stays under gRPC's 8 KiB metadata soft limit: above it the transport itself refuses the

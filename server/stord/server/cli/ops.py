@@ -260,7 +260,7 @@ _PURGE_SETTINGS = ("data_dir", "database", "completed_job_retention_days", "fail
 
 
 def _jobs_purge(arguments: argparse.Namespace) -> int:
-    from stord.server.backends import create_backend
+    from stord.server.backends import create_backend, sqlite_path
     from stord.server.config import ConfigError, load_settings, redact_url
     from stord.server.jobs.sweeper import purge_finished_jobs
     from stord.server.logs import configure_logging
@@ -274,6 +274,10 @@ def _jobs_purge(arguments: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"stord: {error}", file=sys.stderr)
         return EXIT_USAGE
+    url = settings.database_url
+    if url.startswith("sqlite:") and not sqlite_path(url).exists():  # a mistyped --data-dir: create nothing
+        print(f"stord: there is no SQLite database at {sqlite_path(url)}", file=sys.stderr)
+        return EXIT_FAILURE
 
     configure_logging(log_format=settings.log_format, level="warning")  # the summary line says what was done
 
