@@ -231,3 +231,30 @@ def test_jobs_purge_of_a_mistyped_data_dir_creates_nothing(tmp_path: Path) -> No
     assert purge.returncode == 1
     assert purge.stderr == f"stord: there is no SQLite database at {nothing / 'stord.db'}\n"
     assert not nothing.exists()
+
+
+def test_a_negative_limit_or_count_is_a_usage_error() -> None:
+    for command in (["kv", "keys", "--limit", "-1"], ["events", "tail", "--count", "-1"]):
+        refused = subprocess.run([STORD, *command], capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 2, command
+        assert "must be 0 (no limit) or more, not -1" in refused.stderr, command
+
+
+@pytest.mark.parametrize("command", [["config", "--json"], ["kv", "keys"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(served: Served, command: list[str]) -> None:
+    with Client(served.address) as client:
+        client.db.set("piped", b"v")
+    address = ["--address", served.address] if command[0] == "kv" else []
+    gone, stdout = os.pipe()
+    os.close(gone)  # as `| head` does once it has read enough: every write now fails with EPIPE
+    try:
+        result = subprocess.run(
+            [STORD, *command, *address],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(stdout)
+    assert (result.returncode, result.stderr) == (141, "")  # 128 + SIGPIPE, and no traceback

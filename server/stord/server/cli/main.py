@@ -333,8 +333,21 @@ def _served_services(connection: Connection, timeout: float) -> list[str]:
     return sorted(name for name in names if not name.startswith("grpc."))
 
 
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE: what a command the reader left (`stord config --json | head`) exits with in a pipeline."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader is gone: stop quietly, and point stdout at /dev/null so the exit's flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     arguments = _parser().parse_args(argv)
     if arguments.command == "health" or arguments.command in OPS_COMMANDS:
         # gRPC core logs a failed TLS handshake at INFO on stderr; the command reports it in its own words.

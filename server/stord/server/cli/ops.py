@@ -74,7 +74,7 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     set_.add_argument("--ttl", type=float, metavar="SECONDS", help="expiry, with --cache only")
     keys = _command(kv, "keys", _kv_keys, help="list keys matching a glob pattern, one a line")
     keys.add_argument("pattern", nargs="?", default="*")
-    keys.add_argument("--limit", type=int, default=0, help="stop after this many keys (0: all)")
+    keys.add_argument("--limit", type=_at_least_0, default=0, help="stop after this many keys (0: all)")
     for parser in (get, set_, keys):
         parser.add_argument(
             "--cache", action="store_true", help="use CacheService instead of DatabaseService"
@@ -88,7 +88,7 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     tail.add_argument("--agent", help="only this agent's events")
     tail.add_argument("--type", action="append", default=[], help="only this event type (repeatable)")
     tail.add_argument("--severity", action="append", default=[], help="only this severity (repeatable)")
-    tail.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
+    tail.add_argument("--count", type=_at_least_0, default=0, help="exit after this many events (0: never)")
 
     jobs = commands.add_parser("jobs", help="inspect job queues").add_subparsers(
         dest="jobs_command", required=True
@@ -114,6 +114,17 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
             help=f"delete {status} jobs older than this, 0 keeps them (default {default}, as `stord serve`)",
         )
     purge.set_defaults(run_ops=_jobs_purge)
+
+
+def _at_least_0(text: str) -> int:
+    """Parse a count whose 0 means no limit; refuse a negative one rather than read it as no limit."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, not {number}")
+    return number
 
 
 def run_ops_command(arguments: argparse.Namespace) -> int:
