@@ -105,6 +105,8 @@ def test_events_tail_prints_new_matching_events_as_json_lines(served: Served) ->
     assert printed[1]["prev_hash"] == printed[0]["hash"]
     assert len(printed[0]["hash"]) == 64
     assert printed[1]["payload"] == {}
+    assert "payload_json" not in printed[0]  # input-only fields, empty on output: left out
+    assert "metadata_json" not in printed[0]
 
 
 def test_ctrl_c_exits_130_not_0(served: Served) -> None:

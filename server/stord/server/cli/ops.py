@@ -224,7 +224,7 @@ def _events_tail(arguments: argparse.Namespace) -> int:
 
 
 def _event_line(event: events_pb2.Event) -> dict[str, object]:
-    """An event as one JSON object: every field present, enum names as `--type`/`--severity` take them."""
+    """An event as one JSON object: every output field, enum names as `--type`/`--severity` take them."""
     document = MessageToDict(
         event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -234,6 +234,9 @@ def _event_line(event: events_pb2.Event) -> dict[str, object]:
     document["prev_hash"] = event.prev_hash if event.HasField("prev_hash") else None
     document["payload"] = _whole_numbers(document.get("payload", {}))
     document["metadata"] = _whole_numbers(document.get("metadata", {}))
+    for input_only in ("payload_json", "metadata_json"):  # always empty on output, beside `payload`
+        if not document.get(input_only):
+            document.pop(input_only, None)
     return document
 
 
