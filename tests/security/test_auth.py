@@ -170,6 +170,13 @@ def test_api_keys_over_plaintext_on_a_public_address_are_warned_about(tmp_path: 
         assert logs == []
 
 
+def test_a_reload_without_a_keys_file_says_there_is_nothing_to_reload() -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert not Daemon(Settings(database="memory://")).reload_keys()
+    assert [(log["event"], log["log_level"]) for log in logs] == [("api_keys_not_reloaded", "warning")]
+    assert "no API keys file" in logs[0]["reason"]
+
+
 def test_keys_commands_add_list_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keys_file = tmp_path / "keys.yaml"
     arguments = ["keys", "--file", str(keys_file), "add", "--namespace", "shop", "--principal", "svc"]

@@ -305,6 +305,7 @@ class Daemon:
     def reload_keys(self) -> bool:
         """Read the keys file again (SIGHUP); on a bad file keep the keys in force and log why."""
         if self.keys is None:
+            _log.warning("api_keys_not_reloaded", reason="SIGHUP, but no API keys file is configured")
             return False
         try:
             self.keys.reload()
