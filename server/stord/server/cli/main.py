@@ -334,7 +334,7 @@ def _served_services(connection: Connection, timeout: float) -> list[str]:
 
 
 EXIT_BROKEN_PIPE = 141
-"""128 + SIGPIPE: what a command the reader left (`stord config --json | head`) exits with in a pipeline."""
+"""128 + SIGPIPE, as a shell reports a command whose reader went away (`stord config --json | head`)."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
