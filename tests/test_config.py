@@ -158,6 +158,27 @@ def test_stord_config_prints_each_setting_with_its_source(
     assert "retention_days" in capsys.readouterr().err
 
 
+def test_stord_config_names_each_unread_stord_variable_with_a_suggestion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in [name for name in os.environ if name.startswith("STORD_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("STORD_DATABASE", "memory://")
+    monkeypatch.setenv("STORD_RETENTON_DAYS", "7")
+    monkeypatch.setenv("STORD_ZZZ", "1")
+    monkeypatch.setenv("STORD_TLS_CA", "/nowhere.pem")  # a client option: read, so not named
+    monkeypatch.setenv("STORD_DB_PASSWORD", "hunter2")  # read by the config file's reference
+    config = tmp_path / "stord.yaml"
+    config.write_text("database: postgresql://stord:${STORD_DB_PASSWORD}@db/stord\n")
+    assert main(["config", "--config", str(config), "--json"]) == 0  # warned, not refused
+    assert capsys.readouterr().err.splitlines() == [
+        "stord: STORD_DATABASE is not a stord setting and is ignored (did you mean STORD_DATABASE_URL?)",
+        "stord: STORD_RETENTON_DAYS is not a stord setting and is ignored"
+        " (did you mean STORD_RETENTION_DAYS?)",
+        "stord: STORD_ZZZ is not a stord setting and is ignored",
+    ]
+
+
 def test_serve_help_names_every_environment_variable_and_default(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

@@ -105,6 +105,25 @@ def test_events_tail_prints_new_matching_events_as_json_lines(served: Served) ->
     assert printed[1]["prev_hash"] == printed[0]["hash"]
     assert len(printed[0]["hash"]) == 64
     assert printed[1]["payload"] == {}
+    assert "payload_json" not in printed[0]  # input-only fields, empty on output: left out
+    assert "metadata_json" not in printed[0]
+
+
+def test_ctrl_c_exits_130_not_0(served: Served) -> None:
+    tail = subprocess.Popen(
+        [STORD, "events", "tail", "--address", served.address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tail.stderr is not None
+        assert tail.stderr.readline().startswith("stord: tailing events of ")  # inside the command
+        tail.send_signal(signal.SIGINT)
+        tail.communicate(timeout=20)
+    finally:
+        tail.kill()
+    assert tail.returncode == 130  # as a shell reports Ctrl-C: a caller must not take it for success
 
 
 def test_jobs_stats_as_a_table_and_as_json(served: Served) -> None:
@@ -204,3 +223,40 @@ def test_jobs_purge_deletes_old_finished_jobs_in_the_database(tmp_path: Path) ->
     refused = purge("--failed-job-retention-days", "-1")
     assert refused.returncode == 2
     assert b"failed_job_retention_days" in refused.stderr
+
+
+def test_jobs_purge_of_a_mistyped_data_dir_creates_nothing(tmp_path: Path) -> None:
+    nothing = tmp_path / "nothing"
+    purge = subprocess.run(
+        [STORD, "jobs", "purge", "--data-dir", str(nothing)], capture_output=True, text=True
+    )
+    assert purge.returncode == 1
+    assert purge.stderr == f"stord: there is no SQLite database at {nothing / 'stord.db'}\n"
+    assert not nothing.exists()
+
+
+def test_a_negative_limit_or_count_is_a_usage_error() -> None:
+    for command in (["kv", "keys", "--limit", "-1"], ["events", "tail", "--count", "-1"]):
+        refused = subprocess.run([STORD, *command], capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 2, command
+        assert "must be 0 (no limit) or more, not -1" in refused.stderr, command
+
+
+@pytest.mark.parametrize("command", [["config", "--json"], ["kv", "keys"]])
+def test_a_reader_that_went_away_ends_the_command_quietly(served: Served, command: list[str]) -> None:
+    with Client(served.address) as client:
+        client.db.set("piped", b"v")
+    address = ["--address", served.address] if command[0] == "kv" else []
+    gone, stdout = os.pipe()
+    os.close(gone)  # as `| head` does once it has read enough: every write now fails with EPIPE
+    try:
+        result = subprocess.run(
+            [STORD, *command, *address],
+            stdout=stdout,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=30,
+        )
+    finally:
+        os.close(stdout)
+    assert (result.returncode, result.stderr) == (141, "")  # 128 + SIGPIPE, and no traceback

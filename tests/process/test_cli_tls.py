@@ -207,6 +207,19 @@ def test_unusable_tls_options_are_usage_errors(tmp_path: Path, certificates: Cer
     half = stord("health", "--tls-client-cert", certificates.client_cert)
     assert half.returncode == 2
     assert "--tls-client-cert and --tls-client-key go together" in half.stderr
+    misspelt = stord("kv", "get", "k", env={"STORD_TLS": "ture"})
+    assert misspelt.returncode == 2  # not quietly plaintext
+    assert "STORD_TLS='ture' is not a boolean" in misspelt.stderr
+    assert stord("health", "--timeout", "1", env={"STORD_TLS": "nope"}).returncode == 2
+
+
+def test_stord_tls_reads_each_spelling_of_a_boolean(tls_daemon: DaemonThread) -> None:
+    env = {"STORD_ADDRESS": tls_daemon.target, "STORD_TLS_SERVER_NAME": "localhost"}
+    for spelling in ("1", "TRUE", "Yes", "on"):
+        # TLS trusting the system's roots: the test CA is not among them, so a TLS verification error.
+        failed = stord("kv", "get", "k", "--timeout", "2", env=env | {"STORD_TLS": spelling})
+        assert failed.returncode == 1, spelling
+        assert "TLS: the daemon's certificate is not trusted" in failed.stderr, spelling
 
 
 def test_a_tls_command_at_a_plaintext_daemon_is_told_so(certificates: Certificates) -> None:
@@ -216,7 +229,12 @@ def test_a_tls_command_at_a_plaintext_daemon_is_told_so(certificates: Certificat
             "kv", "get", "k", "--address", plain.target, "--tls-ca", certificates.ca, "--timeout", "2"
         )
         assert failed.returncode == 1
-        assert "TLS: the daemon does not speak TLS at this address" in failed.stderr
+        assert "TLS: the daemon does not speak TLS at this address (drop the --tls* options)" in failed.stderr
+        # Told by the environment, the hint says what to unset.
+        env = {"STORD_TLS": "true", "STORD_TLS_CA": str(certificates.ca)}
+        failed = stord("kv", "get", "k", "--address", plain.target, "--timeout", "2", env=env)
+        assert failed.returncode == 1
+        assert "(drop the --tls* options or unset STORD_TLS, STORD_TLS_CA)" in failed.stderr
         # A plaintext command at a plaintext daemon that fails for another reason gets no TLS hint.
         missing = stord("kv", "get", "k", "--address", plain.target)
         assert (missing.returncode, missing.stderr.strip()) == (1, "stord: k: not found")

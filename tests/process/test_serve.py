@@ -56,7 +56,12 @@ def test_health_per_service_and_reflection(served: Served) -> None:
     assert health(served.address).stdout.strip().endswith("SERVING")
     assert health(served.address, "--service", "stord.v1.DatabaseService").returncode == 0
     assert health(served.address, "--service", "stord.v1.CacheService").returncode == 0
-    assert health(served.address, "--service", "no.such.Service").returncode != 0
+    unknown = health(served.address, "--service", "no.such.Service")
+    assert unknown.returncode == 1
+    assert f"{served.address}: NOT_FOUND: unknown service 'no.such.Service'; it serves " in unknown.stderr
+    assert "stord.v1.AdminService, " in unknown.stderr
+    assert "stord.v1.DatabaseService" in unknown.stderr
+    assert "grpc." not in unknown.stderr  # the health check answers for stord's services only
     with grpc.insecure_channel(served.address) as channel:
         services = set(ProtoReflectionDescriptorDatabase(channel).get_services())
     assert {"stord.v1.CacheService", "stord.v1.DatabaseService", "stord.v1.AdminService"} <= services
@@ -216,6 +221,20 @@ def test_a_refused_address_or_a_missing_tls_file_stops_startup_quietly(data_dir:
     missing = data_dir.parent / "missing.pem"
     tls = ["--listen", f"127.0.0.1:{free_port()}", "--tls-cert", str(missing), "--tls-key", str(missing)]
     assert _failed_startup(data_dir, *tls) == f"cannot read TLS file {missing}: No such file or directory"
+
+
+def test_unread_stord_variables_are_logged_with_a_suggestion(data_dir: Path) -> None:
+    environ = {name: value for name, value in os.environ.items() if not name.startswith("STORD_")}
+    environ |= {"STORD_DATABASE": "memory://", "STORD_LISTEN": f"0.0.0.0:{free_port()}"}
+    result = subprocess.run(
+        [STORD, "serve", "--data-dir", str(data_dir)], capture_output=True, text=True, timeout=60, env=environ
+    )
+    assert result.returncode == 1  # the refused public listener stops startup after the warning
+    warning, failed = (json.loads(line) for line in result.stdout.splitlines())
+    assert warning["event"] == "unknown_environment_variable"
+    assert warning["level"] == "warning"
+    assert (warning["variable"], warning["did_you_mean"]) == ("STORD_DATABASE", "STORD_DATABASE_URL")
+    assert failed["event"] == "startup_failed"
 
 
 def test_bad_settings_exit_2_with_the_reason() -> None:

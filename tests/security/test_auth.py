@@ -8,6 +8,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import structlog.testing
 from google.protobuf import descriptor_pool
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
@@ -151,6 +152,31 @@ def test_a_public_address_without_keys_needs_insecure() -> None:
     assert not Settings(listen="10.0.0.1:1").listens_on_loopback
 
 
+def test_api_keys_over_plaintext_on_a_public_address_are_warned_about(tmp_path: Path) -> None:
+    keys_file = write_keys(tmp_path / "keys.yaml", [Tenant("t", "space", "user", Role.READ_WRITE)])
+    public = Settings(listen="0.0.0.0:50174", database="memory://", api_keys_file=keys_file)
+    with structlog.testing.capture_logs() as logs:
+        assert Daemon(public)._load_keys() is not None
+    [warning] = logs
+    assert (warning["event"], warning["log_level"]) == ("insecure", "warning")
+    assert warning["listen"] == public.listen
+    assert "bearer keys travel in clear" in warning["reason"]
+    # Nothing to say on loopback, or with TLS.
+    loopback = public.model_copy(update={"listen": "127.0.0.1:50174"})
+    tls = public.model_copy(update={"tls_cert": tmp_path / "cert.pem", "tls_key": tmp_path / "key.pem"})
+    for quiet in (loopback, tls):
+        with structlog.testing.capture_logs() as logs:
+            assert Daemon(quiet)._load_keys() is not None
+        assert logs == []
+
+
+def test_a_reload_without_a_keys_file_says_there_is_nothing_to_reload() -> None:
+    with structlog.testing.capture_logs() as logs:
+        assert not Daemon(Settings(database="memory://")).reload_keys()
+    assert [(log["event"], log["log_level"]) for log in logs] == [("api_keys_not_reloaded", "warning")]
+    assert "no API keys file" in logs[0]["reason"]
+
+
 def test_keys_commands_add_list_and_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     keys_file = tmp_path / "keys.yaml"
     arguments = ["keys", "--file", str(keys_file), "add", "--namespace", "shop", "--principal", "svc"]
@@ -173,6 +199,16 @@ def test_keys_commands_add_list_and_revoke(tmp_path: Path, capsys: pytest.Captur
     assert main(["keys", "--file", str(keys_file), "revoke", "shop-1"]) == 0
     assert load_keys_file(keys_file) == []
     assert main(["keys", "--file", str(keys_file), "revoke", "shop-1"]) == 1
+
+
+def test_keys_commands_other_than_add_need_the_file_to_exist(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "none.yaml"
+    for command in (["list"], ["revoke", "shop-1"]):
+        assert main(["keys", "--file", str(missing), *command]) == 1
+        assert capsys.readouterr().err == f"stord keys: keys file {missing} does not exist\n"
+    assert not missing.exists()
 
 
 @pytest.mark.parametrize(

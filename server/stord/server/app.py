@@ -228,9 +228,17 @@ class Daemon:
             self._check_unauthenticated_listener()
             return None
         try:
-            return KeyRing(settings.api_keys_file)
+            keys = KeyRing(settings.api_keys_file)
         except KeysFileError as error:
             raise StartupError(str(error)) from None
+        if settings.tls_cert is None and not settings.listens_on_loopback:
+            _log.warning(
+                "insecure",
+                listen=settings.listen,
+                reason="API keys over plaintext on a non-loopback address: bearer keys travel in clear;"
+                " set --tls-cert and --tls-key",
+            )
+        return keys
 
     def _check_unauthenticated_listener(self) -> None:
         settings = self._settings
@@ -247,6 +255,7 @@ class Daemon:
     def reload_keys(self) -> bool:
         """Read the keys file again (SIGHUP); on a bad file keep the keys in force and log why."""
         if self.keys is None:
+            _log.warning("api_keys_not_reloaded", reason="SIGHUP, but no API keys file is configured")
             return False
         try:
             self.keys.reload()

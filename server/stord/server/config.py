@@ -7,10 +7,12 @@ be written into the file.
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import ipaddress
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -39,6 +41,7 @@ __all__ = [
     "load_settings",
     "load_settings_with_sources",
     "redact_url",
+    "unread_variables",
 ]
 
 ENVIRONMENT: dict[str, str] = {
@@ -396,6 +399,32 @@ def load_settings_with_sources(
     except ValidationError as error:
         problems = "; ".join(_problem(issue["loc"], issue["msg"]) for issue in error.errors())
         raise ConfigError(f"invalid settings: {problems}") from None
+
+
+def unread_variables(
+    environ: Mapping[str, str], read: Iterable[str], *, config_file: Path | None = None
+) -> list[tuple[str, str | None]]:
+    """Return each `STORD_` variable of `environ` not in `read`, with the closest name that is, if any.
+
+    The `${NAME}` references of the config file (`config_file`, else STORD_CONFIG) count as read. Not an
+    error: other tools may share the prefix, but a typo would otherwise fall back to a default unseen.
+    """
+    read = set(read)
+    config_file = config_file or (Path(environ["STORD_CONFIG"]) if environ.get("STORD_CONFIG") else None)
+    if config_file is not None:
+        with contextlib.suppress(OSError, UnicodeDecodeError):  # loading the settings reports those
+            read.update(_ENV_REFERENCE.findall(config_file.read_text(encoding="utf-8")))
+    known = {name.removeprefix("STORD_"): name for name in read}  # the shared prefix would make all close
+
+    def closest(name: str) -> str | None:
+        matches = difflib.get_close_matches(name.removeprefix("STORD_"), sorted(known), n=1)
+        return known[matches[0]] if matches else None
+
+    return [
+        (name, closest(name))
+        for name in sorted(environ)
+        if name.startswith("STORD_") and name not in known.values()
+    ]
 
 
 def _problem(location: tuple[int | str, ...], message: str) -> str:

@@ -71,6 +71,8 @@ class Connection:
     client_key: bytes | None = None
     server_name: str | None = None
     """The name the daemon's certificate must carry, when it is not the address's host."""
+    tls_variables: tuple[str, ...] = ()
+    """The environment variables among the TLS options in force, for hints that say what to unset."""
 
     def client_tls(self) -> Tls | bool:
         """Return the client's `tls=` argument."""
@@ -140,7 +142,8 @@ class Connection:
             if "CERTIFICATE" in reason or "HANDSHAKE_FAILURE" in reason:
                 return self._refused(reason)
             if "WRONG_VERSION_NUMBER" in reason or "RECORD_LAYER" in reason or "PACKET_LENGTH" in reason:
-                return "TLS: the daemon does not speak TLS at this address (drop the --tls* options)"
+                unset = f" or unset {', '.join(self.tls_variables)}" if self.tls_variables else ""
+                return f"TLS: the daemon does not speak TLS at this address (drop the --tls* options{unset})"
             return f"TLS: the handshake with the daemon failed: {reason}"
         except OSError as error:
             return f"TLS: the daemon closed the connection during the handshake ({error.strerror or error})"
@@ -260,11 +263,16 @@ def connection_from(
         raise ConnectionOptionsError("--tls-client-cert and --tls-client-key go together")
     server_name = value("tls_server_name")
     enabled = value("tls")
-    tls = (
-        enabled is True
-        or (isinstance(enabled, str) and enabled.lower() in ("1", "true", "yes", "on"))
-        or any(part is not None for part in (ca, cert, server_name))
-        or tls_by_default
+    if isinstance(enabled, str):
+        enabled = _parse_bool(CLIENT_ENVIRONMENT["tls"], enabled)
+    tls = enabled is True or any(part is not None for part in (ca, cert, server_name)) or tls_by_default
+    tls_variables = tuple(
+        variable
+        for name, variable in CLIENT_ENVIRONMENT.items()
+        if name.startswith("tls")
+        and getattr(arguments, name, None) is None
+        and environ.get(variable)
+        and (name != "tls" or enabled is True)
     )
     return Connection(
         address=value("address") or default_address,
@@ -275,7 +283,23 @@ def connection_from(
         client_cert=cert,
         client_key=key,
         server_name=server_name,
+        tls_variables=tls_variables if tls else (),
     )
+
+
+_BOOLEANS = dict.fromkeys(("1", "true", "yes", "on"), True) | dict.fromkeys(
+    ("0", "false", "no", "off"), False
+)
+
+
+def _parse_bool(variable: str, text: str) -> bool:
+    """Return the switch `text` spells; refuse anything else, so that `ture` is not quietly `false`."""
+    try:
+        return _BOOLEANS[text.strip().lower()]
+    except KeyError:
+        raise ConnectionOptionsError(
+            f"{variable}={text!r} is not a boolean: use 1/0, true/false, yes/no or on/off"
+        ) from None
 
 
 def _read_pem(name: str, path: Path | str | None) -> bytes | None:

@@ -61,6 +61,9 @@ def run_keys_command(arguments: argparse.Namespace) -> int:
     if path is None:
         print("stord keys: give --file or set STORD_API_KEYS_FILE", file=sys.stderr)
         return EXIT_USAGE
+    if arguments.keys_command != "add" and not path.exists():  # a typo must not list nothing, successfully
+        print(f"stord keys: keys file {path} does not exist", file=sys.stderr)
+        return EXIT_FAILURE
     try:
         keys = load_keys_file(path)
         if arguments.keys_command == "add":

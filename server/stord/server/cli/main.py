@@ -15,6 +15,7 @@ import structlog
 
 from stord.server.cli.connect import (
     CLIENT_ENVIRONMENT,
+    Connection,
     ConnectionOptionsError,
     add_connection_flags,
     connection_from,
@@ -29,6 +30,7 @@ from stord.server.config import (
     load_settings,
     load_settings_with_sources,
     redact_url,
+    unread_variables,
 )
 from stord.server.logs import configure_logging
 
@@ -178,8 +180,23 @@ def _settings(arguments: argparse.Namespace) -> Settings:
     return load_settings(config_file=arguments.config, flags=_flags(arguments))
 
 
+_READ_VARIABLES = frozenset({"STORD_CONFIG", *ENVIRONMENT.values(), *CLIENT_ENVIRONMENT.values()})
+"""Every environment variable a stord command reads."""
+
+
+def _unread_variable_warnings(config_file: Path | None) -> list[dict[str, str]]:
+    """Return one warning per `STORD_` variable nothing reads, with the likely intended name."""
+    return [
+        {"variable": name} | ({"did_you_mean": guess} if guess else {})
+        for name, guess in unread_variables(os.environ, _READ_VARIABLES, config_file=config_file)
+    ]
+
+
 def _config(arguments: argparse.Namespace) -> int:
     """Print every setting with its value and its source; secrets masked."""
+    for warning in _unread_variable_warnings(arguments.config):
+        guess = f" (did you mean {warning['did_you_mean']}?)" if "did_you_mean" in warning else ""
+        print(f"stord: {warning['variable']} is not a stord setting and is ignored{guess}", file=sys.stderr)
     try:
         settings, sources = load_settings_with_sources(config_file=arguments.config, flags=_flags(arguments))
     except ConfigError as error:
@@ -284,6 +301,11 @@ def _health(settings: Settings, arguments: argparse.Namespace) -> int:
                 metadata=metadata,
             )
     except grpc.RpcError as error:
+        if error.code() == grpc.StatusCode.NOT_FOUND:
+            served = _served_services(connection, arguments.timeout)
+            listed = f"; it serves {', '.join(served)}" if served else ""
+            print(f"{address}: NOT_FOUND: unknown service {arguments.service!r}{listed}", file=sys.stderr)
+            return EXIT_FAILURE
         print(f"{address}: {error.code().name}: {error.details()}", file=sys.stderr)
         if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
             diagnosis = connection.diagnose()
@@ -295,8 +317,37 @@ def _health(settings: Settings, arguments: argparse.Namespace) -> int:
     return EXIT_OK if response.status == health_pb2.HealthCheckResponse.SERVING else EXIT_FAILURE
 
 
+def _served_services(connection: Connection, timeout: float) -> list[str]:
+    """Return the service names the daemon's health check answers for, as its reflection lists them."""
+    import grpc
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+        ProtoReflectionDescriptorDatabase,
+    )
+
+    try:
+        with connection.open_channel() as channel:
+            grpc.channel_ready_future(channel).result(timeout=timeout)
+            names = ProtoReflectionDescriptorDatabase(channel).get_services()
+    except (grpc.RpcError, grpc.FutureTimeoutError):
+        return []  # the hint is a courtesy: without reflection the unknown name is still reported
+    return sorted(name for name in names if not name.startswith("grpc."))
+
+
+EXIT_BROKEN_PIPE = 141
+"""128 + SIGPIPE, as a shell reports a command whose reader went away (`stord config --json | head`)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; return the process exit status."""
+    try:
+        return _run(argv)
+    except BrokenPipeError:
+        # The reader is gone: stop quietly, and point stdout at /dev/null so the exit's flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+
+
+def _run(argv: Sequence[str] | None) -> int:
     arguments = _parser().parse_args(argv)
     if arguments.command == "health" or arguments.command in OPS_COMMANDS:
         # gRPC core logs a failed TLS handshake at INFO on stderr; the command reports it in its own words.
@@ -322,6 +373,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if arguments.command == "health":
         return _health(settings, arguments)
     configure_logging(log_format=settings.log_format, level=settings.log_level)
+    for warning in _unread_variable_warnings(arguments.config):
+        structlog.get_logger("stord").warning("unknown_environment_variable", **warning)
     if arguments.command == "migrate":
         return _migrate(settings)
     return _serve(settings)

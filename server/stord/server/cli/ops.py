@@ -45,6 +45,8 @@ OPS_COMMANDS = frozenset({"kv", "events", "jobs"})
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+"""128 + SIGINT, as a shell reports a command Ctrl-C ended: `v=$(stord kv get k)` must not read as found."""
 
 _Run = Callable[[argparse.Namespace], int]
 
@@ -72,7 +74,7 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     set_.add_argument("--ttl", type=float, metavar="SECONDS", help="expiry, with --cache only")
     keys = _command(kv, "keys", _kv_keys, help="list keys matching a glob pattern, one a line")
     keys.add_argument("pattern", nargs="?", default="*")
-    keys.add_argument("--limit", type=int, default=0, help="stop after this many keys (0: all)")
+    keys.add_argument("--limit", type=_at_least_0, default=0, help="stop after this many keys (0: all)")
     for parser in (get, set_, keys):
         parser.add_argument(
             "--cache", action="store_true", help="use CacheService instead of DatabaseService"
@@ -86,7 +88,7 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     tail.add_argument("--agent", help="only this agent's events")
     tail.add_argument("--type", action="append", default=[], help="only this event type (repeatable)")
     tail.add_argument("--severity", action="append", default=[], help="only this severity (repeatable)")
-    tail.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
+    tail.add_argument("--count", type=_at_least_0, default=0, help="exit after this many events (0: never)")
 
     jobs = commands.add_parser("jobs", help="inspect job queues").add_subparsers(
         dest="jobs_command", required=True
@@ -114,6 +116,17 @@ def add_ops_commands(commands: argparse._SubParsersAction[argparse.ArgumentParse
     purge.set_defaults(run_ops=_jobs_purge)
 
 
+def _at_least_0(text: str) -> int:
+    """Parse a count whose 0 means no limit; refuse a negative one rather than read it as no limit."""
+    try:
+        number = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (no limit) or more, not {number}")
+    return number
+
+
 def run_ops_command(arguments: argparse.Namespace) -> int:
     """Run a `kv`, `events` or `jobs` command; return the exit status."""
     from stord.client import StordError, Unavailable
@@ -137,7 +150,7 @@ def run_ops_command(arguments: argparse.Namespace) -> int:
         print(f"stord: {error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
-        return EXIT_OK
+        return EXIT_INTERRUPTED
 
 
 def _client(arguments: argparse.Namespace) -> Client:
@@ -211,7 +224,7 @@ def _events_tail(arguments: argparse.Namespace) -> int:
 
 
 def _event_line(event: events_pb2.Event) -> dict[str, object]:
-    """An event as one JSON object: every field present, enum names as `--type`/`--severity` take them."""
+    """An event as one JSON object: every output field, enum names as `--type`/`--severity` take them."""
     document = MessageToDict(
         event, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
     )
@@ -221,6 +234,9 @@ def _event_line(event: events_pb2.Event) -> dict[str, object]:
     document["prev_hash"] = event.prev_hash if event.HasField("prev_hash") else None
     document["payload"] = _whole_numbers(document.get("payload", {}))
     document["metadata"] = _whole_numbers(document.get("metadata", {}))
+    for input_only in ("payload_json", "metadata_json"):  # always empty on output, beside `payload`
+        if not document.get(input_only):
+            document.pop(input_only, None)
     return document
 
 
@@ -258,7 +274,7 @@ _PURGE_SETTINGS = ("data_dir", "database", "completed_job_retention_days", "fail
 
 
 def _jobs_purge(arguments: argparse.Namespace) -> int:
-    from stord.server.backends import create_backend
+    from stord.server.backends import create_backend, sqlite_path
     from stord.server.config import ConfigError, load_settings, redact_url
     from stord.server.jobs.sweeper import purge_finished_jobs
     from stord.server.logs import configure_logging
@@ -272,6 +288,10 @@ def _jobs_purge(arguments: argparse.Namespace) -> int:
     except ConfigError as error:
         print(f"stord: {error}", file=sys.stderr)
         return EXIT_USAGE
+    url = settings.database_url
+    if url.startswith("sqlite:") and not sqlite_path(url).exists():  # a mistyped --data-dir: create nothing
+        print(f"stord: there is no SQLite database at {sqlite_path(url)}", file=sys.stderr)
+        return EXIT_FAILURE
 
     configure_logging(log_format=settings.log_format, level="warning")  # the summary line says what was done
 
