@@ -11,6 +11,7 @@ from google.protobuf.duration_pb2 import Duration
 from stord.server.backends.memory import MemoryBackend
 from stord.server.jobs.service import JobQueueServicer
 from stord.server.rpc import calls
+from stord.server.rpc.page_tokens import PageTokens, new_key
 from stord.v1 import jobs_pb2 as pb
 
 NO_CONTEXT = cast(Any, None)
@@ -19,7 +20,7 @@ NO_CONTEXT = cast(Any, None)
 
 def test_a_drained_servicer_answers_waiting_dequeues_and_lets_no_later_one_wait() -> None:
     async def scenario() -> tuple[int, int]:
-        servicer = JobQueueServicer(MemoryBackend().jobs())
+        servicer = JobQueueServicer(MemoryBackend().jobs(), PageTokens(new_key()))
         calls.current_call.set(calls.Call("r1", "/stord.v1.JobQueueService/Dequeue", "default"))
         request = pb.DequeueRequest(queue="idle", wait=Duration(seconds=60))
         waiting = asyncio.create_task(servicer.Dequeue(request, NO_CONTEXT))

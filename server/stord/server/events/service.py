@@ -33,7 +33,7 @@ from stord.server.ports import (
 )
 from stord.server.rpc import calls
 from stord.server.rpc import validate as check
-from stord.server.rpc.page_tokens import PageTokens, new_key
+from stord.server.rpc.page_tokens import PageTokens
 from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
 
@@ -103,14 +103,14 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
     def __init__(
         self,
         store: EventStore,
+        tokens: PageTokens,
         hub: EventHub | None = None,
         *,
-        tokens: PageTokens | None = None,
         count_stored: Callable[[int], None] | None = None,
     ) -> None:
         self._store = store
         self._hub = hub or EventHub(store)
-        self._tokens = tokens or PageTokens(new_key())
+        self._tokens = tokens
         self._count_stored = count_stored
         """Told how many events each committed batch stored (the metrics' ingest counter)."""
 

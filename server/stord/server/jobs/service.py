@@ -26,7 +26,7 @@ from stord.server.jobs.port import (
 from stord.server.ports import InvalidArgument
 from stord.server.rpc import calls
 from stord.server.rpc import validate as check
-from stord.server.rpc.page_tokens import PageTokens, new_key
+from stord.server.rpc.page_tokens import PageTokens
 from stord.v1 import jobs_pb2 as pb
 from stord.v1 import jobs_pb2_grpc
 
@@ -155,13 +155,13 @@ class JobQueueServicer(jobs_pb2_grpc.JobQueueServiceServicer):
     def __init__(
         self,
         store: JobQueueStore,
+        tokens: PageTokens,
         *,
-        tokens: PageTokens | None = None,
         saw_queue: Callable[[str, str], None] | None = None,
         recheck_interval: float = 1.0,
     ) -> None:
         self._store = store
-        self._tokens = tokens or PageTokens(new_key())
+        self._tokens = tokens
         self._recheck_interval = recheck_interval
         """Seconds a waiting Dequeue sleeps at most between looks (jobs falling due with time wake nobody)."""
         self._saw_queue = saw_queue

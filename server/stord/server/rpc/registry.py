@@ -100,7 +100,7 @@ CONTRACTS: tuple[Contract, ...] = (
         "database",
         lambda backend, cache, metrics, settings, tokens: JobQueueServicer(
             backend.jobs(),
-            tokens=tokens,
+            tokens,
             saw_queue=None if metrics is None else metrics.saw_queue,
             recheck_interval=settings.long_poll_recheck_interval,
         ),
@@ -111,7 +111,7 @@ CONTRACTS: tuple[Contract, ...] = (
         "database",
         lambda backend, cache, metrics, settings, tokens: EventStoreServicer(
             backend.events(),
-            tokens=tokens,
+            tokens,
             count_stored=None if metrics is None else metrics.events_ingested(backend.kind),
         ),
         events_pb2_grpc.add_EventStoreServiceServicer_to_server,
