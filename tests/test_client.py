@@ -119,3 +119,8 @@ def test_the_async_ingestor_resends_after_a_broken_connection_but_not_after_a_re
 def test_a_target_with_a_url_scheme_is_refused_at_once(target: str) -> None:
     with pytest.raises(ValueError, match="without a URL scheme"):
         stord_client.Client(target)
+
+
+def test_an_unknown_granularity_names_the_known_ones() -> None:
+    with stord_client.Client("127.0.0.1:1") as client, pytest.raises(ValueError, match="day, hour, week"):
+        client.events.analytics(from_time=0, to_time=1, granularity="minute")  # refused before any call

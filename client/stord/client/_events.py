@@ -246,7 +246,7 @@ class Events:
             from_time=codec.timestamp(from_time),
             to_time=codec.timestamp(to_time),
             agent_id=agent_id or "",
-            granularity=pb.Granularity.Value(f"GRANULARITY_{granularity.upper()}"),
+            granularity=codec.granularity_number(granularity),
         )
         return self._call(self._stub.GetAnalytics, request)
 

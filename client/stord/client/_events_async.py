@@ -260,7 +260,7 @@ class AsyncEvents:
             from_time=codec.timestamp(from_time),
             to_time=codec.timestamp(to_time),
             agent_id=agent_id or "",
-            granularity=pb.Granularity.Value(f"GRANULARITY_{granularity.upper()}"),
+            granularity=codec.granularity_number(granularity),
         )
         return await self._call(self._stub.GetAnalytics, request)
 

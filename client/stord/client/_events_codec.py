@@ -78,6 +78,12 @@ def severity_number(value: SeverityName) -> pb.Severity.ValueType:
     return number
 
 
+def granularity_number(value: str | int) -> pb.Granularity.ValueType:
+    """Return the Granularity number of a name: `hour`, `day` or `week`."""
+    number: pb.Granularity.ValueType = _enum(value, pb.Granularity, "GRANULARITY_")
+    return number
+
+
 def session_status(value: str | int) -> pb.SessionStatus.ValueType:
     """Return the SessionStatus number of a name such as `completed`."""
     number: pb.SessionStatus.ValueType = _enum(value, pb.SessionStatus, "SESSION_STATUS_")
