@@ -50,8 +50,8 @@ from stord.server.backends._event_sql import (
 )
 from stord.server.backends.postgres import _event_rollups as postgres_rollups
 from stord.server.backends.sqlite import _event_rollups as sqlite_rollups
+from stord.server.events.port import EventFilter, EventType, Granularity
 from stord.server.events.rollups import bucket_grid, split_range
-from stord.server.ports import EventFilter, EventType, Granularity
 from stord.server.schema import load_migrations
 
 __all__ = ["main"]

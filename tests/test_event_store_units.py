@@ -26,19 +26,10 @@ from stord.server.config import RedisOptions, SqliteOptions
 from stord.server.events import codec
 from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
 from stord.server.events.model import payload_facts
+from stord.server.events.port import CommitListener, Event, EventFilter, EventInput, EventType, Severity
 from stord.server.events.retention import retain_events_daily
 from stord.server.events.tail import EventHub, SubscriberDropped, Subscription
-from stord.server.ports import (
-    CommitListener,
-    Event,
-    EventFilter,
-    EventInput,
-    EventType,
-    InvalidArgument,
-    Severity,
-    Unavailable,
-    system_clock,
-)
+from stord.server.ports import InvalidArgument, Unavailable, system_clock
 from tests.harness.clock import ManualClock
 
 DAY_MS = 86_400_000

@@ -23,20 +23,19 @@ from dataclasses import dataclass
 
 from stord.server.alerts.port import AlertStateStore, DeliveryKind, RuleState
 from stord.server.events.chain import JsonValue, canonical_json, format_timestamp
-from stord.server.ports import (
+from stord.server.events.port import (
     AlertCondition,
     AlertHistoryEntry,
     AlertRule,
-    AlreadyExists,
     AnalyticsQuery,
     EventFilter,
     EventInput,
     EventStore,
     EventType,
     Granularity,
-    NotFound,
     Severity,
 )
+from stord.server.ports import AlreadyExists, NotFound
 
 __all__ = ["ALERT_AGENT", "ALERT_SESSION", "Measurement", "Notice", "evaluate_rule", "measure"]
 

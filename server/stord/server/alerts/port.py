@@ -12,7 +12,8 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from stord.server.ports import AnalyticsFigures, Backend, Unimplemented
+from stord.server.events.port import AnalyticsFigures
+from stord.server.ports import Backend, Unimplemented
 
 __all__ = [
     "AlertStateStore",

@@ -21,7 +21,8 @@ from stord.server.alerts.evaluator import Notice, evaluate_rule
 from stord.server.alerts.port import AlertStateStore, alert_state_store
 from stord.server.alerts.webhook import WebhookDeliverer
 from stord.server.config import Settings
-from stord.server.ports import AlertRule, Backend, EventStore, StoreError, Unimplemented
+from stord.server.events.port import AlertRule, EventStore
+from stord.server.ports import Backend, StoreError, Unimplemented
 
 __all__ = ["AlertScheduler", "PassOutcome", "alert_scheduler"]
 

@@ -13,10 +13,11 @@ from typing import ClassVar, TypeVar
 from stord.server.agents.port import AgentStore
 from stord.server.alerts.port import AlertStateStore
 from stord.server.documents.port import DocumentStore
+from stord.server.events.port import EventStore
 from stord.server.jobs.port import JobQueueStore
 from stord.server.kv.port import Keyspace, KeyValueStore
 from stord.server.manifests.port import ManifestStore
-from stord.server.ports import Capability, EventStore, Unimplemented
+from stord.server.ports import Capability, Unimplemented
 from stord.server.transfer.port import TransferStore
 
 __all__ = ["DeclaredContracts"]

@@ -9,8 +9,8 @@ index: a text under three characters, which no trigram index can serve, is answe
 from __future__ import annotations
 
 from stord.server.events.model import search_pattern
+from stord.server.events.port import EventFilter
 from stord.server.events.search import search_trigrams
-from stord.server.ports import EventFilter
 
 __all__ = ["search_conditions", "search_index_leads"]
 

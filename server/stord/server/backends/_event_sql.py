@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from stord.server.backends._event_search import search_conditions, search_index_leads
-from stord.server.ports import (
+from stord.server.events.port import (
     AlertCondition,
     AlertHistoryEntry,
     AlertRule,

@@ -31,19 +31,11 @@ from stord.server.backends.tables import (
 )
 from stord.server.documents.port import Document
 from stord.server.events.model import payload_facts
+from stord.server.events.port import AlertHistoryEntry, AlertRule, Event, EventAgent, Session
 from stord.server.jobs.port import Job
 from stord.server.kv.port import Keyspace
 from stord.server.manifests.port import HandlerManifestRecord, ManifestDocumentKind, TransformerRecord
-from stord.server.ports import (
-    AlertHistoryEntry,
-    AlertRule,
-    Event,
-    EventAgent,
-    InvalidArgument,
-    JsonObject,
-    NamespaceOccupied,
-    Session,
-)
+from stord.server.ports import InvalidArgument, JsonObject, NamespaceOccupied
 from stord.server.transfer.port import (
     AgentRecord,
     AlertHistoryRecord,

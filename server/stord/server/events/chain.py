@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import orjson
 
-from stord.server.ports import ChainVerification, Event, EventInput
+from stord.server.events.port import ChainVerification, Event, EventInput
 
 __all__ = [
     "ChainHead",

@@ -12,7 +12,7 @@ from google.protobuf.struct_pb2 import Struct, Value
 
 from stord.server.events.chain import JsonValue, canonical_json, is_hash, orjson_writes_like_javascript
 from stord.server.events.model import new_ulid, payload_facts
-from stord.server.ports import (
+from stord.server.events.port import (
     AlertCondition,
     AlertHistoryEntry,
     AlertRule,
@@ -23,11 +23,11 @@ from stord.server.ports import (
     EventPosition,
     EventType,
     Granularity,
-    InvalidArgument,
     Session,
     SessionStatus,
     Severity,
 )
+from stord.server.ports import InvalidArgument
 from stord.server.rpc import calls
 from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens

@@ -22,15 +22,8 @@ from typing import Any, NamedTuple, Protocol
 
 from stord.server.events.chain import ChainHead, event_hash
 from stord.server.events.model import AgentChange, SessionChange, counts_as_error
-from stord.server.ports import (
-    Conflict,
-    Event,
-    EventInput,
-    EventType,
-    FailedPrecondition,
-    InsertOutcome,
-    SessionStatus,
-)
+from stord.server.events.port import Event, EventInput, EventType, InsertOutcome, SessionStatus
+from stord.server.ports import Conflict, FailedPrecondition
 
 __all__ = [
     "EVENT_ROW_COLUMNS",

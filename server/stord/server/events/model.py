@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from stord.server.events.chain import ChainHead
-from stord.server.ports import (
+from stord.server.events.port import (
     Event,
     EventAgent,
     EventFilter,

@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from stord.server.ports import Backend, EventStore, Unavailable, Unimplemented
+from stord.server.events.port import EventStore
+from stord.server.ports import Backend, Unavailable, Unimplemented
 
 __all__ = ["DAY_SECONDS", "apply_event_retention", "retain_events_daily"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stord.server.ports import Granularity
+from stord.server.events.port import Granularity
 
 __all__ = ["HOUR_MS", "BucketGrid", "RollupSplit", "bucket_grid", "hour_of", "split_range"]
 

@@ -10,8 +10,7 @@ import grpc
 
 from stord.server.events import codec
 from stord.server.events.model import new_ulid
-from stord.server.events.tail import EventHub, SubscriberDropped
-from stord.server.ports import (
+from stord.server.events.port import (
     ALERT_RULE_FIELDS,
     AlertHistoryEntry,
     AlertRule,
@@ -22,15 +21,13 @@ from stord.server.ports import (
     EventInput,
     EventQuery,
     EventStore,
-    FailedPrecondition,
     InsertOutcome,
-    InvalidArgument,
-    NotFound,
     SessionQuery,
     SessionStatus,
     SessionUpdate,
-    StoreError,
 )
+from stord.server.events.tail import EventHub, SubscriberDropped
+from stord.server.ports import FailedPrecondition, InvalidArgument, NotFound, StoreError
 from stord.server.rpc import calls
 from stord.server.rpc import validate as check
 from stord.server.rpc.page_tokens import PageTokens

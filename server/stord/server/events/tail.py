@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 import structlog
 
 from stord.server.events.model import matches
-from stord.server.ports import Event, EventFilter, EventStore, InsertOutcome, StoreError, Unavailable
+from stord.server.events.port import Event, EventFilter, EventStore, InsertOutcome
+from stord.server.ports import StoreError, Unavailable
 
 __all__ = ["EventHub", "SubscriberDropped", "Subscription"]
 

@@ -50,7 +50,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, Span, Status
 
 from stord.server.events.chain import canonical_json
 from stord.server.events.model import new_ulid, payload_facts
-from stord.server.ports import EventInput, EventType, InvalidArgument, Severity
+from stord.server.events.port import EventInput, EventType, Severity
+from stord.server.ports import InvalidArgument
 from stord.server.rpc import validate as check
 
 __all__ = ["MappedRecord", "map_resource_logs", "map_resource_spans"]

@@ -19,8 +19,8 @@ import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 
+from stord.server.events.port import EventInput, EventStore
 from stord.server.otlp.mapping import MappedRecord, map_resource_logs, map_resource_spans
-from stord.server.ports import EventInput, EventStore
 from stord.server.rpc import calls
 from stord.server.rpc.validate import MAX_BATCH
 

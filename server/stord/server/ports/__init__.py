@@ -1,51 +1,15 @@
-"""What every contract shares: the domain errors, the clock, the Backend protocol; and the event port.
+"""What every contract shares: the domain errors, the clock, capabilities and the Backend protocol.
 
 Each contract's own port lives in its package (`kv.port`, `documents.port`, `jobs.port`, `agents.port`,
 `manifests.port`, `transfer.port`); servicers depend on those Protocols only, and backends never see protobuf
 or gRPC. A backend signals failure by raising one of the `StoreError` subclasses (`ports._base`), which the
-server maps to a gRPC status in one place. The event port lives in `events.port`; its names are re-exported
-here for the modules that still import them from `ports`.
+server maps to a gRPC status in one place. The event store's port lives in `events.port`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Protocol
 
-from stord.server.events.port import (
-    ALERT_RULE_FIELDS,
-    FEED_KEEP_SECONDS,
-    AlertCondition,
-    AlertHistoryEntry,
-    AlertHistoryPage,
-    AlertRule,
-    Analytics,
-    AnalyticsFigures,
-    AnalyticsQuery,
-    ChainVerification,
-    CommitListener,
-    Event,
-    EventAgent,
-    EventAgentUpdate,
-    EventFilter,
-    EventInput,
-    EventPage,
-    EventPosition,
-    EventQuery,
-    EventStats,
-    EventStore,
-    EventType,
-    FeedBatch,
-    FeedPage,
-    Granularity,
-    InsertOutcome,
-    RetentionOutcome,
-    Session,
-    SessionPage,
-    SessionQuery,
-    SessionStatus,
-    SessionUpdate,
-    Severity,
-)
 from stord.server.ports._base import (
     AlreadyExists,
     Clock,
@@ -67,58 +31,26 @@ from stord.server.ports._capabilities import CONTRACT_CAPABILITIES, Capability
 if TYPE_CHECKING:
     from stord.server.agents.port import AgentStore
     from stord.server.documents.port import DocumentStore
+    from stord.server.events.port import EventStore
     from stord.server.jobs.port import JobQueueStore
     from stord.server.kv.port import Keyspace, KeyValueStore
     from stord.server.manifests.port import ManifestStore
     from stord.server.transfer.port import TransferStore
 
 __all__ = [
-    "ALERT_RULE_FIELDS",
     "CONTRACT_CAPABILITIES",
-    "FEED_KEEP_SECONDS",
-    "AlertCondition",
-    "AlertHistoryEntry",
-    "AlertHistoryPage",
-    "AlertRule",
     "AlreadyExists",
-    "Analytics",
-    "AnalyticsFigures",
-    "AnalyticsQuery",
     "Backend",
     "Capability",
-    "ChainVerification",
     "Clock",
-    "CommitListener",
     "Conflict",
-    "Event",
-    "EventAgent",
-    "EventAgentUpdate",
-    "EventFilter",
-    "EventInput",
-    "EventPage",
-    "EventPosition",
-    "EventQuery",
-    "EventStats",
-    "EventStore",
-    "EventType",
     "FailedPrecondition",
-    "FeedBatch",
-    "FeedPage",
-    "Granularity",
-    "InsertOutcome",
     "InvalidArgument",
     "JsonObject",
     "NamespaceOccupied",
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
-    "RetentionOutcome",
-    "Session",
-    "SessionPage",
-    "SessionQuery",
-    "SessionStatus",
-    "SessionUpdate",
-    "Severity",
     "StoreError",
     "Unavailable",
     "Unimplemented",

@@ -27,10 +27,7 @@ from typing import Any
 
 from stord.server.agents.port import AgentStatus, AgentVisibility, StoredAgent
 from stord.server.documents.port import Document
-from stord.server.jobs.port import MAX_INSTANT, MICROS, MIN_INSTANT, Job, JobStatus
-from stord.server.kv.port import Keyspace
-from stord.server.manifests.port import HandlerManifestRecord, ManifestDocumentKind, TransformerRecord
-from stord.server.ports import (
+from stord.server.events.port import (
     AlertCondition,
     AlertHistoryEntry,
     AlertRule,
@@ -41,6 +38,9 @@ from stord.server.ports import (
     SessionStatus,
     Severity,
 )
+from stord.server.jobs.port import MAX_INSTANT, MICROS, MIN_INSTANT, Job, JobStatus
+from stord.server.kv.port import Keyspace
+from stord.server.manifests.port import HandlerManifestRecord, ManifestDocumentKind, TransformerRecord
 from stord.server.transfer import _fields as field
 from stord.server.transfer.port import (
     AgentRecord,

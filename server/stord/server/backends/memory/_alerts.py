@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from stord.server.alerts.port import Delivery, RuleState
 from stord.server.backends.memory._events import MemoryEventStore, _figures
-from stord.server.ports import AnalyticsFigures
+from stord.server.events.port import AnalyticsFigures
 
 
 @dataclass(slots=True)

@@ -21,17 +21,15 @@ from stord.server.events.model import (
     counts_as_error,
     matches,
 )
-from stord.server.ports import (
+from stord.server.events.port import (
     FEED_KEEP_SECONDS,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
-    AlreadyExists,
     Analytics,
     AnalyticsFigures,
     AnalyticsQuery,
     ChainVerification,
-    Clock,
     CommitListener,
     Event,
     EventAgent,
@@ -46,7 +44,6 @@ from stord.server.ports import (
     FeedBatch,
     FeedPage,
     InsertOutcome,
-    NotFound,
     RetentionOutcome,
     Session,
     SessionPage,
@@ -54,6 +51,7 @@ from stord.server.ports import (
     SessionUpdate,
     Severity,
 )
+from stord.server.ports import AlreadyExists, Clock, NotFound
 
 _Row = TypeVar("_Row")
 

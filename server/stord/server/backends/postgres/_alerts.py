@@ -11,7 +11,7 @@ from stord.server.alerts.port import Delivery, RuleState
 from stord.server.backends._alert_sql import DELIVERY_COLUMNS, delivery_from_row, delivery_values
 from stord.server.backends._event_sql import POSTGRES, Conditions, analytics_query, read_analytics
 from stord.server.backends.postgres._pool import Pool
-from stord.server.ports import AnalyticsFigures
+from stord.server.events.port import AnalyticsFigures
 
 _CREATE_STATE = """
 INSERT INTO alert_evaluations (namespace, rule_id, slot, done_slot, lease_expires_at)

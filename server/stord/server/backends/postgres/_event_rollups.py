@@ -14,8 +14,8 @@ from typing import Any
 from stord.server.backends._event_rollups import rollup_analytics
 from stord.server.backends._event_sql import POSTGRES, read_analytics
 from stord.server.backends.postgres._pool import Connection
+from stord.server.events.port import Analytics, AnalyticsQuery
 from stord.server.events.rollups import HOUR_MS, bucket_grid, hour_of, split_range
-from stord.server.ports import Analytics, AnalyticsQuery
 
 __all__ = ["add_batch", "analytics", "correct_after_retention", "rebuild_namespace"]
 

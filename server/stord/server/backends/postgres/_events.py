@@ -42,16 +42,14 @@ from stord.server.config import PostgresOptions, redact_url
 from stord.server.events.chain import ChainHead, verify_chain
 from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, store_batch_async
 from stord.server.events.model import AgentChange, SessionChange
-from stord.server.ports import (
+from stord.server.events.port import (
     FEED_KEEP_SECONDS,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
-    AlreadyExists,
     Analytics,
     AnalyticsQuery,
     ChainVerification,
-    Clock,
     CommitListener,
     Event,
     EventAgent,
@@ -65,15 +63,15 @@ from stord.server.ports import (
     FeedBatch,
     FeedPage,
     InsertOutcome,
-    NotFound,
     RetentionOutcome,
     Session,
     SessionPage,
     SessionQuery,
     SessionUpdate,
 )
+from stord.server.ports import AlreadyExists, Clock, NotFound
 
-__all__ = ["PostgresEventStore"]
+__all__ = ["COPY_EVENTS", "COPY_TYPES", "PostgresEventStore", "rule_values"]
 
 _log = structlog.get_logger("stord.postgres")
 
@@ -122,8 +120,8 @@ FROM (SELECT 1) AS one LEFT JOIN LATERAL (
 ORDER BY batch.position
 """
 
-_COPY_EVENTS = f"COPY events ({', '.join(EVENT_ROW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
-_COPY_TYPES = (
+COPY_EVENTS = f"COPY events ({', '.join(EVENT_ROW_COLUMNS)}) FROM STDIN (FORMAT BINARY)"
+COPY_TYPES = (
     "text", "text", "int8", "text", "text", "text", "text", "text", "text", "text", "text", "int8", "float8",
     "float8",
 )  # fmt: skip
@@ -189,7 +187,8 @@ def _session_lock(namespace: str, session_id: str) -> int:
     return int.from_bytes(digest, "big", signed=True)
 
 
-def _rule_values(rule: AlertRule) -> dict[str, object]:
+def rule_values(rule: AlertRule) -> dict[str, object]:
+    """Return a rule's named parameters (the store and `stord import` write it alike)."""
     return {
         "id": rule.id,
         "name": rule.name,
@@ -487,7 +486,7 @@ class PostgresEventStore:
     # Alert rules and history -----------------------------------------------------------------------------
 
     async def create_alert_rule(self, namespace: str, rule: AlertRule) -> None:
-        values = _rule_values(rule)
+        values = rule_values(rule)
         placeholders = ", ".join(f"%({name})s" for name in values)
         sql = f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS})"
         sql += f" VALUES (%(namespace)s, {placeholders})"
@@ -504,7 +503,7 @@ class PostgresEventStore:
         return None if row is None else read_rule(POSTGRES, row)
 
     async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
-        values = _rule_values(rule)
+        values = rule_values(rule)
         columns = sorted(
             ({"scope_agent_id", "scope_tags"} if "scope" in written else set()) | (written - {"scope"})
         )
@@ -644,9 +643,9 @@ class _IngestTransaction:
             async with (
                 self._connection.transaction(),
                 self._connection.cursor() as cursor,
-                cursor.copy(_COPY_EVENTS) as copy,
+                cursor.copy(COPY_EVENTS) as copy,
             ):
-                copy.set_types(_COPY_TYPES)
+                copy.set_types(COPY_TYPES)
                 for row in rows:
                     await copy.write_row(row)
         except psycopg.errors.UniqueViolation:

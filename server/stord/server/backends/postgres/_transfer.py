@@ -116,7 +116,7 @@ _WRITER = RowWriter(
     json=Jsonb,
     configuration=Jsonb,
     texts=list,
-    rule=lambda namespace, rule: {"namespace": namespace, **_events._rule_values(rule)},
+    rule=lambda namespace, rule: {"namespace": namespace, **_events.rule_values(rule)},
 )
 
 
@@ -172,8 +172,8 @@ class _Sink:
                 await self._connection.execute(_ADVANCE.format(table=table, column=column))
 
     async def _copy_events(self, cursor: psycopg.AsyncCursor[Any], records: list[EventRecord]) -> None:
-        async with cursor.copy(_events._COPY_EVENTS) as copy:
-            copy.set_types(_events._COPY_TYPES)
+        async with cursor.copy(_events.COPY_EVENTS) as copy:
+            copy.set_types(_events.COPY_TYPES)
             for record in records:
                 await copy.write_row(event_values(record))
 

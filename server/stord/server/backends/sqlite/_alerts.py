@@ -8,7 +8,7 @@ from stord.server.alerts.port import Delivery, RuleState
 from stord.server.backends._alert_sql import DELIVERY_COLUMNS, delivery_from_row, delivery_values
 from stord.server.backends._event_sql import SQLITE, Conditions, analytics_query, read_analytics
 from stord.server.backends.sqlite._engine import SqliteEngine
-from stord.server.ports import AnalyticsFigures
+from stord.server.events.port import AnalyticsFigures
 
 _CREATE_STATE = """
 INSERT INTO alert_evaluations (namespace, rule_id, slot, done_slot, lease_expires_at) VALUES (?, ?, -1, -1, 0)

@@ -36,16 +36,14 @@ from stord.server.backends.sqlite._engine import SqliteEngine
 from stord.server.events.chain import ChainHead, verify_chain
 from stord.server.events.ingest import EVENT_ROW_COLUMNS, EventRow, HeadGuesses, store_batch
 from stord.server.events.model import AgentChange, SessionChange
-from stord.server.ports import (
+from stord.server.events.port import (
     FEED_KEEP_SECONDS,
     AlertHistoryEntry,
     AlertHistoryPage,
     AlertRule,
-    AlreadyExists,
     Analytics,
     AnalyticsQuery,
     ChainVerification,
-    Clock,
     CommitListener,
     Event,
     EventAgent,
@@ -59,16 +57,15 @@ from stord.server.ports import (
     FeedBatch,
     FeedPage,
     InsertOutcome,
-    NotFound,
     RetentionOutcome,
     Session,
     SessionPage,
     SessionQuery,
     SessionUpdate,
-    Unavailable,
 )
+from stord.server.ports import AlreadyExists, Clock, NotFound, Unavailable
 
-__all__ = ["SqliteEventStore"]
+__all__ = ["INSERT_EVENT", "SqliteEventStore", "rule_values"]
 
 RETENTION_BATCH = 5000
 """Events deleted per write: a long retention pass must not hold the writer from ingest for long."""
@@ -97,7 +94,7 @@ SELECT position, event_ids FROM event_feed WHERE namespace = ? AND position > ? 
 """
 
 _QUALIFIED_EVENT_COLUMNS = ", ".join(f"events.{column}" for column in EVENT_COLUMNS.split(", "))
-_INSERT_EVENT = (
+INSERT_EVENT = (
     f"INSERT INTO events ({', '.join(EVENT_ROW_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_ROW_COLUMNS))})"
 )
 
@@ -346,7 +343,7 @@ class SqliteEventStore:
             try:
                 connection.execute(
                     f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})",
-                    (namespace, *_rule_values(rule)),
+                    (namespace, *rule_values(rule)),
                 )
             except sqlite3.IntegrityError:
                 raise AlreadyExists(f"alert rule {rule.id} exists already") from None
@@ -358,7 +355,7 @@ class SqliteEventStore:
         return None if row is None else read_rule(SQLITE, row)
 
     async def update_alert_rule(self, namespace: str, rule: AlertRule, written: frozenset[str]) -> AlertRule:
-        values = dict(zip(RULE_COLUMNS.split(", "), _rule_values(rule), strict=True))
+        values = dict(zip(RULE_COLUMNS.split(", "), rule_values(rule), strict=True))
         columns = sorted(
             ({"scope_agent_id", "scope_tags"} if "scope" in written else set()) | (written - {"scope"})
         )
@@ -534,7 +531,7 @@ class _IngestTransaction:
     def insert_events(self, rows: Sequence[EventRow]) -> bool:
         self._connection.execute("SAVEPOINT stord_events")
         try:
-            self._connection.executemany(_INSERT_EVENT, rows)
+            self._connection.executemany(INSERT_EVENT, rows)
         except sqlite3.IntegrityError:
             self._connection.execute("ROLLBACK TO stord_events")
             return False
@@ -669,7 +666,8 @@ def _entry_values(entry: AlertHistoryEntry) -> tuple[object, ...]:
     )
 
 
-def _rule_values(rule: AlertRule) -> tuple[object, ...]:
+def rule_values(rule: AlertRule) -> tuple[object, ...]:
+    """Return a rule's row in RULE_COLUMNS order (the store and `stord import` write it alike)."""
     return (
         rule.id,
         rule.name,

@@ -99,7 +99,7 @@ _INSERTS = insert_statements(
     session=_INSERT_SESSION,
     rule=f"INSERT INTO event_alert_rules (namespace, {RULE_COLUMNS}) VALUES (?{', ?' * 11})",
     agent=AGENTS.insert("?"),
-    event=_events._INSERT_EVENT,
+    event=_events.INSERT_EVENT,
 )
 
 _WRITER = RowWriter(
@@ -107,7 +107,7 @@ _WRITER = RowWriter(
     json=SQLITE.dump_json,
     configuration=configuration_text,
     texts=json.dumps,
-    rule=lambda namespace, rule: (namespace, *_events._rule_values(rule)),
+    rule=lambda namespace, rule: (namespace, *_events.rule_values(rule)),
 )
 
 
