@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import grpc
 
@@ -16,6 +16,7 @@ from stord.server.events.port import (
     AlertRule,
     AnalyticsFigures,
     AnalyticsQuery,
+    EventAgent,
     EventAgentUpdate,
     EventFilter,
     EventInput,
@@ -35,6 +36,9 @@ from stord.v1 import events_pb2 as pb
 from stord.v1 import events_pb2_grpc
 
 __all__ = ["EventStoreServicer"]
+
+_Identified = TypeVar("_Identified", EventAgent, AlertRule)
+"""What an id-ordered listing holds."""
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -348,6 +352,16 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         agent = await self._store.upsert_agent(calls.namespace(), update)
         return pb.UpsertAgentResponse(agent=codec.agent_message(agent))
 
+    async def _id_page(
+        self, request: Any, page_size: int, read: Callable[..., Awaitable[list[_Identified]]]
+    ) -> tuple[list[_Identified], str]:
+        """Read one page of an id-ordered listing (agents, alert rules) and the token of the next, if any."""
+        limit = check.page_size(page_size, limits=LIST_PAGE)
+        found = await read(calls.namespace(), after=codec.id_token(self._tokens, request), limit=limit + 1)
+        page = found[:limit]
+        more = len(found) > limit
+        return page, codec.id_page_token(self._tokens, request, page[-1].id) if more else ""
+
     async def GetAgent(self, request: pb.GetAgentRequest, context: Context) -> pb.GetAgentResponse:
         agent_id = check.identifier(request.id, "id")
         agent = await self._store.get_agent(calls.namespace(), agent_id)
@@ -356,16 +370,9 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
         return pb.GetAgentResponse(agent=codec.agent_message(agent))
 
     async def ListAgents(self, request: pb.ListAgentsRequest, context: Context) -> pb.ListAgentsResponse:
-        limit = check.page_size(request.page_size, limits=LIST_PAGE)
-        agents = await self._store.list_agents(
-            calls.namespace(), after=codec.id_token(self._tokens, request), limit=limit + 1
-        )
-        page = agents[:limit]
+        page, next_page_token = await self._id_page(request, request.page_size, self._store.list_agents)
         return pb.ListAgentsResponse(
-            agents=[codec.agent_message(agent) for agent in page],
-            next_page_token=codec.id_page_token(self._tokens, request, page[-1].id)
-            if len(agents) > limit
-            else "",
+            agents=[codec.agent_message(agent) for agent in page], next_page_token=next_page_token
         )
 
     # Analytics, retention, stats -------------------------------------------------------------------
@@ -497,16 +504,9 @@ class EventStoreServicer(events_pb2_grpc.EventStoreServiceServicer):
     async def ListAlertRules(
         self, request: pb.ListAlertRulesRequest, context: Context
     ) -> pb.ListAlertRulesResponse:
-        limit = check.page_size(request.page_size, limits=LIST_PAGE)
-        rules = await self._store.list_alert_rules(
-            calls.namespace(), after=codec.id_token(self._tokens, request), limit=limit + 1
-        )
-        page = rules[:limit]
+        page, next_page_token = await self._id_page(request, request.page_size, self._store.list_alert_rules)
         return pb.ListAlertRulesResponse(
-            rules=[codec.alert_rule_message(rule) for rule in page],
-            next_page_token=codec.id_page_token(self._tokens, request, page[-1].id)
-            if len(rules) > limit
-            else "",
+            rules=[codec.alert_rule_message(rule) for rule in page], next_page_token=next_page_token
         )
 
     async def RecordAlert(self, request: pb.RecordAlertRequest, context: Context) -> pb.RecordAlertResponse:
